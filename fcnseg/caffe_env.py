@@ -1,0 +1,63 @@
+"""Importing pycaffe quietly, and choosing CPU or GPU mode without letting Caffe abort the process.
+
+`import_caffe()` returns the module (glog silenced unless FCNSEG_CAFFE_LOG says otherwise);
+`set_device(gpu)` switches modes after probing, in a child process, that the build has CUDA and the
+device exists: a CPU-only Caffe hit with a GPU call dies with SIGABRT, which Python cannot catch.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Optional
+
+from .errors import CaffeUnavailableError
+
+_SETUP_HINT = "run `make setup` (it builds pycaffe) and use .venv/bin/fcnseg"
+
+
+def import_caffe():
+    """Return the `caffe` module with glog quiet (set GLOG_minloglevel before the first import)."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        import caffe  # noqa: PLC0415 - imported lazily so config-only commands never need Caffe
+    except ImportError as exc:
+        raise CaffeUnavailableError(f"pycaffe is not importable ({exc}); {_SETUP_HINT}") from None
+    return caffe
+
+
+def caffe_pb2():
+    """The generated protobuf module of the installed Caffe."""
+    return import_caffe().proto.caffe_pb2
+
+
+_GPU_PROBE = "import os,sys; os.environ['GLOG_minloglevel']='3'; import caffe; caffe.set_device(int(sys.argv[1])); caffe.set_mode_gpu(); print('ok')"
+
+
+def gpu_available(device: int) -> tuple[bool, str]:
+    """Probe in a child process whether Caffe can run on GPU `device`. Returns (ok, reason)."""
+    proc = subprocess.run([sys.executable, "-c", _GPU_PROBE, str(device)], capture_output=True, text=True)
+    if proc.returncode == 0 and proc.stdout.strip() == "ok":
+        return True, ""
+    text = proc.stderr + proc.stdout
+    if "CPU-only" in text or "Cannot use GPU in CPU-only Caffe" in text or "NO_GPU" in text:
+        return False, "this pycaffe was built CPU-only (no CUDA)"
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
+    return False, f"Caffe could not open GPU {device}: {last[0].strip()}"
+
+
+def set_device(gpu: Optional[int]):
+    """CPU mode when `gpu` is None, else GPU `gpu` after a safe probe. Returns the caffe module."""
+    caffe = import_caffe()
+    if gpu is None:
+        caffe.set_mode_cpu()
+        return caffe
+    if gpu < 0:
+        raise CaffeUnavailableError(f"--gpu {gpu}: a GPU index must be >= 0")
+    ok, reason = gpu_available(gpu)
+    if not ok:
+        raise CaffeUnavailableError(f"--gpu {gpu}: {reason}; run on the CPU with --cpu "
+                                    "(or build Caffe with CUDA, see README 'GPU')")
+    caffe.set_device(gpu)
+    caffe.set_mode_gpu()
+    return caffe

@@ -1,0 +1,217 @@
+"""FCN nets for single-channel (or C-channel) input, built with `caffe.NetSpec`.
+
+The VGG16 trunk keeps the ImageNet layer names (conv1_1 ... conv5_3, fc6, fc7) so weights transplant by
+name. Heads follow the FCN reference names (score_fr, upscore*, score_pool*, fuse_pool*, score). Every
+upsampling factor is derived from the trunk's stride, every Deconvolution is a fixed bilinear
+interpolation (kernel 2f, stride f, group K, lr_mult 0), and every Crop offset comes from Caffe's
+coord_map. Nothing geometric is ever read from the user.
+
+Public entry points: `train_val_net(config)`, `deploy_net(config, height, width)` (both return a
+caffe_pb2.NetParameter) and `upsampling_plan(model)` (the factors, for reports and tests).
+"""
+from __future__ import annotations
+
+from .caffe_env import import_caffe
+from .config import SKIPS_BY_ARCH, VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS, Config, ModelConfig
+from .dataset import dataset_paths, input_mean
+from .errors import ConfigError
+
+# Fillers are written into every learnable layer: Caffe's default is constant 0, which leaves a
+# ReLU trunk dead when no pretrained weights overwrite it (the seed's failure).
+TRUNK_FILLER = dict(type="msra")
+BIAS_FILLER = dict(type="constant", value=0)
+# The reference starts score layers at zero: with pretrained features the first steps then move only the
+# classifier, and nothing random is added to the large VGG activations.
+SCORE_FILLER = dict(type="constant", value=0)
+LEARN = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+FROZEN = [dict(lr_mult=0)]
+AT_ONCE_SKIP_SCALE = {1: 0.01, 2: 0.0001}  # pool4-like skip, pool3-like skip (reference at-once FCN-8s)
+MINIMAL_PAD_FC6 = 3  # keeps fc6's 7x7 window centred so the score map covers the input
+
+
+def conv1_pad(model: ModelConfig) -> int:
+    """conv1_1's padding: 100 as in the reference, 1 for `pad: minimal`, else the given number."""
+    return 1 if model.pad == "minimal" else int(model.pad)
+
+
+def fc6_pad(model: ModelConfig) -> int:
+    """fc6's padding: 3 for `pad: minimal` (so no 100-pixel margin is needed), else 0 as in the reference."""
+    return MINIMAL_PAD_FC6 if model.pad == "minimal" else 0
+
+
+def upsampling_plan(model: ModelConfig) -> list[tuple[str, int]]:
+    """(layer name, factor) of every upsampling Deconvolution, in order; the factors multiply to the stride.
+
+    fcn32s: one upsampling by the stride. fcn16s: 2x to the previous pool, then stride/2. fcn8s: 2x, 2x,
+    then stride/4. Names follow the reference (upscore, upscore2, upscore_pool4, upscore16, upscore8).
+    """
+    stride, skips = model.net_stride, SKIPS_BY_ARCH[model.arch]
+    if skips == 0:
+        return [("upscore", stride)]
+    plan = [("upscore2", 2)]
+    if skips == 2:
+        plan.append((f"upscore_pool{model.stages - 1}", 2))
+    plan.append((f"upscore{stride // 2 ** skips}", stride // 2 ** skips))
+    return plan
+
+
+def _conv_relu(n, bottom, name, relu, num_output, kernel, pad, filler):
+    conv = _L().Convolution(bottom, num_output=num_output, kernel_size=kernel, pad=pad, param=LEARN,
+                            weight_filler=filler, bias_filler=BIAS_FILLER)
+    setattr(n, name, conv)
+    setattr(n, relu, _L().ReLU(conv, in_place=True))
+    return conv
+
+
+def _L():
+    return import_caffe().layers
+
+
+def _P():
+    return import_caffe().params
+
+
+def vgg_trunk(n, data, model: ModelConfig) -> tuple[dict[int, object], object]:
+    """Add VGG16 cut after `model.stages` stages, plus fc6/fc7 as convolutions, to NetSpec `n`.
+
+    Returns ({stage: pool top}, fc7 top).
+    """
+    L, P = _L(), _P()
+    bottom, pools = data, {}
+    for stage in range(1, model.stages + 1):
+        for i in range(1, VGG16_STAGE_CONVS[stage - 1] + 1):
+            pad = conv1_pad(model) if (stage, i) == (1, 1) else 1
+            bottom = _conv_relu(n, bottom, f"conv{stage}_{i}", f"relu{stage}_{i}",
+                                VGG16_STAGE_CHANNELS[stage - 1], 3, pad, TRUNK_FILLER)
+        pools[stage] = L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=2, stride=2)
+        setattr(n, f"pool{stage}", pools[stage])
+        bottom = pools[stage]
+    fc = bottom
+    for name, relu, drop, kernel, pad in (("fc6", "relu6", "drop6", 7, fc6_pad(model)),
+                                          ("fc7", "relu7", "drop7", 1, 0)):
+        fc = _conv_relu(n, fc, name, relu, model.fc_channels, kernel, pad, TRUNK_FILLER)
+        if model.dropout > 0:
+            setattr(n, drop, L.Dropout(fc, dropout_ratio=model.dropout, in_place=True))
+    return pools, fc
+
+
+def _score(bottom, k):
+    return _L().Convolution(bottom, num_output=k, kernel_size=1, pad=0, param=LEARN,
+                            weight_filler=SCORE_FILLER, bias_filler=BIAS_FILLER)
+
+
+def _upsample(bottom, k, factor):
+    return _L().Deconvolution(bottom, param=FROZEN, convolution_param=dict(
+        num_output=k, group=k, kernel_size=2 * factor, stride=factor, bias_term=False,
+        weight_filler=dict(type="bilinear")))
+
+
+def _crop(n, top_from, top_to):
+    from caffe.coord_map import crop  # noqa: PLC0415 - needs pycaffe
+    try:
+        return crop(top_from, top_to)
+    except (AssertionError, RuntimeError) as exc:  # geometry that cannot be cropped
+        raise ConfigError(f"model: the net's geometry cannot be cropped back to the input ({exc}); "
+                          "use the default model.pad") from None
+
+
+def fcn_head(n, data, pools, fc7, model: ModelConfig) -> object:
+    """Add the FCN-32s/16s/8s head on top of the trunk; returns the `score` top (cropped to `data`)."""
+    L = _L()
+    k = model.num_classes
+    n.score_fr = _score(fc7, k)
+    plan = upsampling_plan(model)
+    top = n.score_fr
+    for i, (name, _factor) in enumerate(plan[:-1]):
+        up = _upsample(top, k, 2)
+        setattr(n, name, up)
+        stage = model.stages - 1 - i
+        skip_in = pools[stage]
+        if model.at_once:
+            scaled = L.Scale(skip_in, param=FROZEN, filler=dict(type="constant", value=AT_ONCE_SKIP_SCALE[i + 1]))
+            setattr(n, f"scale_pool{stage}", scaled)
+            skip_in = scaled
+        score_pool = _score(skip_in, k)
+        setattr(n, f"score_pool{stage}", score_pool)
+        cropped = _crop(n, score_pool, up)
+        setattr(n, f"score_pool{stage}c", cropped)
+        top = L.Eltwise(up, cropped, operation=_P().Eltwise.SUM)
+        setattr(n, f"fuse_pool{stage}", top)
+    name, factor = plan[-1]
+    up = _upsample(top, k, factor)
+    setattr(n, name, up)
+    n.score = _crop(n, up, data)
+    return n.score
+
+
+def _image_transform(config: Config) -> dict:
+    t = dict(mean_value=[input_mean(config)] * config.model.input_channels)
+    if config.data.scale != 1.0:
+        t["scale"] = config.data.scale
+    return t
+
+
+def _data_layers(config: Config, phase: str):
+    """(image top, label top) of LMDB Data layers for one phase, in their own NetSpec."""
+    caffe = import_caffe()
+    L, P = caffe.layers, caffe.params
+    paths = dataset_paths(config.data.root)
+    split = "train" if phase == "TRAIN" else "val"
+    include = dict(phase=getattr(caffe, phase))
+    image = L.Data(name="data", include=include, transform_param=_image_transform(config),
+                   data_param=dict(source=paths[f"{split}_images"], backend=P.Data.LMDB,
+                                   batch_size=config.data.batch_size))
+    label = L.Data(name="label", include=include,
+                   data_param=dict(source=paths[f"{split}_labels"], backend=P.Data.LMDB,
+                                   batch_size=config.data.batch_size))
+    return image, label
+
+
+def _check_complete(config: Config) -> None:
+    if config.model.num_classes is None:
+        raise ConfigError("model.num_classes is not set; set it, or point data.root at an imported dataset")
+    if config.data.ignore_label < config.model.num_classes:
+        raise ConfigError(f"data.ignore_label {config.data.ignore_label} collides with class ids "
+                          f"0..{config.model.num_classes - 1}; use 255")
+
+
+def train_val_net(config: Config):
+    """The training/validation NetParameter: LMDB Data layers per phase, trunk, head, SoftmaxWithLoss."""
+    _check_complete(config)
+    caffe = import_caffe()
+    L, P = caffe.layers, caffe.params
+    n = caffe.NetSpec()
+    n.data, n.label = _data_layers(config, "TRAIN")
+    pools, fc7 = vgg_trunk(n, n.data, config.model)
+    score = fcn_head(n, n.data, pools, fc7, config.model)
+    norm = P.Loss.VALID if config.loss.normalize else P.Loss.NONE
+    n.loss = L.SoftmaxWithLoss(score, n.label, loss_param=dict(ignore_label=config.data.ignore_label,
+                                                               normalization=norm))
+    net = n.to_proto()
+    net.name = f"{config.model.arch}-{config.model.stages}stages"
+    # The TEST-phase Data layers share the TRAIN ones' names and tops, which one NetSpec cannot hold.
+    t = caffe.NetSpec()
+    t.data, t.label = _data_layers(config, "TEST")
+    test_layers = t.to_proto().layer
+    merged = list(net.layer[:2]) + list(test_layers) + list(net.layer[2:])
+    del net.layer[:]
+    net.layer.extend(merged)
+    return net
+
+
+def deploy_net(config: Config, height: int, width: int):
+    """The inference NetParameter: Input 1xCxHxW, trunk, head; output blob `score`, no loss."""
+    _check_complete(config)
+    caffe = import_caffe()
+    n = caffe.NetSpec()
+    n.data = caffe.layers.Input(shape=dict(dim=[1, config.model.input_channels, height, width]))
+    pools, fc7 = vgg_trunk(n, n.data, config.model)
+    fcn_head(n, n.data, pools, fc7, config.model)
+    net = n.to_proto()
+    net.name = f"{config.model.arch}-{config.model.stages}stages-deploy"
+    return net
+
+
+def input_multiple(model: ModelConfig) -> int:
+    """Input sizes must be multiples of this (the stride) for `pad: minimal`; 1 otherwise."""
+    return model.net_stride if model.pad == "minimal" else 1
