@@ -60,14 +60,15 @@ def conv_geometry(layer) -> tuple[int, int, int]:
         p = layer.pooling_param
         if p.global_pooling:
             return 0, 0, 0
-        k = p.kernel_h or p.kernel_size
-        s = p.stride_h or p.stride or 1
-        pad = p.pad_h or p.pad
+        k = p.kernel_h if p.HasField("kernel_h") else p.kernel_size
+        s = p.stride_h if p.HasField("stride_h") else p.stride
+        pad = p.pad_h if p.HasField("pad_h") else p.pad
         return k, s, pad
     c = layer.convolution_param
-    k = c.kernel_h or _first(c.kernel_size, 1)
-    s = c.stride_h or _first(c.stride, 1)
-    pad = c.pad_h or _first(c.pad, 0)
+    # Some Caffe forks give stride_h a default of 1, so only an explicitly set field counts.
+    k = c.kernel_h if c.HasField("kernel_h") else _first(c.kernel_size, 1)
+    s = c.stride_h if c.HasField("stride_h") else _first(c.stride, 1)
+    pad = c.pad_h if c.HasField("pad_h") else _first(c.pad, 0)
     dil = _first(c.dilation, 1)
     return (k - 1) * dil + 1, s, pad
 
@@ -130,7 +131,7 @@ def blob_maps(net, input_blob: str = "data") -> tuple[dict[str, Map], list[CropC
                 check.offset = int(shift)
             used = check.given[0] if check.given else 0
             for top in layer.top:
-                maps[top] = Map(ma.scale, ma.shift - used * ma.scale)
+                maps[top] = Map(ma.scale, ma.shift - used)
             continue
         lm = layer_map(layer)
         bottoms = [b for b in layer.bottom if b in maps]

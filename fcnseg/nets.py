@@ -29,6 +29,16 @@ AT_ONCE_SKIP_SCALE = {1: 0.01, 2: 0.0001}  # pool4-like skip, pool3-like skip (r
 MINIMAL_PAD_FC6 = 3  # keeps fc6's 7x7 window centred so the score map covers the input
 
 
+def bilinear_kernel(size: int):
+    """The (size x size) bilinear interpolation kernel Caffe's "bilinear" filler writes per filter."""
+    import numpy as np  # noqa: PLC0415
+
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:size, :size]
+    return (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+
+
 def conv1_pad(model: ModelConfig) -> int:
     """conv1_1's padding: 100 as in the reference, 1 for `pad: minimal`, else the given number."""
     return 1 if model.pad == "minimal" else int(model.pad)
@@ -43,7 +53,8 @@ def upsampling_plan(model: ModelConfig) -> list[tuple[str, int]]:
     """(layer name, factor) of every upsampling Deconvolution, in order; the factors multiply to the stride.
 
     fcn32s: one upsampling by the stride. fcn16s: 2x to the previous pool, then stride/2. fcn8s: 2x, 2x,
-    then stride/4. Names follow the reference (upscore, upscore2, upscore_pool4, upscore16, upscore8).
+    then stride/4. Names follow the reference (upscore, upscore2, upscore_pool4, upscore16, upscore8);
+    a final 2x in a shallow net is named `upscore`.
     """
     stride, skips = model.net_stride, SKIPS_BY_ARCH[model.arch]
     if skips == 0:
@@ -51,7 +62,9 @@ def upsampling_plan(model: ModelConfig) -> list[tuple[str, int]]:
     plan = [("upscore2", 2)]
     if skips == 2:
         plan.append((f"upscore_pool{model.stages - 1}", 2))
-    plan.append((f"upscore{stride // 2 ** skips}", stride // 2 ** skips))
+    final = stride // 2 ** skips
+    # A final factor of 2 (shallow nets) would collide with the first 2x layer's name.
+    plan.append(("upscore" if final == 2 else f"upscore{final}", final))
     return plan
 
 
@@ -106,13 +119,36 @@ def _upsample(bottom, k, factor):
         weight_filler=dict(type="bilinear")))
 
 
-def _crop(n, top_from, top_to):
+def _crop(top_from, top_to):
+    """Caffe's coord_map crop of `top_from` to `top_to`; ConfigError when no valid offset exists."""
     from caffe.coord_map import crop  # noqa: PLC0415 - needs pycaffe
     try:
         return crop(top_from, top_to)
     except (AssertionError, RuntimeError) as exc:  # geometry that cannot be cropped
         raise ConfigError(f"model: the net's geometry cannot be cropped back to the input ({exc}); "
                           "use the default model.pad") from None
+
+
+def _align_skip(n, up, score_pool, stage):
+    """Bring the upsampled score and a skip's score onto one grid; returns the two tops to fuse.
+
+    With the reference's 100-pixel pad the skip is the larger map and is cropped to the upsampled one
+    (score_pool4c, offset 5). With minimal padding the upsampled map overhangs the skip instead, so it is
+    the one cropped (upscore2c); coord_map decides which, from the geometry.
+    """
+    from caffe.coord_map import coord_map_from_to  # noqa: PLC0415 - needs pycaffe
+    _, _, shift = coord_map_from_to(score_pool, up)
+    if (shift <= 0).all():
+        cropped = _crop(score_pool, up)
+        setattr(n, f"score_pool{stage}c", cropped)
+        return up, cropped
+    cropped = _crop(up, score_pool)
+    setattr(n, f"{_name_of(n, up)}c", cropped)
+    return cropped, score_pool
+
+
+def _name_of(n, top):
+    return next(name for name, t in n.tops.items() if t is top)
 
 
 def fcn_head(n, data, pools, fc7, model: ModelConfig) -> object:
@@ -133,14 +169,13 @@ def fcn_head(n, data, pools, fc7, model: ModelConfig) -> object:
             skip_in = scaled
         score_pool = _score(skip_in, k)
         setattr(n, f"score_pool{stage}", score_pool)
-        cropped = _crop(n, score_pool, up)
-        setattr(n, f"score_pool{stage}c", cropped)
-        top = L.Eltwise(up, cropped, operation=_P().Eltwise.SUM)
+        a, b = _align_skip(n, up, score_pool, stage)
+        top = L.Eltwise(a, b, operation=_P().Eltwise.SUM)
         setattr(n, f"fuse_pool{stage}", top)
     name, factor = plan[-1]
     up = _upsample(top, k, factor)
     setattr(n, name, up)
-    n.score = _crop(n, up, data)
+    n.score = _crop(up, data)
     return n.score
 
 
