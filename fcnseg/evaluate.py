@@ -1,0 +1,78 @@
+"""`fcnseg eval`: score a run's weights on a split of its dataset (or another dataset).
+
+`evaluate(run_dir, data=None, weights=None, split="val")` returns the metrics dict and writes
+eval.json next to the weights' run (RUN_DIR/eval.json, or WEIGHTS.eval.json for outside weights).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from . import runs
+from .config import load_config
+from .dataset import dataset_paths, read_dataset, resolve_config
+from .errors import RunError
+
+
+def run_weights(run_dir: Path) -> Path:
+    """best.caffemodel, else final.caffemodel, else the newest snapshot; RunError when none exist."""
+    for name in (runs.BEST_WEIGHTS, runs.FINAL_WEIGHTS):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    snaps = sorted((run_dir / runs.SNAPSHOT_DIR).glob("*_iter_*.caffemodel"),
+                   key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]))
+    if snaps:
+        return snaps[-1]
+    raise RunError(f"{run_dir}: no weights (best.caffemodel, final.caffemodel or snapshots/); "
+                   "train first, or pass --weights")
+
+
+def load_run(run_dir: str | Path):
+    """(run folder, its resolved config) for a folder written by `fcnseg train` or `make-proto`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise RunError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE}); pass the folder `fcnseg train` wrote")
+    return run_dir, load_config(run_dir / runs.CONFIG_FILE)
+
+
+def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[str] = None,
+             split: str = "val") -> tuple[dict, Path]:
+    """Metrics of the run's weights on `split` of its dataset (or of `data`). Returns (result, eval path)."""
+    from .caffe_env import import_caffe  # noqa: PLC0415
+    from .nets import train_val_net  # noqa: PLC0415
+    from .train import CaffeLogRedirect, validate  # noqa: PLC0415
+
+    run_dir, config = load_run(run_dir)
+    if data is not None:
+        config.data.root = str(data)
+    config = resolve_config(config)
+    if config.data.root is None:
+        raise RunError(f"{run_dir}: the run has no data.root; pass --data DIR")
+    meta = read_dataset(config.data.root)
+    samples = int(meta.get("splits", {}).get(split, {}).get("samples", 0))
+    if samples < 1:
+        raise RunError(f"{config.data.root}: the {split} split is empty")
+    weights_path = Path(weights) if weights else run_weights(run_dir)
+    if not weights_path.is_file():
+        raise RunError(f"{weights_path}: weights file not found")
+
+    net_param = train_val_net(config)
+    paths = dataset_paths(config.data.root)
+    for layer in net_param.layer:  # point the TEST phase at the requested split
+        if layer.type == "Data" and layer.include and layer.include[0].phase == 1:
+            kind = "images" if layer.name == "data" else "labels"
+            layer.data_param.source = paths[f"{split}_{kind}"]
+    proto = run_dir / f".eval.{split}.prototxt"
+    runs.write_text_atomic(proto, str(net_param))
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
+        net = caffe.Net(str(proto), str(weights_path), caffe.TEST)
+        result = validate(net, config.model.num_classes, samples, config.data.ignore_label)
+    proto.unlink()
+    result.update(split=split, weights=str(weights_path), data=str(config.data.root), samples=samples)
+    out = run_dir / runs.EVAL_FILE if weights is None or weights_path.parent == run_dir \
+        else weights_path.with_name(weights_path.name + ".eval.json")
+    runs.write_text_atomic(out, json.dumps(result, indent=2))
+    return result, out

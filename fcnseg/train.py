@@ -1,0 +1,475 @@
+"""`fcnseg train`: pycaffe SGD with validation, metrics, plots, atomic snapshots, exact resume and
+health checks.
+
+`train(config, run_dir, ...)` is the one entry point. It writes the run folder (see runs.py), checks the
+setup with doctor first, initialises from pretrained weights (weights.py), then steps the solver one
+iteration at a time so it can validate, snapshot, watch the loss and react to signals between steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import runs
+from .config import Config, config_differences, load_config
+from .dataset import read_dataset, resolve_config
+from .errors import ConfigError, DataError, RunError
+from .metrics import confusion, predicted_classes, scores
+
+EXIT_NAN = 1
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+DEAD_LOSS_TOLERANCE = 0.02  # relative distance from ln(K) that counts as "uniform prediction"
+
+
+def learning_rate(config: Config, it: int) -> float:
+    """The learning rate Caffe's SGDSolver::GetLearningRate uses at iteration `it`."""
+    s = config.solver
+    if s.lr_policy == "fixed":
+        return s.base_lr
+    if s.lr_policy == "step":
+        return s.base_lr * s.gamma ** (it // s.stepsize)
+    if s.lr_policy == "multistep":
+        return s.base_lr * s.gamma ** sum(1 for v in s.stepvalue if it >= v)
+    if s.lr_policy == "exp":
+        return s.base_lr * s.gamma ** it
+    if s.lr_policy == "inv":
+        return s.base_lr * (1 + s.gamma * it) ** (-s.power)
+    if s.lr_policy == "poly":
+        return s.base_lr * (1 - it / s.max_iter) ** s.power
+    raise ValueError(s.lr_policy)
+
+
+# ---------------------------------------------------------------- run folder, config and resume checks
+
+def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, dict]:
+    """Resolve the config against its dataset and write (or, on resume, check) the run's definition.
+
+    Returns (resolved config, dataset meta). Raises ConfigError/DataError/RunError on bad input.
+    """
+    config = resolve_config(config)
+    if config.data.root is None:
+        raise ConfigError("data.root is not set; import data with `fcnseg data import -o DIR` and pass "
+                          "--data DIR (or set data.root)")
+    meta = read_dataset(config.data.root)
+    _check_batching(config, meta)
+    if resume:
+        saved_path = run_dir / runs.CONFIG_FILE
+        if not saved_path.is_file():
+            raise RunError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE}); cannot resume")
+        saved = load_config(saved_path)
+        diff = config_differences(saved, config)
+        if diff and not force:
+            raise RunError(f"{run_dir}: the config differs from the run's: {'; '.join(diff)}. "
+                           "Resume with the same config, or add --force to continue with the new one")
+        if not diff:
+            return config, meta
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir}: run folder exists and is not empty; choose another --out, "
+                       f"or continue it with --resume {run_dir}")
+    runs.write_definition(config, run_dir, meta)
+    return config, meta
+
+
+def _check_batching(config: Config, meta: dict) -> None:
+    sizes = {tuple(s) for split in meta.get("splits", {}).values() for s in split.get("sizes", [])}
+    if config.data.batch_size > 1 and not meta.get("tile") and len(sizes) > 1:
+        raise ConfigError(f"data.batch_size is {config.data.batch_size} but {config.data.root} holds images "
+                          f"of {len(sizes)} different sizes; use data.batch_size: 1 or import with --tile N")
+    for split in ("train", "val"):
+        if int(meta.get("splits", {}).get(split, {}).get("samples", 0)) < 1:
+            raise DataError(f"{config.data.root}: the {split} split is empty; re-import with a val split "
+                            "(--val-fraction or --val-frames)")
+
+
+def newest_solverstate(run_dir: Path) -> Optional[Path]:
+    """The solverstate with the highest iteration in run_dir/snapshots (complete ones only)."""
+    snaps = run_dir / runs.SNAPSHOT_DIR
+    states = []
+    for p in snaps.glob("*_iter_*.solverstate"):
+        try:
+            states.append((int(p.stem.rsplit("_iter_", 1)[1]), p))
+        except ValueError:
+            continue
+    return max(states)[1] if states else None
+
+
+# ---------------------------------------------------------------- Caffe's own log into caffe.log
+
+class CaffeLogRedirect:
+    """Send file descriptor 2 (where glog writes) to caffe.log while Python's stderr keeps the terminal."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._log = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._old_stderr = sys.stderr
+        sys.stderr = os.fdopen(os.dup(self._saved), "w", buffering=1)
+        os.dup2(self._log, 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        sys.stderr.close()
+        sys.stderr = self._old_stderr
+        os.close(self._log)
+        os.close(self._saved)
+        return False
+
+
+# ---------------------------------------------------------------- the training loop
+
+@dataclass
+class History:
+    """What the plots are drawn from (re-read from metrics.jsonl on resume)."""
+
+    train: list[tuple[int, float]] = field(default_factory=list)
+    val: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> "History":
+        h = cls()
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if e.get("event") == "train":
+                    h.train.append((e["iter"], e["loss"]))
+                elif e.get("event") == "val":
+                    h.val.append(e)
+        return h
+
+
+def plot_history(history: History, run_dir: Path) -> None:
+    """Redraw loss.png (smoothed training loss, val loss) and val.png (mean IU, pixel acc)."""
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history.train:
+        ax.plot(*zip(*history.train), label="train (smoothed)")
+    if history.val:
+        ax.plot([v["iter"] for v in history.val], [v["loss"] for v in history.val], "o-", label="val")
+    ax.set_xlabel("iteration"), ax.set_ylabel("loss"), ax.grid(alpha=0.3), ax.legend()
+    _save_fig(fig, run_dir / "loss.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history.val:
+        its = [v["iter"] for v in history.val]
+        ax.plot(its, [v["mean_iu"] for v in history.val], "o-", label="mean IU")
+        ax.plot(its, [v["pixel_acc"] for v in history.val], "s--", label="pixel acc")
+    ax.set_xlabel("iteration"), ax.set_ylim(0, 1), ax.grid(alpha=0.3), ax.legend(loc="lower right")
+    ax.set_title("validation")
+    _save_fig(fig, run_dir / "val.png")
+    plt.close("all")
+
+
+def _save_fig(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=90)
+    tmp.replace(path)
+
+
+def validate(net, num_classes: int, samples: int, ignore_label: int) -> dict:
+    """One pass over the val split through `net` (a TEST net sharing the training weights).
+
+    Counts exactly `samples` images (the Data layer cycles, so a last partial batch is trimmed), and
+    returns the metrics of one confusion matrix plus the mean loss and the confusion matrix itself.
+    """
+    hist = np.zeros((num_classes, num_classes), np.int64)
+    losses, seen = [], 0
+    while seen < samples:
+        out = net.forward()
+        score, label = net.blobs["score"].data, net.blobs["label"].data
+        take = min(score.shape[0], samples - seen)
+        hist += confusion(label[:take, 0], score[:take].argmax(1), num_classes)
+        losses.append(float(out["loss"]))
+        seen += take
+    result = scores(hist)
+    result["loss"] = float(np.mean(losses))
+    result["confusion"] = hist.tolist()
+    result["predicted_classes"] = predicted_classes(hist)
+    return result
+
+
+def _solver_file(run_dir: Path, config: Config, meta: dict) -> Path:
+    """A solver prototxt with absolute paths (the run's own solver.prototxt stays relative)."""
+    from .solver import solver_param  # noqa: PLC0415
+    p = solver_param(config, runs.val_batches(config, meta), str(run_dir / runs.TRAIN_VAL_FILE))
+    p.snapshot_prefix = str(run_dir / runs.SNAPSHOT_DIR / ".partial" / "train")
+    path = run_dir / ".solver.abs.prototxt"
+    runs.write_text_atomic(path, str(p))
+    return path
+
+
+class Trainer:
+    """Owns the solver and the run folder's files during one `fcnseg train` invocation."""
+
+    def __init__(self, config: Config, meta: dict, run_dir: Path, out=print):
+        self.config, self.meta, self.run_dir, self.out = config, meta, run_dir, out
+        self.metrics_path = run_dir / runs.METRICS_FILE
+        self.history = History.read(self.metrics_path)
+        self.best = max((v["mean_iu"] for v in self.history.val if v.get("mean_iu") is not None),
+                        default=-1.0)
+        self.stop_signal: Optional[int] = None
+        self.losses: deque = deque(maxlen=config.train.smoothing)
+        self.dead_since: Optional[int] = None
+        self.dead_warned = False
+        self.t0 = time.time()
+
+    # -- events
+    def log_event(self, event: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    def warn(self, text: str) -> None:
+        self.out("\n" + "!" * 78 + "\n" + text + "\n" + "!" * 78)
+
+    # -- snapshots
+    def snapshot(self, solver) -> Path:
+        """Write caffemodel + solverstate under .partial/, then rename: solverstate last, as the marker."""
+        partial = self.run_dir / runs.SNAPSHOT_DIR / ".partial"
+        partial.mkdir(parents=True, exist_ok=True)
+        solver.snapshot()
+        stem = f"train_iter_{solver.iter}"
+        model, state = partial / f"{stem}.caffemodel", partial / f"{stem}.solverstate"
+        final_dir = self.run_dir / runs.SNAPSHOT_DIR
+        model.replace(final_dir / model.name)
+        state.replace(final_dir / state.name)
+        return final_dir / state.name
+
+    def save_weights(self, net, name: str) -> None:
+        tmp = self.run_dir / f".{name}.tmp"
+        net.save(str(tmp))
+        tmp.replace(self.run_dir / name)
+
+    # -- health
+    def check_loss(self, it: int, loss: float) -> None:
+        k = self.config.model.num_classes
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(it, loss)
+        per_pixel = loss if self.config.loss.normalize else None
+        if per_pixel is not None and abs(per_pixel - math.log(k)) < DEAD_LOSS_TOLERANCE * math.log(k):
+            self.dead_since = it if self.dead_since is None else self.dead_since
+            if it - self.dead_since >= self.config.train.dead_loss_iters and not self.dead_warned:
+                self.dead_warned = True
+                self.warn(f"WARNING: the loss has sat at ln({k}) = {math.log(k):.4f} since iteration "
+                          f"{self.dead_since}: the net predicts a uniform distribution, it is not learning.\n"
+                          + LIKELY_CAUSES)
+        else:
+            self.dead_since = None
+
+    def check_val(self, result: dict, it: int) -> None:
+        if result["predicted_classes"] <= 1:
+            self.warn(f"WARNING: at iteration {it} validation predicts ONE class for every pixel "
+                      f"(mean IU {result['mean_iu']:.3f}). The net has learned only the class prior.\n"
+                      + LIKELY_CAUSES)
+
+
+LIKELY_CAUSES = """Likely causes:
+  - no pretrained weights: VGG-depth nets trained from scratch with the reference recipe do not learn;
+    convert ImageNet VGG16 with `fcnseg weights convert` and set init.weights, or use a shallower net
+    (model.stages 3) with Adam (see configs/demo_hela.yaml);
+  - learning rate against loss normalisation: loss.normalize false sums the loss over every pixel, so
+    base_lr must be tiny (1e-10 for ~500x500 images); with normalize true use ~1e-4 (Adam) or
+    1e-3..1e-2 with momentum 0.9;
+  - labels: foreground stored as 255 is Caffe's ignore label; check with `fcnseg data show` and
+    `fcnseg doctor --config CONFIG --data-check`."""
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, it, loss):
+        what = loss if isinstance(loss, str) else f"loss became {loss}"
+        super().__init__(f"{what} at iteration {it}")
+        self.it, self.loss = it, loss
+
+
+def params_finite(net) -> bool:
+    """True when every learnable blob of `net` is finite (a sum is NaN/inf if any element is)."""
+    return all(np.isfinite(blob.data.sum()) for blobs in net.params.values() for blob in blobs)
+
+
+def _install_signal_handlers(trainer: Trainer):
+    def handler(signum, _frame):
+        trainer.stop_signal = signum
+    old = {s: signal.signal(s, handler) for s in EXIT_SIGNAL}
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Optional[int] = None,
+          force: bool = False, weights: Optional[str] = None, out=print) -> int:
+    """Train `config` into `run_dir`; returns the process exit code (0, or 130/143 on signals).
+
+    A NaN/inf loss ends the *process* with exit code 1 (os._exit) after writing the message, the
+    metrics event and keeping the last good snapshot: by then Caffe may have corrupted its heap.
+
+    With `resume`, continues from run_dir's newest solverstate with the same iteration numbering.
+    Raises FcnsegError subclasses for bad input (before anything is trained).
+    """
+    from tqdm import tqdm  # noqa: PLC0415
+
+    run_dir = Path(run_dir)
+    if weights is not None:
+        config = config.model_copy(deep=True)
+        config.init.weights = weights
+    config, meta = prepare_run(config, run_dir, resume, force)
+    state = newest_solverstate(run_dir) if resume else None
+    if resume and state is None:
+        raise RunError(f"{run_dir}: no snapshot to resume from (snapshots/*.solverstate); "
+                       "start it again without --resume into a new --out")
+    _run_doctor(config, force, out)
+
+    os.environ.setdefault("GLOG_minloglevel", "0")  # Caffe's log goes to caffe.log, in full
+    from .caffe_env import set_device  # noqa: PLC0415
+    with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
+        caffe = set_device(gpu)
+        if config.solver.random_seed is not None:
+            caffe.set_random_seed(config.solver.random_seed)
+        solver = caffe.get_solver(str(_solver_file(run_dir, config, meta)))
+    trainer = Trainer(config, meta, run_dir, out)
+    if state is not None:
+        _restore(solver, state, run_dir, config.solver.iter_size)
+        out(f"resumed from {state.name} at iteration {solver.iter}")
+    else:
+        from .weights import format_report, initialize, scratch_warning  # noqa: PLC0415
+        rows = initialize(solver.net, config, config.init.weights)
+        out(format_report(rows))
+        if not config.init.weights:
+            out(scratch_warning(config))
+    return _loop(solver, trainer, tqdm)
+
+
+def _run_doctor(config: Config, force: bool, out) -> None:
+    from .doctor import diagnose_config, format_findings  # noqa: PLC0415
+    findings = diagnose_config(config)
+    errors = [f for f in findings if f.severity == "error"]
+    if findings:
+        out(format_findings(findings))
+    if errors and not force:
+        raise ConfigError(f"doctor found {len(errors)} error(s) in this setup (listed above); fix them, "
+                          "or add --force to train anyway")
+
+
+def _restore(solver, state: Path, run_dir: Path, iter_size: int) -> None:
+    """Restore a solverstate, pointing it at its own caffemodel (the run folder may have moved)."""
+    from .caffe_env import caffe_pb2  # noqa: PLC0415
+    pb = caffe_pb2().SolverState()
+    pb.ParseFromString(state.read_bytes())
+    model = state.with_suffix(".caffemodel")
+    if not model.is_file():
+        raise RunError(f"{state}: its weights {model.name} are missing; delete the solverstate and resume")
+    pb.learned_net = str(model)
+    fixed = run_dir / runs.SNAPSHOT_DIR / ".partial" / "restore.solverstate"
+    fixed.parent.mkdir(parents=True, exist_ok=True)
+    fixed.write_bytes(pb.SerializeToString())
+    solver.restore(str(fixed))
+    fixed.unlink()
+    # The Data layer restarts at the first record; replay the data layers alone (cheap) so the
+    # resumed run sees exactly the batches an uninterrupted run would.
+    for _ in range(solver.iter * iter_size):
+        solver.net.forward(end="label")
+
+
+def _loop(solver, trainer: Trainer, tqdm) -> int:
+    c, run_dir = trainer.config, trainer.run_dir
+    max_iter, start = c.solver.max_iter, solver.iter
+    k, samples = c.model.num_classes, int(trainer.meta["splits"]["val"]["samples"])
+    restore_signals = _install_signal_handlers(trainer)
+    last_snapshot = None
+    bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
+    try:
+        while solver.iter < max_iter:
+            with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
+                solver.step(1)
+            it = solver.iter
+            loss = float(solver.net.blobs["loss"].data)
+            try:
+                trainer.check_loss(it, loss)
+                # Non-finite weights must stop us before the next step: Caffe's max pooling writes
+                # gradients out of bounds on NaN input and corrupts the heap.
+                if not params_finite(solver.net):
+                    raise NonFiniteLoss(it, "non-finite weights after the update")
+            except NonFiniteLoss as exc:
+                bar.close()
+                trainer.log_event({"event": "nan", "iter": it, "loss": str(loss)})
+                keep = f"; the last good snapshot is {last_snapshot}" if last_snapshot else ""
+                trainer.out(f"error: training stopped: {exc}{keep}.\nLikely causes: the learning rate is too "
+                            f"high for the loss normalisation (loss.normalize={c.loss.normalize}, solver."
+                            f"base_lr={c.solver.base_lr:g}); a summed loss needs a far smaller base_lr; "
+                            "or labels outside [0, K) that are not the ignore label.")
+                # Caffe's max-pooling backward writes out of bounds on NaN input, so the heap may
+                # already be corrupt: leave now, without destructors (everything is on disk).
+                sys.stdout.flush(), sys.stderr.flush()
+                os._exit(EXIT_NAN)
+            trainer.losses.append(loss)
+            smoothed = float(np.mean(trainer.losses))
+            lr = learning_rate(c, it - 1)
+            bar.update(1)
+            bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr:.2g}", refresh=False)
+            if it % c.train.display_interval == 0 or it == max_iter:
+                trainer.log_event({"event": "train", "iter": it, "loss": smoothed, "raw_loss": loss,
+                                   "lr": lr, "elapsed": round(time.time() - trainer.t0, 3)})
+                trainer.history.train.append((it, smoothed))
+            if it % c.train.val_interval == 0 or it == max_iter:
+                _validate(solver, trainer, it, k, samples)
+            if it % c.train.snapshot_interval == 0 or it == max_iter:
+                last_snapshot = trainer.snapshot(solver)
+            if trainer.stop_signal is not None:
+                break
+        bar.close()
+        if trainer.stop_signal is not None:
+            if last_snapshot is None or not last_snapshot.name.endswith(f"_iter_{solver.iter}.solverstate"):
+                last_snapshot = trainer.snapshot(solver)
+            plot_history(trainer.history, run_dir)
+            name = signal.Signals(trainer.stop_signal).name
+            trainer.log_event({"event": "stopped", "iter": solver.iter, "signal": name})
+            trainer.out(f"stopped by {name} at iteration {solver.iter}; snapshot {last_snapshot}\n"
+                        f"resume with: fcnseg train {run_dir / runs.CONFIG_FILE} --resume {run_dir}")
+            return EXIT_SIGNAL[trainer.stop_signal]
+        trainer.save_weights(solver.net, runs.FINAL_WEIGHTS)
+        trainer.log_event({"event": "done", "iter": solver.iter, "best_mean_iu": trainer.best,
+                           "elapsed": round(time.time() - trainer.t0, 3)})
+        trainer.out(f"done: {solver.iter} iterations in {time.time() - trainer.t0:.0f} s; best val mean IU "
+                    f"{trainer.best:.4f}; run folder {run_dir}")
+        return 0
+    finally:
+        bar.close()
+        restore_signals()
+
+
+def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
+    c = trainer.config
+    test_net = solver.test_nets[0]
+    # Caffe shares the trained weights with its test net only inside Solver::Test, which fcnseg
+    # never calls; share them here (pointer sharing, no copy).
+    test_net.share_with(solver.net)
+    with CaffeLogRedirect(trainer.run_dir / runs.CAFFE_LOG):
+        result = validate(test_net, k, samples, c.data.ignore_label)
+    event = {"event": "val", "iter": it, **{key: result[key] for key in (
+        "loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "confusion")},
+        "elapsed": round(time.time() - trainer.t0, 3)}
+    trainer.log_event(event)
+    trainer.history.val.append(event)
+    trainer.out(f"\nval @ {it}: loss {result['loss']:.4f}  pixel acc {result['pixel_acc']:.4f}  "
+                f"mean IU {result['mean_iu']:.4f}")
+    trainer.check_val(result, it)
+    if result["mean_iu"] is not None and result["mean_iu"] > trainer.best:
+        trainer.best = result["mean_iu"]
+        trainer.save_weights(solver.net, runs.BEST_WEIGHTS)
+    plot_history(trainer.history, trainer.run_dir)

@@ -1,0 +1,709 @@
+"""Pretrained weights: ImageNet VGG16 converted to one input channel, and any caffemodel loaded into a net.
+
+`convert_vgg16(src, dst)` turns the ImageNet VGG16 caffemodel (old V1 `layers` or new `layer` format,
+fc6/fc7 as InnerProduct or already convolutional) into a one-channel FCN trunk: conv1_1 summed over its
+B,G,R inputs with the bias corrected for the mean (fcn-facts.md, "Single-channel conversion"), fc6 and
+fc7 reshaped into convolutions, fc8 dropped. The gray mean M the converted trunk expects (input = gray - M,
+gray on 0-255) is stored in the output as conv1_1's `transform_param { mean_value: M }`, a field Caffe
+never reads on a Convolution layer; `recorded_gray_mean(path)` reads it back.
+
+`initialize(net, config, weights_path)` copies a caffemodel into a pycaffe net by layer name and blob
+index and returns one `TransplantRow` per parameter blob; `format_report(rows)` renders them;
+`scratch_warning(config)` is what to print when there are no weights.
+
+A caffemodel is read with protobuf one layer header at a time, and the float arrays (fc6 alone is
+411 MB) straight from their packed fields into numpy: parsing the whole file into one message would
+hold the file's bytes, the parsed message and the numpy copies at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .caffe_env import caffe_pb2
+from .config import VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS, Config
+from .errors import WeightsError
+
+# Caffe's ImageNet VGG16 expects BGR 0-255 minus this per-channel mean.
+VGG16_MEAN_BGR = (104.00699, 116.66877, 122.67892)
+TRUNK_CONV = re.compile(r"conv(\d+)_(\d+)$")
+FC_LAYERS = ("fc6", "fc7")
+CONVERT_HINT = "fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o vgg16_1ch.caffemodel"
+
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+_V1_TYPES = {"CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "DECONVOLUTION": "Deconvolution"}
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a caffemodel without materialising it
+
+
+@dataclass
+class BlobRecord:
+    """Where one parameter blob's floats lie in a caffemodel file, and its declared shape."""
+
+    shape: tuple[int, ...]
+    legacy: bool  # V1-era num/channels/height/width instead of a BlobShape
+    segments: list[tuple[int, int, str]]  # (file offset, bytes, numpy dtype) of packed data
+    values: Optional[np.ndarray] = None  # only when the data was stored unpacked (parsed by protobuf)
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class LayerRecord:
+    """One layer of a caffemodel: its name, new-style type name, header message (no blobs) and blobs."""
+
+    name: str
+    type: str
+    header: object
+    blobs: list[BlobRecord] = field(default_factory=list)
+
+    def blob_shape(self, i: int) -> tuple[int, ...]:
+        """Blob i's shape, with V1 legacy 4-D shapes read as Caffe meant them (bias N, InnerProduct OxI)."""
+        blob = self.blobs[i]
+        if not blob.legacy:
+            return blob.shape
+        if i == 1:
+            return (blob.count,)
+        return blob.shape[2:] if self.type == "InnerProduct" else blob.shape
+
+
+class _Wire:
+    """Protobuf wire-format framing (keys and lengths) read from a seekable binary file."""
+
+    def __init__(self, f, path):
+        self.f, self.path = f, path
+
+    def bad(self, what: str, pos: int):
+        raise WeightsError(f"{self.path}: not a valid Caffe binary model ({what} at byte {pos}); "
+                           "expected a .caffemodel saved by Caffe (not a prototxt or HDF5 file)")
+
+    def varint(self, pos: int, end: int) -> tuple[int, int]:
+        self.f.seek(pos)
+        value = 0
+        for i, byte in enumerate(self.f.read(min(10, end - pos))):
+            value |= (byte & 0x7F) << (7 * i)
+            if byte < 0x80:
+                return value, pos + i + 1
+        self.bad("bad varint", pos)
+
+    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+        """Yield (field number, wire type, key offset, value start, value end) for each field in [start, end)."""
+        pos = start
+        while pos < end:
+            key, vstart = self.varint(pos, end)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                self.bad("field number 0", pos)
+            if wire == _WIRE_VARINT:
+                vend = self.varint(vstart, end)[1]
+            elif wire == _WIRE_I64:
+                vend = vstart + 8
+            elif wire == _WIRE_I32:
+                vend = vstart + 4
+            elif wire == _WIRE_LEN:
+                length, vstart = self.varint(vstart, end)
+                vend = vstart + length
+            else:
+                self.bad(f"wire type {wire}", pos)
+            if vend > end:
+                self.bad("field runs past its end: truncated file", pos)
+            yield number, wire, pos, vstart, vend
+            pos = vend
+
+    def read(self, start: int, end: int) -> bytes:
+        self.f.seek(start)
+        data = self.f.read(end - start)
+        if len(data) != end - start:
+            self.bad("truncated file", start)
+        return data
+
+    def parse(self, cls, data: bytes, pos: int):
+        from google.protobuf.message import DecodeError  # noqa: PLC0415 - protobuf comes with pycaffe
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            self.bad(f"{cls.__name__} does not parse: {exc}", pos)
+
+
+def _number(message_cls, name: str) -> int:
+    return message_cls.DESCRIPTOR.fields_by_name[name].number
+
+
+def _read_blob(wire: _Wire, start: int, end: int, layer: str) -> BlobRecord:
+    pb = caffe_pb2()
+    data, double, skip = _number(pb.BlobProto, "data"), _number(pb.BlobProto, "double_data"), \
+        {_number(pb.BlobProto, "diff"), _number(pb.BlobProto, "double_diff")}
+    meta, segments, unpacked = [], [], False
+    for number, wire_type, key_at, vstart, vend in wire.fields(start, end):
+        if number in (data, double) and wire_type == _WIRE_LEN:
+            segments.append((vstart, vend - vstart, "<f4" if number == data else "<f8"))
+        elif number in (data, double):
+            unpacked = True
+        elif number not in skip:
+            meta.append(wire.read(key_at, vend))
+    proto = wire.parse(pb.BlobProto, b"".join(meta), start)
+    if proto.HasField("shape"):
+        shape, legacy = tuple(int(d) for d in proto.shape.dim), False
+    else:
+        shape, legacy = (proto.num, proto.channels, proto.height, proto.width), True
+    record = BlobRecord(shape, legacy, segments)
+    if unpacked:  # never written by Caffe itself; let protobuf read this one blob
+        full = wire.parse(pb.BlobProto, wire.read(start, end), start)
+        record.values = np.array(full.data or full.double_data, dtype=np.float32)
+        record.segments = []
+        stored = record.values.size
+    else:
+        stored = sum(n // np.dtype(dt).itemsize for _, n, dt in segments)
+    if stored != record.count:
+        raise WeightsError(f"{wire.path}: layer {layer} has a blob of shape {_shape_text(shape)} holding "
+                           f"{stored} values; the file is damaged, download or convert it again")
+    return record
+
+
+def _read_layer(wire: _Wire, start: int, end: int, v1: bool) -> LayerRecord:
+    pb = caffe_pb2()
+    cls = pb.V1LayerParameter if v1 else pb.LayerParameter
+    blobs_field = _number(cls, "blobs")
+    header_parts, blob_spans = [], []
+    for number, wire_type, key_at, vstart, vend in wire.fields(start, end):
+        if number == blobs_field and wire_type == _WIRE_LEN:
+            blob_spans.append((vstart, vend))
+        else:
+            header_parts.append(wire.read(key_at, vend))
+    header = wire.parse(cls, b"".join(header_parts), start)
+    if v1:
+        if header.HasField("layer"):
+            raise WeightsError(f"{wire.path}: a V0 (pre-2014) Caffe model; upgrade it with Caffe's "
+                               "upgrade_net_proto_binary tool first")
+        enum = pb.V1LayerParameter.LayerType.Name(header.type)
+        type_name = _V1_TYPES.get(enum, enum.title().replace("_", ""))
+    else:
+        type_name = header.type
+    blobs = [_read_blob(wire, s, e, header.name) for s, e in blob_spans]
+    return LayerRecord(header.name, type_name, header, blobs)
+
+
+def read_caffemodel_index(path: str | Path) -> dict[str, LayerRecord]:
+    """Index a caffemodel: {layer name: LayerRecord}, in file order, floats left on disk.
+
+    Handles the new `layer` and the V1 `layers` (VGG16's release) formats. Raises WeightsError when the
+    file is missing or is not a Caffe binary NetParameter.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found; download the ImageNet VGG16 caffemodel and "
+                           f"convert it ({CONVERT_HINT}), or set init.weights: null")
+    pb = caffe_pb2()
+    layer_field, layers_field = _number(pb.NetParameter, "layer"), _number(pb.NetParameter, "layers")
+    index: dict[str, LayerRecord] = {}
+    with open(path, "rb") as f:
+        if f.read(4) == b"\x89HDF":
+            raise WeightsError(f"{path}: an HDF5 caffemodel; save it as a binary .caffemodel "
+                               "(caffe.Net(...).save(path)) and use that")
+        wire = _Wire(f, path)
+        for number, wire_type, key_at, vstart, vend in wire.fields(0, path.stat().st_size):
+            if number in (layer_field, layers_field):
+                if wire_type != _WIRE_LEN:
+                    wire.bad("a layer that is not a message", key_at)
+                record = _read_layer(wire, vstart, vend, v1=number == layers_field)
+                index[record.name] = record
+    if not any(rec.blobs for rec in index.values()):
+        raise WeightsError(f"{path}: holds no layer with weights; is it a prototxt or a solver state "
+                           "rather than a .caffemodel?")
+    return index
+
+
+def load_blob(f, blob: BlobRecord) -> np.ndarray:
+    """The blob's values as a float32 array of its declared shape, read from open file `f`."""
+    if blob.values is not None:
+        return blob.values.reshape(blob.shape)
+    parts = []
+    for offset, nbytes, dtype in blob.segments:
+        part = np.empty(nbytes // np.dtype(dtype).itemsize, dtype=dtype)
+        f.seek(offset)
+        if f.readinto(memoryview(part).cast("B")) != nbytes:
+            raise WeightsError(f"{getattr(f, 'name', 'caffemodel')}: truncated file; download it again")
+        parts.append(part)
+    values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return values.astype(np.float32, copy=False).reshape(blob.shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing a caffemodel one layer at a time
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _len_prefix(number: int, length: int) -> bytes:
+    return _varint_bytes(number << 3 | _WIRE_LEN) + _varint_bytes(length)
+
+
+def _write_layer(out, header, arrays: list[np.ndarray]) -> None:
+    # A LayerParameter is its header fields followed by its `blobs` fields: protobuf concatenates
+    # repeated fields, so the floats go from numpy to the file without a protobuf copy.
+    pb = caffe_pb2()
+    blobs_field, data_field = _number(pb.LayerParameter, "blobs"), _number(pb.BlobProto, "data")
+    body = header.SerializeToString()
+    heads = [pb.BlobProto(shape=pb.BlobShape(dim=a.shape)).SerializeToString() + _len_prefix(data_field, a.nbytes)
+             for a in arrays]
+    blob_sizes = [len(h) + a.nbytes for h, a in zip(heads, arrays)]
+    size = len(body) + sum(len(_len_prefix(blobs_field, n)) + n for n in blob_sizes)
+    out.write(_len_prefix(_number(pb.NetParameter, "layer"), size) + body)
+    for head, array, n in zip(heads, arrays, blob_sizes):
+        out.write(_len_prefix(blobs_field, n) + head)
+        out.write(memoryview(np.ascontiguousarray(array, dtype="<f4")).cast("B"))
+
+
+def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[object, list[np.ndarray]]]) -> int:
+    """Write a new-style NetParameter to `path` under a temporary name, then rename; returns its size.
+
+    `layers` yields (LayerParameter without blobs, [float32 arrays]) one layer at a time, so only one
+    layer's floats need be in memory. Raises WeightsError when the file cannot be written.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as out:
+            out.write(caffe_pb2().NetParameter(name=name).SerializeToString())
+            for header, arrays in layers:
+                _write_layer(out, header, arrays)
+                del header, arrays  # free this layer's floats before the next is read
+        tmp.replace(path)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot write the converted model ({exc.strerror}); "
+                           "choose another -o") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.stat().st_size
+
+
+# ---------------------------------------------------------------------------------------------------
+# Converting ImageNet VGG16 to one input channel
+
+
+@dataclass(frozen=True)
+class DefinitionLayer:
+    """A parameter layer of the source net's definition. None means 'whatever the caffemodel holds'."""
+
+    name: str
+    type: str
+    num_output: Optional[int] = None
+    kernel: Optional[int] = None
+
+
+def vgg16_definition() -> list[DefinitionLayer]:
+    """The built-in VGG16 parameter layers: conv1_1 ... conv5_3 (3x3), fc6, fc7, fc8; any channel counts."""
+    convs = [DefinitionLayer(f"conv{s}_{i}", "Convolution", kernel=3)
+             for s, n in enumerate(VGG16_STAGE_CONVS, 1) for i in range(1, n + 1)]
+    return convs + [DefinitionLayer(fc, "InnerProduct") for fc in ("fc6", "fc7", "fc8")]
+
+
+def definition_from_prototxt(path: str | Path) -> list[DefinitionLayer]:
+    """The Convolution/InnerProduct layers of a deploy prototxt (`layer` or V1 `layers`). Raises WeightsError."""
+    from google.protobuf import text_format  # noqa: PLC0415
+
+    pb, path = caffe_pb2(), Path(path)
+    net = pb.NetParameter()
+    try:
+        text_format.Merge(path.read_text(), net)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path}: cannot read the prototxt ({exc.__class__.__name__}); check --prototxt") from None
+    except text_format.ParseError as exc:
+        raise WeightsError(f"{path}: not a valid Caffe prototxt ({exc}); check --prototxt") from None
+    layers = [(l.name, l.type, l) for l in net.layer] + \
+        [(l.name, _V1_TYPES.get(pb.V1LayerParameter.LayerType.Name(l.type), ""), l) for l in net.layers]
+    out = []
+    for name, type_name, layer in layers:
+        if type_name == "Convolution":
+            p = layer.convolution_param
+            kernel = p.kernel_size[0] if len(p.kernel_size) else (p.kernel_h or None)
+            out.append(DefinitionLayer(name, type_name, p.num_output or None, kernel))
+        elif type_name == "InnerProduct":
+            out.append(DefinitionLayer(name, type_name, layer.inner_product_param.num_output or None))
+    if not out:
+        raise WeightsError(f"{path}: no Convolution or InnerProduct layers; pass the model's deploy prototxt")
+    return out
+
+
+def gray_conv1(weight: np.ndarray, bias: np.ndarray, mean_bgr: Sequence[float], gray_mean: float):
+    """conv1_1 for one input channel: (weight O x3xKxK, bias O) -> (O x1xKxK, O), float32.
+
+    W' = sum_c W_c and b' = b + sum_c sum_taps W_c (M - m_c), so W' * (g - M) + b' equals
+    sum_c W_c * (g - m_c) + b wherever the kernel window sees no zero padding.
+    """
+    w = weight.astype(np.float64)
+    shift = np.asarray([gray_mean - m for m in mean_bgr], dtype=np.float64)
+    new_bias = bias.astype(np.float64) + np.einsum("ochw,c->o", w, shift)
+    return w.sum(axis=1, keepdims=True).astype(np.float32), new_bias.astype(np.float32)
+
+
+@dataclass
+class _Step:
+    record: LayerRecord
+    out_shape: tuple[int, ...]
+    transform: str  # "gray", "copy" or "reshape"
+    text: str
+
+
+def _plan_conversion(src: Path, index: dict[str, LayerRecord], definition: list[DefinitionLayer],
+                     where: str) -> tuple[list[_Step], list[str]]:
+    """Check the source against the definition before anything is written. Returns (steps, dropped)."""
+    trunk = [d for d in definition if TRUNK_CONV.match(d.name) or d.name in FC_LAYERS]
+    if not trunk or trunk[0].name != "conv1_1":
+        raise WeightsError(f"{where}: the definition does not start with conv1_1; pass a VGG16 deploy prototxt")
+    steps, prev_out = [], None
+    for d in trunk:
+        rec = index.get(d.name)
+        if rec is None or not rec.blobs:
+            raise WeightsError(f"{src}: no weights for layer {d.name}, which {where} lists; "
+                               "is this the ImageNet VGG16 caffemodel?")
+        if len(rec.blobs) != 2:
+            raise WeightsError(f"{src}: layer {d.name} has {len(rec.blobs)} blobs, expected weights and bias")
+        w_shape, b_shape = rec.blob_shape(0), rec.blob_shape(1)
+        out = w_shape[0]
+        if b_shape != (out,):
+            raise WeightsError(f"{src}: layer {d.name} has a bias of shape {_shape_text(b_shape)} for "
+                               f"{out} outputs; the file is not VGG16-shaped")
+        if d.num_output is not None and out != d.num_output:
+            raise WeightsError(f"{src}: layer {d.name} has {out} outputs but {where} says num_output "
+                               f"{d.num_output}; pass the prototxt that belongs to this model")
+        if rec.type == "Convolution" and len(w_shape) == 4:
+            _, channels, kh, kw = w_shape
+            if d.kernel is not None and (kh, kw) != (d.kernel, d.kernel):
+                raise WeightsError(f"{src}: layer {d.name} has {kh}x{kw} kernels but {where} says "
+                                   f"kernel_size {d.kernel}")
+            if d.name == "conv1_1":
+                if channels != 3:
+                    raise WeightsError(f"{src}: conv1_1 takes {channels} input channel(s) "
+                                       f"({_shape_text(w_shape)}), not 3 (B,G,R); nothing to convert"
+                                       + ("; use this file directly as init.weights" if channels == 1 else ""))
+                out_shape = (out, 1, kh, kw)
+                steps.append(_Step(rec, out_shape, "gray", f"{_shape_text(w_shape)} -> {_shape_text(out_shape)}"
+                                   " (summed over B,G,R; bias corrected for the mean)"))
+            elif channels != prev_out:
+                raise WeightsError(f"{src}: layer {d.name} takes {channels} channels but the layer before "
+                                   f"it gives {prev_out}; the file is not VGG16-shaped")
+            else:
+                steps.append(_Step(rec, w_shape, "copy", f"{_shape_text(w_shape)} copied"))
+        elif rec.type == "InnerProduct" and len(w_shape) == 2:
+            inputs = w_shape[1]
+            kernel = math.isqrt(inputs // prev_out) if inputs % prev_out == 0 else 0
+            if kernel * kernel * prev_out != inputs or (d.kernel is not None and kernel != d.kernel):
+                raise WeightsError(f"{src}: {d.name} is InnerProduct {_shape_text(w_shape)}, which does not "
+                                   f"read {prev_out} channels x k x k; the file is not VGG16-shaped")
+            out_shape = (out, prev_out, kernel, kernel)
+            steps.append(_Step(rec, out_shape, "reshape", f"InnerProduct {_shape_text(w_shape)} -> "
+                                                          f"Convolution {_shape_text(out_shape)}"))
+        else:
+            raise WeightsError(f"{src}: layer {d.name} is {rec.type} with weights {_shape_text(w_shape)}; "
+                               "expected a Convolution or an InnerProduct")
+        prev_out = out
+    kept = {d.name for d in trunk}
+    dropped = [f"{name}: dropped ({'the ImageNet classifier' if name == 'fc8' else 'not part of the VGG16 trunk'})"
+               for name, rec in index.items() if rec.blobs and name not in kept]
+    return steps, dropped
+
+
+def _converted_layer(f, step: _Step, mean_bgr, gray_mean: float):
+    pb, rec = caffe_pb2(), step.record
+    header = pb.LayerParameter(name=rec.name, type="Convolution", bottom=rec.header.bottom, top=rec.header.top)
+    if rec.type == "Convolution":
+        header.convolution_param.CopyFrom(rec.header.convolution_param)
+    else:
+        header.convolution_param.num_output = step.out_shape[0]
+        header.convolution_param.kernel_size.append(step.out_shape[2])
+    weight, bias = load_blob(f, rec.blobs[0]), load_blob(f, rec.blobs[1]).reshape(-1)
+    if step.transform == "gray":
+        weight, bias = gray_conv1(weight, bias, mean_bgr, gray_mean)
+        header.transform_param.mean_value.append(gray_mean)  # the input this trunk expects: gray - M
+    return header, [weight.reshape(step.out_shape), bias]
+
+
+@dataclass
+class Conversion:
+    """What `convert_vgg16` did: per-layer lines, the gray mean M recorded, time and memory."""
+
+    dst: Path
+    gray_mean: float
+    mean_bgr: tuple[float, float, float]
+    lines: list[str]
+    seconds: float
+    peak_rss_mb: float
+    size_bytes: int
+
+
+def convert_vgg16(src: str | Path, dst: str | Path, prototxt: str | Path | None = None,
+                  mean_bgr: Sequence[float] = VGG16_MEAN_BGR, gray_mean: Optional[float] = None) -> Conversion:
+    """Convert a 3-channel (BGR) VGG16 caffemodel to a 1-channel FCN trunk at `dst`.
+
+    conv1_1 is summed over B,G,R with its bias corrected so that the net fed (gray - M) computes what the
+    RGB net computes on the gray image replicated to B,G,R minus `mean_bgr`; M defaults to the mean of
+    `mean_bgr` and is recorded in the output (see `recorded_gray_mean`). fc6/fc7 become convolutions
+    (same numbers), fc8 and any other non-trunk layer is dropped. `prototxt` (the source's deploy
+    prototxt) replaces the built-in VGG16 definition. Everything is checked before `dst` is written
+    (under a temporary name, then renamed). Raises WeightsError.
+    """
+    started = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    mean_bgr = tuple(float(m) for m in mean_bgr)
+    if len(mean_bgr) != 3 or not all(math.isfinite(m) for m in mean_bgr):
+        raise WeightsError(f"--mean-bgr {mean_bgr}: expected three numbers B,G,R")
+    # Rounded to float32 up front: the value used for the bias is exactly the one recorded in the file.
+    gray_mean = float(np.float32(sum(mean_bgr) / 3 if gray_mean is None else gray_mean))
+    if not math.isfinite(gray_mean):
+        raise WeightsError(f"--gray-mean {gray_mean}: expected a finite number")
+    if dst.resolve() == src.resolve():
+        raise WeightsError(f"-o {dst}: the output must not overwrite the source model; choose another path")
+    definition = definition_from_prototxt(prototxt) if prototxt else vgg16_definition()
+    where = str(prototxt) if prototxt else "the built-in VGG16 definition"
+    index = read_caffemodel_index(src)
+    steps, dropped = _plan_conversion(src, index, definition, where)
+    with open(src, "rb") as f:
+        layers = (_converted_layer(f, step, mean_bgr, gray_mean) for step in steps)
+        size = write_caffemodel(dst, f"{src.stem}-1ch", layers)
+    lines = [f"{s.record.name}: {s.text}" for s in steps] + dropped
+    return Conversion(dst, gray_mean, mean_bgr, lines, time.perf_counter() - started, _peak_rss_mb(), size)
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM belongs to this program's address space; ru_maxrss also counts the parent's memory when a
+    # big process (a test runner) forked us.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def recorded_gray_mean(path: str | Path) -> Optional[float]:
+    """The gray mean M a converted model expects (its input is gray - M), or None if none is recorded."""
+    rec = read_caffemodel_index(path).get("conv1_1")
+    values = list(rec.header.transform_param.mean_value) if rec is not None else []
+    return float(values[0]) if values else None
+
+
+def input_mean_mismatch(config: Config, path: str | Path) -> Optional[str]:
+    """A one-line warning when the net's input ((image - data.mean) * data.scale) is not what the
+    converted weights at `path` expect (gray - M on 0-255); None when it matches or nothing is recorded."""
+    from .dataset import input_mean  # noqa: PLC0415
+
+    expected = recorded_gray_mean(path)
+    if expected is None:
+        return None
+    mean = input_mean(config)
+    if abs(mean - expected) <= 0.5 and config.data.scale == 1.0:
+        return None
+    return (f"{path} was converted for input (gray - {expected:.6g}) on 0-255, but this net subtracts "
+            f"data.mean {mean:.6g} and scales by {config.data.scale:g}; set data.mean: {expected:.6g} and "
+            "data.scale: 1 so the pretrained filters see what they were trained on")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading weights into a net before training
+
+
+@dataclass(frozen=True)
+class TransplantRow:
+    """What happened to one parameter blob of the net: action is 'copied', 'reshaped' or 'filler'."""
+
+    layer: str
+    blob: int
+    shape: tuple[int, ...]
+    action: str
+    detail: str = ""
+
+
+def _describe_filler(filler) -> str:
+    if filler.type == "constant":
+        return f"constant {filler.value:g}"
+    return "msra (He)" if filler.type == "msra" else filler.type
+
+
+def net_fillers(config: Config) -> dict[str, list[tuple[str, bool]]]:
+    """{layer: [(filler description, fixed)] per blob} from the net definition nets.py writes for `config`."""
+    from .nets import deploy_net  # noqa: PLC0415 - a building block; needs pycaffe
+
+    out = {}
+    for layer in deploy_net(config, *config.model.deploy_size).layer:
+        if layer.type in ("Convolution", "Deconvolution"):
+            p = layer.convolution_param
+            fillers = [p.weight_filler] + ([p.bias_filler] if p.bias_term else [])
+        elif layer.type == "Scale":
+            p = layer.scale_param
+            fillers = [p.filler] + ([p.bias_filler] if p.bias_term else [])
+        else:
+            continue
+        fixed = [i < len(layer.param) and layer.param[i].lr_mult == 0 for i in range(len(fillers))]
+        out[layer.name] = [(_describe_filler(f), fx) for f, fx in zip(fillers, fixed)]
+    return out
+
+
+def _file_stages(index: dict[str, LayerRecord]) -> int:
+    return max((int(m.group(1)) for m in map(TRUNK_CONV.match, index) if m), default=0)
+
+
+def _trunk_conv_error(path, name: str, rec: Optional[LayerRecord], shapes, config: Config) -> WeightsError:
+    if rec is None or not rec.blobs:
+        return WeightsError(f"{path}: no weights for {name}, which the trunk needs (model.stages "
+                            f"{config.model.stages}); use a VGG16-derived caffemodel or fewer model.stages")
+    file_shape = rec.blob_shape(0)
+    net_shape = shapes[0]
+    if name == "conv1_1" and len(file_shape) == 4 and file_shape[0] == net_shape[0] and file_shape[2:] == net_shape[2:]:
+        if file_shape[1] == 3 and net_shape[1] == 1:
+            return WeightsError(f"{path}: conv1_1 takes 3 channels (BGR, {_shape_text(file_shape)}) but the net "
+                                f"takes 1 ({_shape_text(net_shape)}); convert it first: fcnseg weights convert "
+                                f"{path} -o vgg16_1ch.caffemodel, and use that as init.weights")
+        return WeightsError(f"{path}: conv1_1 takes {file_shape[1]} channel(s) but model.input_channels is "
+                            f"{net_shape[1]}; set model.input_channels: {file_shape[1]} or use weights made "
+                            f"for {net_shape[1]} channel(s)")
+    net_shapes = " + ".join(_shape_text(s) for s in shapes)
+    return WeightsError(f"{path}: {name} is {_file_shapes(rec)} in the file but {net_shapes} in the net; "
+                        "the trunk must be VGG16-shaped (don't change the trunk, or use weights trained for it)")
+
+
+def _file_shapes(rec: LayerRecord) -> str:
+    return " + ".join(_shape_text(rec.blob_shape(i)) for i in range(len(rec.blobs)))
+
+
+def _fits(rec: Optional[LayerRecord], shapes: list[tuple[int, ...]], fc: bool) -> bool:
+    """Whether the file's layer `rec` can fill blobs of `shapes`: equal shapes, or for fc6/fc7 (`fc`)
+    an ImageNet InnerProduct O x (C*k*k), which is the convolution O x C x k x k with the same numbers."""
+    if rec is None or len(rec.blobs) != len(shapes):
+        return False
+    for i, shape in enumerate(shapes):
+        file_shape = rec.blob_shape(i)
+        as_conv = fc and i == 0 and len(file_shape) == 2 and len(shape) == 4 and \
+            file_shape[0] == shape[0] and file_shape[1] == math.prod(shape[1:])
+        if file_shape != tuple(shape) and not as_conv:
+            return False
+    return True
+
+
+def _fc_reason(name: str, rec: Optional[LayerRecord], index, config: Config, fc6_missing: bool) -> str:
+    if name == "fc7" and fc6_missing:
+        return "fc6 is not loaded, so fc7's weights would read features they were not trained on"
+    if rec is None or not rec.blobs:
+        return "absent from the file"
+    stages, file_stages = config.model.stages, _file_stages(index)
+    if stages < file_stages:
+        return (f"model.stages {stages} < {file_stages}: fc6 reads pool{stages} "
+                f"({VGG16_STAGE_CHANNELS[stages - 1]} channels), not the pool{file_stages} features it was "
+                "trained on")
+    file_out = rec.blob_shape(0)[0]
+    if config.model.fc_channels != file_out:
+        return f"model.fc_channels {config.model.fc_channels} != {file_out} in the file"
+    return f"shape mismatch: file {_file_shapes(rec)}"
+
+
+def initialize(net, config: Config, weights_path: str | Path | None = None) -> list[TransplantRow]:
+    """Load the caffemodel `weights_path` (default `config.init.weights`) into pycaffe `net` by layer name.
+
+    Trunk convolutions (conv*_*) must load: a missing layer or a shape mismatch raises WeightsError
+    (a 3-channel conv1_1 in a 1-channel net says to run `fcnseg weights convert`), and nothing is
+    copied. fc6/fc7 load when the file's shapes fit (an InnerProduct is reshaped into the convolution);
+    when model.stages or model.fc_channels rule them out they keep their fillers, with the reason.
+    Other layers (score*) load only when the file holds them with the same shapes; fixed layers
+    (lr_mult 0: upscore*, scale_pool*) are never loaded. With no weights every blob keeps its filler
+    (print `scratch_warning(config)`). Returns one TransplantRow per parameter blob of `net`.
+    """
+    path = weights_path if weights_path is not None else config.init.weights
+    params = net.params
+    fillers = net_fillers(config)
+
+    def filler(name, i, why):
+        known = fillers.get(name, [])
+        desc, fixed = known[i] if i < len(known) else ("filler from the net definition", False)
+        return f"{desc} (fixed, lr_mult 0): never loaded" if fixed else f"{desc}: {why}"
+
+    if path is None:
+        return [TransplantRow(name, i, tuple(b.data.shape), "filler",
+                              filler(name, i, "init.weights is null (training from scratch)"))
+                for name, blobs in params.items() for i, b in enumerate(blobs)]
+    index = read_caffemodel_index(path)
+    keep: dict[str, Optional[str]] = {}  # layer -> None to load it, else why it keeps its filler
+    for name, blobs in params.items():  # everything is checked before anything is copied
+        shapes = [tuple(b.data.shape) for b in blobs]
+        rec = index.get(name)
+        if all(fixed for _, fixed in fillers.get(name, [("", False)])):
+            keep[name] = "fixed"
+        elif TRUNK_CONV.match(name):
+            if not _fits(rec, shapes, fc=False):
+                raise _trunk_conv_error(path, name, rec, shapes, config)
+            keep[name] = None
+        elif name in FC_LAYERS:
+            # fc7 without ImageNet fc6 would read features it never saw; stages < the file's can still
+            # fit fc6's shape by accident (pool4 has pool5's 512 channels).
+            fc6_missing = name == "fc7" and keep.get("fc6") is not None
+            usable = not fc6_missing and _fits(rec, shapes, fc=True) and config.model.stages >= _file_stages(index)
+            keep[name] = None if usable else _fc_reason(name, rec, index, config, fc6_missing)
+        elif _fits(rec, shapes, fc=False):
+            keep[name] = None
+        else:
+            keep[name] = "absent from the file" if rec is None or not rec.blobs else \
+                f"shape mismatch: file {_file_shapes(rec)}"
+    rows = []
+    with open(path, "rb") as f:
+        for name, blobs in params.items():
+            reason, rec = keep[name], index.get(name)
+            for i, blob in enumerate(blobs):
+                shape = tuple(blob.data.shape)
+                if reason is not None:
+                    rows.append(TransplantRow(name, i, shape, "filler", filler(name, i, reason)))
+                    continue
+                values = load_blob(f, rec.blobs[i])
+                blob.data[...] = values.reshape(shape)
+                moved = tuple(rec.blob_shape(i)) != shape
+                rows.append(TransplantRow(name, i, shape, "reshaped" if moved else "copied",
+                                          f"from {rec.type} {_shape_text(rec.blob_shape(i))}" if moved else ""))
+    return rows
+
+
+def format_report(rows: list[TransplantRow]) -> str:
+    """The transplant report: one line per parameter blob, then a count per action."""
+    table = [("layer", "blob", "shape", "action", "source / reason")] + \
+        [(r.layer, str(r.blob), _shape_text(r.shape), r.action, r.detail) for r in rows]
+    widths = [max(len(row[c]) for row in table) for c in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in table]
+    counts = {a: sum(r.action == a for r in rows) for a in ("copied", "reshaped", "filler")}
+    lines.append(f"{len(rows)} blobs: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def scratch_warning(config: Config) -> str:
+    """The warning printed when init.weights is null: what training a VGG-depth FCN from scratch risks."""
+    m, s = config.model, config.solver
+    text = (f"warning: init.weights is null: training from scratch (msra/He fillers, score layers at 0). "
+            f"The FCN reference never does this: it fine-tunes ImageNet VGG16 and calls training its VGG-depth "
+            f"nets from scratch 'not feasible'. This net has {m.stages} stage(s), "
+            f"{sum(VGG16_STAGE_CONVS[:m.stages]) + 2} convolutions before the classifier")
+    if s.base_lr < 1e-6:
+        text += (f"; with base_lr {s.base_lr:g} (the reference's fine-tuning rate for a summed loss) random "
+                 "weights barely move")
+    return text + (f". Convert VGG16 ({CONVERT_HINT}) and set init.weights, or train from scratch with "
+                   "fewer model.stages, loss.normalize: true and Adam around 1e-4.")

@@ -1,0 +1,181 @@
+"""fcnseg.train / fcnseg.evaluate on small synthetic data (seconds each)."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import write_tiny_dataset
+from fcnseg.cli import main
+from fcnseg.config import validate_config
+from fcnseg.train import learning_rate, newest_solverstate
+
+caffe = pytest.importorskip("caffe")
+
+# A small net that learns the synthetic discs in ~100 iterations on a CPU.
+TINY = {"model": {"arch": "fcn8s", "stages": 3, "fc_channels": 16, "dropout": 0, "pad": "minimal"},
+        "data": {"batch_size": 4, "scale": 0.02},
+        "loss": {"normalize": True},
+        "solver": {"type": "Adam", "base_lr": 1e-3, "momentum": 0.9, "max_iter": 60, "weight_decay": 0,
+                   "random_seed": 1},
+        "train": {"val_interval": 20, "snapshot_interval": 20, "display_interval": 5, "smoothing": 5}}
+
+
+def write_cfg(path: Path, data_root: Path, **changes) -> Path:
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    raw["data"]["root"] = str(data_root)
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def events(run: Path, kind: str) -> list[dict]:
+    return [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["event"] == kind]
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_tiny_dataset(tmp_path / "data", n_train=8, n_val=4, size=32)
+
+
+def test_learning_rate_policies():
+    c = validate_config({"solver": {"base_lr": 0.1, "lr_policy": "step", "gamma": 0.5, "stepsize": 10}})
+    assert [learning_rate(c, i) for i in (0, 9, 10, 25)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    c = validate_config({"solver": {"base_lr": 0.1, "lr_policy": "poly", "power": 1, "max_iter": 100}})
+    assert learning_rate(c, 50) == pytest.approx(0.05)
+
+
+def test_training_learns_and_writes_the_run_folder(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", write_cfg(tmp_path / "c.yaml", data), "--out", run])
+    assert rc == 0
+    for name in ("config.yaml", "train_val.prototxt", "solver.prototxt", "deploy.prototxt", "caffe.log",
+                 "metrics.jsonl", "loss.png", "val.png", "best.caffemodel", "final.caffemodel"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "snapshots").glob("*.solverstate")) == [
+        f"train_iter_{i}.solverstate" for i in (20, 40, 60)]
+    train, val = events(run, "train"), events(run, "val")
+    assert {"iter", "loss", "lr", "elapsed"} <= set(train[0])
+    assert {"loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "confusion"} <= set(val[0])
+    assert [v["iter"] for v in val] == [20, 40, 60]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert val[-1]["mean_iu"] > 0.7 and val[-1]["mean_iu"] >= val[0]["mean_iu"]
+    assert np.sum(val[-1]["confusion"]) == 4 * 32 * 32
+    out = capsys.readouterr().out
+    assert "best val mean IU" in out
+
+
+def test_eval_prints_table_and_writes_eval_json(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    assert main(["train", write_cfg(tmp_path / "c.yaml", data, solver__max_iter=20), "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["eval", run]) == 0
+    out = capsys.readouterr().out
+    assert "mean IU" in out and "class 1" in out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["split"] == "val" and result["samples"] == 4
+    best = max(v["mean_iu"] for v in events(run, "val"))
+    assert result["mean_iu"] == pytest.approx(best, abs=1e-6)  # same weights, same data, same metric
+    assert main(["eval", run, "--split", "train"]) == 0
+    assert json.loads((run / "eval.json").read_text())["samples"] == 8
+
+
+def test_resume_continues_numbering_and_matches_uninterrupted(tmp_path):
+    # Deterministic setting: one training batch (so data order cannot differ), no dropout, fixed seed.
+    d = write_tiny_dataset(tmp_path / "d", n_train=4, n_val=4)
+    cfg = write_cfg(tmp_path / "c.yaml", d, solver__max_iter=40)
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", cfg, "--out", full]) == 0
+    assert main(["train", cfg, "--out", part, "--set", "solver.max_iter=20"]) == 0
+    # The first run of `part` stops at 20 iterations because max_iter differs; resume with the full config.
+    assert main(["train", cfg, "--resume", part]) == 2  # config differs (max_iter): refused
+    assert main(["train", cfg, "--resume", part, "--force"]) == 0
+    assert [e["iter"] for e in events(part, "val")] == [20, 40]
+    a = caffe.Net(str(full / "deploy.prototxt"), str(full / "final.caffemodel"), caffe.TEST)
+    b = caffe.Net(str(part / "deploy.prototxt"), str(part / "final.caffemodel"), caffe.TEST)
+    for name in a.params:
+        for pa, pb in zip(a.params[name], b.params[name]):
+            np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_resume_refuses_a_changed_config_key_by_key(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__max_iter=20)
+    assert main(["train", cfg, "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["train", cfg, "--resume", run, "--set", "solver.base_lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "solver.base_lr: 0.001 -> 0.5" in err and "--force" in err
+
+
+def test_sigint_snapshots_and_resumes(tmp_path, data):
+    run = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__max_iter=100000, train__snapshot_interval=100000,
+                    train__val_interval=100000)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", "train", str(cfg), "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Wait until training has really started (the first train event is written at iteration 5).
+    import time
+    for _ in range(600):
+        if (run / "metrics.jsonl").is_file() and events(run, "train"):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume with: fcnseg train" in out
+    state = newest_solverstate(run)
+    assert state is not None
+    stopped_at = int(state.stem.rsplit("_", 1)[1])
+    assert main(["train", str(cfg), "--resume", str(run), "--set", f"solver.max_iter={stopped_at + 3}",
+                 "--force"]) == 0
+    assert (run / "final.caffemodel").is_file()
+
+
+def test_huge_learning_rate_stops_with_nan_message(tmp_path, data):
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__type="SGD", solver__base_lr=1e6, loss__normalize=False,
+                    solver__max_iter=50, train__snapshot_interval=1)
+    # A subprocess: after a NaN, Caffe's heap may be corrupt and fcnseg leaves with os._exit.
+    r = subprocess.run([sys.executable, "-m", "fcnseg.cli", "train", str(cfg), "--out", str(tmp_path / "run"),
+                        "--force"], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "training stopped" in r.stdout and ("loss became nan" in r.stdout or "non-finite" in r.stdout)
+    assert "learning rate is too high" in r.stdout and "the last good snapshot is" in r.stdout
+    nan = events(tmp_path / "run", "nan")
+    assert len(nan) == 1
+    state = newest_solverstate(tmp_path / "run")
+    assert int(state.stem.rsplit("_", 1)[1]) < nan[0]["iter"]  # the NaN weights were never snapshotted
+
+
+def test_untrainable_setting_warns_one_class(tmp_path, data, capsys):
+    # lr 0: nothing can move; zero-initialised score layers predict one class everywhere.
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__base_lr=1e-30, solver__max_iter=20)
+    assert main(["train", cfg, "--out", tmp_path / "run", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "predicts ONE class for every pixel" in out and "Likely causes" in out
+
+
+def test_gpu_on_cpu_only_build_exits_2(tmp_path, data, capsys):
+    rc = main(["train", write_cfg(tmp_path / "c.yaml", data), "--out", tmp_path / "run", "--gpu", "0"])
+    assert rc == 2
+    assert "CPU-only" in capsys.readouterr().err
+
+
+def test_existing_run_folder_is_refused(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "something").write_text("x")
+    assert main(["train", write_cfg(tmp_path / "c.yaml", data), "--out", run]) == 2
+    assert "--resume" in capsys.readouterr().err
