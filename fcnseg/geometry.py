@@ -8,11 +8,16 @@ Convolution/Pooling (kernel k, stride s, pad p): y = (x + p - (k-1)/2) / s.
 Deconvolution: y = s * x + (k-1)/2 - p.  Crop by offset o: y = x - o.
 A Crop of blob A to reference R is valid when scale_A == scale_R, and its offset must be
 shift_A - shift_R (an integer >= 0).
+
+Only the height axis is followed; nets with different height and width geometry (kernel_w, pad_w ...)
+are judged by their height. Where a layer has several mapped bottoms (Eltwise, Concat) the first one
+is followed, as coord_map does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+from math import prod
 from typing import Optional
 
 PASS_THROUGH = {"ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "Dropout", "BatchNorm", "Scale", "Bias",
@@ -36,6 +41,31 @@ class Map:
 IDENTITY = Map(Fraction(1), Fraction(0))
 
 
+@dataclass(frozen=True)
+class Trace:
+    """How a blob is reached from the input: its Map and every resampling layer on the way.
+
+    `resampling` holds (layer name, layer scale) for each layer whose scale is not 1, in order.
+    """
+
+    map: Map
+    resampling: tuple[tuple[str, Fraction], ...] = ()
+
+    @property
+    def stride(self) -> Fraction:
+        """Product of the downsampling factors on the path (8 after three 2x poolings)."""
+        return prod((1 / s for _, s in self.resampling if s < 1), start=Fraction(1))
+
+    @property
+    def upsampling(self) -> Fraction:
+        """Product of the upsampling factors on the path (32 after one 32x Deconvolution)."""
+        return prod((s for _, s in self.resampling if s > 1), start=Fraction(1))
+
+    def then(self, layer: str, scale: Fraction, shift: Fraction) -> "Trace":
+        steps = self.resampling + (((layer, scale),) if scale != 1 else ())
+        return Trace(self.map.then(scale, shift), steps)
+
+
 @dataclass
 class CropCheck:
     """What a Crop layer should do. `offset` is None when no valid offset exists (see `problem`)."""
@@ -48,27 +78,38 @@ class CropCheck:
     given: Optional[list[int]] # the prototxt's offsets (None for a layer not yet written)
     axis: int
     problem: str = ""
+    spatial: Optional[tuple[int, int]] = field(default=None)  # the given (height, width) offsets
+
+    @property
+    def matches(self) -> bool:
+        """True when the given offsets equal the computed one on both spatial axes."""
+        return self.offset is not None and self.spatial == (self.offset, self.offset)
 
 
 def _first(values, default):
     return values[0] if len(values) else default
 
 
+def _explicit(param, name: str):
+    """The value of an optional field only when the prototxt sets it (some Caffe builds give stride_h
+    a default of 1, which would otherwise hide `stride`)."""
+    return getattr(param, name) if param.HasField(name) and getattr(param, name) else None
+
+
 def conv_geometry(layer) -> tuple[int, int, int]:
-    """(kernel, stride, pad) of a Convolution/Deconvolution/Pooling layer along height."""
+    """(kernel extent, stride, pad) of a Convolution/Deconvolution/Pooling layer along height."""
     if layer.type == "Pooling":
         p = layer.pooling_param
         if p.global_pooling:
             return 0, 0, 0
-        k = p.kernel_h if p.HasField("kernel_h") else p.kernel_size
-        s = p.stride_h if p.HasField("stride_h") else p.stride
-        pad = p.pad_h if p.HasField("pad_h") else p.pad
+        k = _explicit(p, "kernel_h") or p.kernel_size
+        s = _explicit(p, "stride_h") or p.stride or 1
+        pad = _explicit(p, "pad_h") or p.pad
         return k, s, pad
     c = layer.convolution_param
-    # Some Caffe forks give stride_h a default of 1, so only an explicitly set field counts.
-    k = c.kernel_h if c.HasField("kernel_h") else _first(c.kernel_size, 1)
-    s = c.stride_h if c.HasField("stride_h") else _first(c.stride, 1)
-    pad = c.pad_h if c.HasField("pad_h") else _first(c.pad, 0)
+    k = _explicit(c, "kernel_h") or _first(c.kernel_size, 1)
+    s = _explicit(c, "stride_h") or _first(c.stride, 1)
+    pad = _explicit(c, "pad_h") or _first(c.pad, 0)
     dil = _first(c.dilation, 1)
     return (k - 1) * dil + 1, s, pad
 
@@ -89,72 +130,104 @@ def layer_map(layer) -> Optional[tuple[Fraction, Fraction]]:
 
 
 def crop_offsets(layer) -> list[int]:
+    """The Crop layer's offsets as written (empty: Caffe crops at 0)."""
     return list(layer.crop_param.offset)
 
 
-def blob_maps(net, input_blob: str = "data") -> tuple[dict[str, Map], list[CropCheck]]:
-    """Follow every layer in order; return ({blob: Map relative to input_blob}, [CropCheck per Crop]).
+def spatial_crop_offsets(layer) -> tuple[int, int]:
+    """The (height, width) offsets Caffe applies: one offset serves every axis from `axis` on."""
+    given, axis = crop_offsets(layer), layer.crop_param.axis
+    if axis < 0:
+        axis += 4
+    if not given:
+        return 0, 0
+    if len(given) == 1:
+        return (given[0] if axis <= 2 else 0), (given[0] if axis <= 3 else 0)
+    pick = lambda dim: given[dim - axis] if 0 <= dim - axis < len(given) else 0  # noqa: E731
+    return pick(2), pick(3)
+
+
+def in_phase(layer, phase: str) -> bool:
+    """Whether Caffe keeps `layer` in `phase` ('TRAIN' or 'TEST'), from its include/exclude rules."""
+    number = {"TRAIN": 0, "TEST": 1}[phase]
+    if layer.include:
+        return any(not rule.HasField("phase") or rule.phase == number for rule in layer.include)
+    return not any(rule.HasField("phase") and rule.phase == number for rule in layer.exclude)
+
+
+def phase_net(net, phase: str):
+    """A copy of NetParameter `net` holding only the layers Caffe instantiates in `phase`."""
+    out = type(net)()
+    out.CopyFrom(net)
+    del out.layer[:]
+    out.layer.extend(layer for layer in net.layer if in_phase(layer, phase))
+    return out
+
+
+def blob_traces(net, input_blob: str = "data") -> tuple[dict[str, Trace], list[CropCheck]]:
+    """Follow every layer in order; return ({blob: Trace relative to input_blob}, [CropCheck per Crop]).
 
     Blobs that do not descend from `input_blob` through mappable layers are absent from the dict.
     Crops are checked against the computed offset; a Crop with a mismatched given offset still maps its
     top with the *given* offset, so later crops are judged on what the net really does.
     """
-    maps: dict[str, Map] = {}
+    traces: dict[str, Trace] = {input_blob: Trace(IDENTITY)}
     checks: list[CropCheck] = []
     for layer in net.layer:
         if layer.type in SOURCES:
             for top in layer.top:
                 if top == input_blob:
-                    maps[top] = IDENTITY
+                    traces[top] = Trace(IDENTITY)
             continue
         if layer.type == "Crop":
             if len(layer.bottom) < 2:
                 continue
             a, r = layer.bottom[0], layer.bottom[1]
-            check = CropCheck(layer.name, a, r, None, None, crop_offsets(layer), layer.crop_param.axis)
+            check = CropCheck(layer.name, a, r, None, None, crop_offsets(layer), layer.crop_param.axis,
+                              spatial=spatial_crop_offsets(layer))
             checks.append(check)
-            if a not in maps or r not in maps:
+            if a not in traces or r not in traces:
                 check.problem = f"no coordinate map from '{input_blob}' to " + \
-                    (f"'{a}'" if a not in maps else f"'{r}'")
+                    (f"'{a}'" if a not in traces else f"'{r}'")
                 continue
-            ma, mr = maps[a], maps[r]
-            check.scale = ma.scale / mr.scale
+            ta, tr = traces[a], traces[r]
+            check.scale = ta.map.scale / tr.map.scale
             if check.scale != 1:
                 check.problem = "scale mismatch"
                 continue
-            shift = ma.shift - mr.shift
+            shift = ta.map.shift - tr.map.shift
             if shift.denominator != 1:
                 check.problem = f"non-integer offset {float(shift):g}"
             elif shift < 0:
                 check.problem = f"negative offset {int(shift)}"
             else:
                 check.offset = int(shift)
-            used = check.given[0] if check.given else 0
+            # The offset counts pixels of the cropped blob itself: y' = y - offset.
             for top in layer.top:
-                maps[top] = Map(ma.scale, ma.shift - used)
+                traces[top] = Trace(Map(ta.map.scale, ta.map.shift - check.spatial[0]), ta.resampling)
             continue
         lm = layer_map(layer)
-        bottoms = [b for b in layer.bottom if b in maps]
+        bottoms = [b for b in layer.bottom if b in traces]
         if lm is None or not bottoms:
             continue
-        base = maps[bottoms[0]]
+        base = traces[bottoms[0]]
         for top in layer.top:
-            maps[top] = base.then(*lm)
-    return maps, checks
+            traces[top] = base.then(layer.name, *lm)
+    return traces, checks
+
+
+def blob_maps(net, input_blob: str = "data") -> tuple[dict[str, Map], list[CropCheck]]:
+    """Like `blob_traces`, with only the Map of each blob: ({blob: Map}, [CropCheck per Crop])."""
+    traces, checks = blob_traces(net, input_blob)
+    return {blob: trace.map for blob, trace in traces.items()}, checks
 
 
 def trunk_stride(net, input_blob: str = "data") -> Optional[int]:
-    """Net stride: 1 / the smallest scale reached by any blob before the first Deconvolution."""
-    maps: dict[str, Map] = {input_blob: IDENTITY}
-    smallest = Fraction(1)
-    for layer in net.layer:
-        if layer.type == "Deconvolution":
-            continue
-        lm = layer_map(layer)
-        bottoms = [b for b in layer.bottom if b in maps]
-        if lm is None or not bottoms or layer.type == "Crop":
-            continue
-        for top in layer.top:
-            maps[top] = maps[bottoms[0]].then(*lm)
-            smallest = min(smallest, maps[top].scale)
+    """Net stride: 1 / the smallest scale reached by any blob before the first Deconvolution.
+
+    None when that is not an integer (a stride-3 pooling after a stride-2 one is fine; 2/3 is not).
+    """
+    traces, _ = blob_traces(net, input_blob)
+    scales = [t.map.scale for t in traces.values() if t.upsampling == 1]
+    smallest = min(scales, default=Fraction(1))
     return int(1 / smallest) if smallest > 0 and (1 / smallest).denominator == 1 else None
