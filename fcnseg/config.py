@@ -222,15 +222,21 @@ def validate_config(raw: Any, where: str = "config") -> Config:
         raise ConfigError(_describe(exc.errors()[0], where)) from None
 
 
-def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
-    """`yaml.safe_load` of a file; ConfigError naming the file when missing or malformed."""
+def read_text(path: str | Path, what: str) -> str:
+    """The text of file `path`; ConfigError naming it as `what` when it is missing or unreadable."""
     path = Path(path)
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc.__class__.__name__})") from None
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """`yaml.safe_load` of a file; ConfigError naming the file when missing or malformed."""
+    path = Path(path)
+    text = read_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

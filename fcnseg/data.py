@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from . import __version__
-from .dataset import DATASET_FILE, SPLITS, dataset_paths, read_dataset
+from .dataset import DATASET_FILE, SPLITS, dataset_paths, datum_bytes, read_dataset
 from .errors import DataError
 from .images import (DEFAULT_PERCENTILES, IMAGE_SUFFIXES, WindowEstimator, apply_window, overlay, read_image,
                      read_mask, read_stack)
@@ -475,17 +475,12 @@ class _LmdbWriter:
     def __init__(self, path: Path, map_size: int):
         import lmdb  # noqa: PLC0415
 
-        from .caffe_env import caffe_pb2  # noqa: PLC0415
-
-        self._datum = caffe_pb2().Datum
         self._env = lmdb.open(str(path), map_size=map_size, subdir=True, meminit=False)
         self._txn = self._env.begin(write=True)
         self.count = 0
 
     def put(self, array: np.ndarray) -> None:
-        h, w = array.shape
-        datum = self._datum(channels=1, height=h, width=w, data=np.ascontiguousarray(array, np.uint8).tobytes())
-        self._txn.put(b"%08d" % self.count, datum.SerializeToString())
+        self._txn.put(b"%08d" % self.count, datum_bytes(array[None]))
         self.count += 1
         if self.count % _COMMIT_EVERY == 0:
             self._txn.commit()

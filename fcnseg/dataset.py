@@ -3,13 +3,18 @@
 Layout: DIR/{train,val}_{images,labels}_lmdb/ and DIR/dataset.yaml. `dataset_paths(root)` gives the
 LMDB paths (placeholders when root is None, so prototxts can be written without data on disk);
 `read_dataset(root)` the parsed dataset.yaml; `resolve_config(config)` fills num_classes and mean from it
-and refuses disagreements. No Caffe needed.
+and refuses disagreements. The LMDB records are Caffe Datums: `datum_bytes(array)` encodes one,
+`datum_array(raw)` decodes one. No Caffe needed to import this module; the Datum functions need pycaffe.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
+from .caffe_env import caffe_pb2
 from .config import Config, read_yaml
 from .errors import ConfigError, DataError
 
@@ -23,6 +28,28 @@ def dataset_paths(root: Optional[str]) -> dict[str, str]:
     base = root if root is not None else PLACEHOLDER_ROOT
     return {f"{split}_{kind}": str(Path(base) / f"{split}_{kind}_lmdb")
             for split in SPLITS for kind in ("images", "labels")}
+
+
+def datum_bytes(array: np.ndarray) -> bytes:
+    """A (C, H, W) array as a serialized Caffe Datum of raw uint8 pixels (values cast to uint8)."""
+    array = np.ascontiguousarray(array, np.uint8)
+    channels, height, width = array.shape
+    datum = caffe_pb2().Datum(channels=channels, height=height, width=width, data=array.tobytes())
+    return datum.SerializeToString()
+
+
+def datum_array(raw: bytes) -> np.ndarray:
+    """A serialized Caffe Datum as a (C, H, W) array: raw uint8 bytes, float_data (float32), or an
+    encoded image (PNG/JPEG, decoded with PIL)."""
+    datum = caffe_pb2().Datum()
+    datum.ParseFromString(raw)
+    if datum.encoded:
+        from PIL import Image  # noqa: PLC0415
+        arr = np.asarray(Image.open(io.BytesIO(datum.data)))
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if datum.data:
+        return np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
+    return np.asarray(datum.float_data, np.float32).reshape(datum.channels, datum.height, datum.width)
 
 
 def read_dataset(root: str | Path) -> dict:

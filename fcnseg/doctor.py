@@ -1,6 +1,7 @@
 """`fcnseg doctor`: read a train_val (and solver) prototxt and say, in plain words, why it cannot learn.
 
-Prototxts are parsed with caffe_pb2 (no net is instantiated); geometry comes from `fcnseg.geometry`.
+Prototxts are parsed with caffe_pb2 (no net is instantiated); geometry comes from `fcnseg.geometry`,
+caffemodel blob shapes from `fcnseg.caffemodel`, LMDB records from `fcnseg.dataset`.
 Each check returns `Finding`s: a severity (error / warning / info), a short code, the layer(s), one
 sentence on what is wrong and one on how to fix it.
 
@@ -23,7 +24,6 @@ Thresholds (each is explained where it is used):
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import textwrap
@@ -35,6 +35,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .caffe_env import caffe_pb2
+from .caffemodel import CONVERT_HINT, TRUNK_CONV, read_caffemodel_index
+from .config import read_text
+from .dataset import datum_array, read_dataset, resolve_config
 from .errors import ConfigError, DataError, WeightsError
 from .geometry import PASS_THROUGH, SOURCES, CropCheck, blob_traces, conv_geometry, phase_net, trunk_stride
 
@@ -49,7 +52,6 @@ ALEXNET_STEP = 1e-4 / (1 - 0.9)    # normalized loss: effective step per pixel-a
 VGG_STEP = 1e-10 / (1 - 0.99) * REFERENCE_PIXELS  # summed loss: per-pixel equivalent, 2.5e-3
 STEP_ERROR, STEP_WARNING, STEP_SMALL = 8.0, 3.0, 0.01
 RARE_CLASS = 0.01
-WEIGHTS_HINT = "fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o vgg16_1ch.caffemodel"
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,7 @@ class Finding:
 
 def _parse_text(path: Path, message, what: str):
     from google.protobuf import text_format  # noqa: PLC0415
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({exc.__class__.__name__})") from None
+    text = read_text(path, what)
     try:
         return text_format.Parse(text, message)
     except text_format.ParseError as exc:
@@ -104,10 +101,9 @@ def read_solver(path: str | Path):
 def caffemodel_shapes(path: str | Path) -> dict[str, list[tuple[int, ...]]]:
     """{layer name: [shape of each parameter blob]} of a caffemodel, read without loading its floats.
 
-    Uses weights.read_caffemodel_index (current and V1 formats; legacy InnerProduct blobs as O×I).
+    Uses caffemodel.read_caffemodel_index (current and V1 formats; legacy InnerProduct blobs as O×I).
     Raises WeightsError when the file is missing or not a caffemodel.
     """
-    from .weights import read_caffemodel_index  # noqa: PLC0415
     return {name: [rec.blob_shape(i) for i in range(len(rec.blobs))]
             for name, rec in read_caffemodel_index(path).items() if rec.blobs}
 
@@ -127,19 +123,6 @@ def _find(path: str, base_dirs: Sequence[Path]) -> Optional[Path]:
     p = Path(path)
     candidates = [p] if p.is_absolute() else [Path(b) / p for b in base_dirs] or [p]
     return next((c for c in candidates if c.exists()), None)
-
-
-def _datum_array(raw: bytes) -> np.ndarray:
-    """A Datum as a (C, H, W) array: raw uint8 bytes, float_data, or an encoded image."""
-    datum = caffe_pb2().Datum()
-    datum.ParseFromString(raw)
-    if datum.encoded:
-        from PIL import Image  # noqa: PLC0415
-        arr = np.asarray(Image.open(io.BytesIO(datum.data)))
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if datum.data:
-        return np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
-    return np.asarray(datum.float_data, np.float32).reshape(datum.channels, datum.height, datum.width)
 
 
 def _open_lmdb(path: Path):
@@ -176,7 +159,7 @@ class _Source:
                 raw = next(iter(txn.cursor().iternext(keys=False, values=True)), None)
             env.close()
             if raw is not None:
-                src.first = tuple(_datum_array(raw).shape)
+                src.first = tuple(datum_array(raw).shape)
         except Exception as exc:  # noqa: BLE001 - any unreadable database is reported, not raised
             src.problem = f"unreadable ({exc.__class__.__name__})"
         return src
@@ -187,7 +170,7 @@ class _Source:
         try:
             with env.begin() as txn:
                 for raw in txn.cursor().iternext(keys=False, values=True):
-                    yield _datum_array(raw)
+                    yield datum_array(raw)
         finally:
             env.close()
 
@@ -564,7 +547,7 @@ def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool)
     names = _names([layer.name for layer in hidden], 4)
     chans = n.channels.get(n.input_blob)
     fix = (f"Convert ImageNet VGG16 to {_plural(chans, 'input channel') if chans else 'your input channels'} "
-           f"with `{WEIGHTS_HINT}` and pass it (--weights, or init.weights in the config). "
+           f"with `{CONVERT_HINT}` and pass it (--weights, or init.weights in the config). "
            "From scratch, stay where it is known to work: at most 3 pooling stages, msra fillers on every "
            "layer, Adam at 1e-4 on a normalized loss (configs/seed_reduced_1ch.yaml).")
     if reasons:
@@ -581,13 +564,13 @@ def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool)
             f"{solver_type}. The from-scratch setup measured to learn at this depth used Adam (HeLa demo: "
             "3 stages, msra fillers, Adam 1e-4, val mean IU 0.87).",
             "Use type: \"Adam\" with base_lr 1e-4 on a normalized loss, or pretrained weights (" +
-            f"`{WEIGHTS_HINT}`).", names)]
+            f"`{CONVERT_HINT}`).", names)]
     return [Finding(
         "info", "from-scratch",
         f"No pretrained weights: {len(hidden)} learning layers ({names}) train from scratch; at this depth, "
         f"with msra fillers and {solver_type or 'an adaptive solver such as Adam'}, that is known to work "
         "(HeLa demo: val mean IU 0.87).",
-        f"Nothing to do; for deeper nets use pretrained weights (`{WEIGHTS_HINT}`).", names)]
+        f"Nothing to do; for deeper nets use pretrained weights (`{CONVERT_HINT}`).", names)]
 
 
 def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, loader: str) -> list[Finding]:
@@ -596,7 +579,6 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
     `loader` "caffe" (caffe train --weights: every same-named blob must match) or "fcnseg" (fcnseg train:
     trunk convolutions must match; fc6/fc7 are reshaped or keep their fillers, other layers keep theirs).
     """
-    from .weights import TRUNK_CONV  # noqa: PLC0415
     aborts = ("Caffe aborts with 'shape mismatch' when it copies" if loader == "caffe"
               else "fcnseg train refuses to load")
     if shapes is None:
@@ -630,7 +612,7 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
                     "error", "weights-channels",
                     f"'{layer.name}' in {weights.name} takes {got[1]} input channels but the data has {want}: "
                     f"{aborts} the weights.",
-                    f"Convert the weights to {_plural(want, 'channel')}: `{WEIGHTS_HINT}` (sums conv1_1 over "
+                    f"Convert the weights to {_plural(want, 'channel')}: `{CONVERT_HINT}` (sums conv1_1 over "
                     "RGB and corrects the bias for the mean).", layer.name))
             continue
         want = _expected_shape(n, layer)
@@ -1014,7 +996,6 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
     config knows: init.weights, input channels, the dataset's tile size and val count. Raises
     ConfigError / DataError for a config that cannot be built at all.
     """
-    from .dataset import read_dataset, resolve_config  # noqa: PLC0415
     from .nets import train_val_net  # noqa: PLC0415
     from .runs import val_batches  # noqa: PLC0415
     from .solver import solver_param  # noqa: PLC0415

@@ -11,294 +11,28 @@ never reads on a Convolution layer; `recorded_gray_mean(path)` reads it back.
 index and returns one `TransplantRow` per parameter blob; `format_report(rows)` renders them;
 `scratch_warning(config)` is what to print when there are no weights.
 
-A caffemodel is read with protobuf one layer header at a time, and the float arrays (fc6 alone is
-411 MB) straight from their packed fields into numpy: parsing the whole file into one message would
-hold the file's bytes, the parsed message and the numpy copies at once.
+Caffemodel files are read and written by `fcnseg.caffemodel`, one layer at a time.
 """
 from __future__ import annotations
 
 import math
-import os
-import re
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .caffe_env import caffe_pb2
+from .caffemodel import (CONVERT_HINT, TRUNK_CONV, V1_TYPES, LayerRecord, load_blob, read_caffemodel_index,
+                         shape_text, write_caffemodel)
 from .config import VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS, Config
 from .errors import WeightsError
 
 # Caffe's ImageNet VGG16 expects BGR 0-255 minus this per-channel mean.
 VGG16_MEAN_BGR = (104.00699, 116.66877, 122.67892)
-TRUNK_CONV = re.compile(r"conv(\d+)_(\d+)$")
 FC_LAYERS = ("fc6", "fc7")
-CONVERT_HINT = "fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o vgg16_1ch.caffemodel"
-
-_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
-_V1_TYPES = {"CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "DECONVOLUTION": "Deconvolution"}
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading a caffemodel without materialising it
-
-
-@dataclass
-class BlobRecord:
-    """Where one parameter blob's floats lie in a caffemodel file, and its declared shape."""
-
-    shape: tuple[int, ...]
-    legacy: bool  # V1-era num/channels/height/width instead of a BlobShape
-    segments: list[tuple[int, int, str]]  # (file offset, bytes, numpy dtype) of packed data
-    values: Optional[np.ndarray] = None  # only when the data was stored unpacked (parsed by protobuf)
-
-    @property
-    def count(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass
-class LayerRecord:
-    """One layer of a caffemodel: its name, new-style type name, header message (no blobs) and blobs."""
-
-    name: str
-    type: str
-    header: object
-    blobs: list[BlobRecord] = field(default_factory=list)
-
-    def blob_shape(self, i: int) -> tuple[int, ...]:
-        """Blob i's shape, with V1 legacy 4-D shapes read as Caffe meant them (bias N, InnerProduct OxI)."""
-        blob = self.blobs[i]
-        if not blob.legacy:
-            return blob.shape
-        if i == 1:
-            return (blob.count,)
-        return blob.shape[2:] if self.type == "InnerProduct" else blob.shape
-
-
-class _Wire:
-    """Protobuf wire-format framing (keys and lengths) read from a seekable binary file."""
-
-    def __init__(self, f, path):
-        self.f, self.path = f, path
-
-    def bad(self, what: str, pos: int):
-        raise WeightsError(f"{self.path}: not a valid Caffe binary model ({what} at byte {pos}); "
-                           "expected a .caffemodel saved by Caffe (not a prototxt or HDF5 file)")
-
-    def varint(self, pos: int, end: int) -> tuple[int, int]:
-        self.f.seek(pos)
-        value = 0
-        for i, byte in enumerate(self.f.read(min(10, end - pos))):
-            value |= (byte & 0x7F) << (7 * i)
-            if byte < 0x80:
-                return value, pos + i + 1
-        self.bad("bad varint", pos)
-
-    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
-        """Yield (field number, wire type, key offset, value start, value end) for each field in [start, end)."""
-        pos = start
-        while pos < end:
-            key, vstart = self.varint(pos, end)
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                self.bad("field number 0", pos)
-            if wire == _WIRE_VARINT:
-                vend = self.varint(vstart, end)[1]
-            elif wire == _WIRE_I64:
-                vend = vstart + 8
-            elif wire == _WIRE_I32:
-                vend = vstart + 4
-            elif wire == _WIRE_LEN:
-                length, vstart = self.varint(vstart, end)
-                vend = vstart + length
-            else:
-                self.bad(f"wire type {wire}", pos)
-            if vend > end:
-                self.bad("field runs past its end: truncated file", pos)
-            yield number, wire, pos, vstart, vend
-            pos = vend
-
-    def read(self, start: int, end: int) -> bytes:
-        self.f.seek(start)
-        data = self.f.read(end - start)
-        if len(data) != end - start:
-            self.bad("truncated file", start)
-        return data
-
-    def parse(self, cls, data: bytes, pos: int):
-        from google.protobuf.message import DecodeError  # noqa: PLC0415 - protobuf comes with pycaffe
-        try:
-            return cls.FromString(data)
-        except DecodeError as exc:
-            self.bad(f"{cls.__name__} does not parse: {exc}", pos)
-
-
-def _number(message_cls, name: str) -> int:
-    return message_cls.DESCRIPTOR.fields_by_name[name].number
-
-
-def _read_blob(wire: _Wire, start: int, end: int, layer: str) -> BlobRecord:
-    pb = caffe_pb2()
-    data, double, skip = _number(pb.BlobProto, "data"), _number(pb.BlobProto, "double_data"), \
-        {_number(pb.BlobProto, "diff"), _number(pb.BlobProto, "double_diff")}
-    meta, segments, unpacked = [], [], False
-    for number, wire_type, key_at, vstart, vend in wire.fields(start, end):
-        if number in (data, double) and wire_type == _WIRE_LEN:
-            segments.append((vstart, vend - vstart, "<f4" if number == data else "<f8"))
-        elif number in (data, double):
-            unpacked = True
-        elif number not in skip:
-            meta.append(wire.read(key_at, vend))
-    proto = wire.parse(pb.BlobProto, b"".join(meta), start)
-    if proto.HasField("shape"):
-        shape, legacy = tuple(int(d) for d in proto.shape.dim), False
-    else:
-        shape, legacy = (proto.num, proto.channels, proto.height, proto.width), True
-    record = BlobRecord(shape, legacy, segments)
-    if unpacked:  # never written by Caffe itself; let protobuf read this one blob
-        full = wire.parse(pb.BlobProto, wire.read(start, end), start)
-        record.values = np.array(full.data or full.double_data, dtype=np.float32)
-        record.segments = []
-        stored = record.values.size
-    else:
-        stored = sum(n // np.dtype(dt).itemsize for _, n, dt in segments)
-    if stored != record.count:
-        raise WeightsError(f"{wire.path}: layer {layer} has a blob of shape {_shape_text(shape)} holding "
-                           f"{stored} values; the file is damaged, download or convert it again")
-    return record
-
-
-def _read_layer(wire: _Wire, start: int, end: int, v1: bool) -> LayerRecord:
-    pb = caffe_pb2()
-    cls = pb.V1LayerParameter if v1 else pb.LayerParameter
-    blobs_field = _number(cls, "blobs")
-    header_parts, blob_spans = [], []
-    for number, wire_type, key_at, vstart, vend in wire.fields(start, end):
-        if number == blobs_field and wire_type == _WIRE_LEN:
-            blob_spans.append((vstart, vend))
-        else:
-            header_parts.append(wire.read(key_at, vend))
-    header = wire.parse(cls, b"".join(header_parts), start)
-    if v1:
-        if header.HasField("layer"):
-            raise WeightsError(f"{wire.path}: a V0 (pre-2014) Caffe model; upgrade it with Caffe's "
-                               "upgrade_net_proto_binary tool first")
-        enum = pb.V1LayerParameter.LayerType.Name(header.type)
-        type_name = _V1_TYPES.get(enum, enum.title().replace("_", ""))
-    else:
-        type_name = header.type
-    blobs = [_read_blob(wire, s, e, header.name) for s, e in blob_spans]
-    return LayerRecord(header.name, type_name, header, blobs)
-
-
-def read_caffemodel_index(path: str | Path) -> dict[str, LayerRecord]:
-    """Index a caffemodel: {layer name: LayerRecord}, in file order, floats left on disk.
-
-    Handles the new `layer` and the V1 `layers` (VGG16's release) formats. Raises WeightsError when the
-    file is missing or is not a Caffe binary NetParameter.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found; download the ImageNet VGG16 caffemodel and "
-                           f"convert it ({CONVERT_HINT}), or set init.weights: null")
-    pb = caffe_pb2()
-    layer_field, layers_field = _number(pb.NetParameter, "layer"), _number(pb.NetParameter, "layers")
-    index: dict[str, LayerRecord] = {}
-    with open(path, "rb") as f:
-        if f.read(4) == b"\x89HDF":
-            raise WeightsError(f"{path}: an HDF5 caffemodel; save it as a binary .caffemodel "
-                               "(caffe.Net(...).save(path)) and use that")
-        wire = _Wire(f, path)
-        for number, wire_type, key_at, vstart, vend in wire.fields(0, path.stat().st_size):
-            if number in (layer_field, layers_field):
-                if wire_type != _WIRE_LEN:
-                    wire.bad("a layer that is not a message", key_at)
-                record = _read_layer(wire, vstart, vend, v1=number == layers_field)
-                index[record.name] = record
-    if not any(rec.blobs for rec in index.values()):
-        raise WeightsError(f"{path}: holds no layer with weights; is it a prototxt or a solver state "
-                           "rather than a .caffemodel?")
-    return index
-
-
-def load_blob(f, blob: BlobRecord) -> np.ndarray:
-    """The blob's values as a float32 array of its declared shape, read from open file `f`."""
-    if blob.values is not None:
-        return blob.values.reshape(blob.shape)
-    parts = []
-    for offset, nbytes, dtype in blob.segments:
-        part = np.empty(nbytes // np.dtype(dtype).itemsize, dtype=dtype)
-        f.seek(offset)
-        if f.readinto(memoryview(part).cast("B")) != nbytes:
-            raise WeightsError(f"{getattr(f, 'name', 'caffemodel')}: truncated file; download it again")
-        parts.append(part)
-    values = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    return values.astype(np.float32, copy=False).reshape(blob.shape)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Writing a caffemodel one layer at a time
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _len_prefix(number: int, length: int) -> bytes:
-    return _varint_bytes(number << 3 | _WIRE_LEN) + _varint_bytes(length)
-
-
-def _write_layer(out, header, arrays: list[np.ndarray]) -> None:
-    # A LayerParameter is its header fields followed by its `blobs` fields: protobuf concatenates
-    # repeated fields, so the floats go from numpy to the file without a protobuf copy.
-    pb = caffe_pb2()
-    blobs_field, data_field = _number(pb.LayerParameter, "blobs"), _number(pb.BlobProto, "data")
-    body = header.SerializeToString()
-    heads = [pb.BlobProto(shape=pb.BlobShape(dim=a.shape)).SerializeToString() + _len_prefix(data_field, a.nbytes)
-             for a in arrays]
-    blob_sizes = [len(h) + a.nbytes for h, a in zip(heads, arrays)]
-    size = len(body) + sum(len(_len_prefix(blobs_field, n)) + n for n in blob_sizes)
-    out.write(_len_prefix(_number(pb.NetParameter, "layer"), size) + body)
-    for head, array, n in zip(heads, arrays, blob_sizes):
-        out.write(_len_prefix(blobs_field, n) + head)
-        out.write(memoryview(np.ascontiguousarray(array, dtype="<f4")).cast("B"))
-
-
-def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[object, list[np.ndarray]]]) -> int:
-    """Write a new-style NetParameter to `path` under a temporary name, then rename; returns its size.
-
-    `layers` yields (LayerParameter without blobs, [float32 arrays]) one layer at a time, so only one
-    layer's floats need be in memory. Raises WeightsError when the file cannot be written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as out:
-            out.write(caffe_pb2().NetParameter(name=name).SerializeToString())
-            for header, arrays in layers:
-                _write_layer(out, header, arrays)
-                del header, arrays  # free this layer's floats before the next is read
-        tmp.replace(path)
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot write the converted model ({exc.strerror}); "
-                           "choose another -o") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.stat().st_size
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,7 +69,7 @@ def definition_from_prototxt(path: str | Path) -> list[DefinitionLayer]:
     except text_format.ParseError as exc:
         raise WeightsError(f"{path}: not a valid Caffe prototxt ({exc}); check --prototxt") from None
     layers = [(l.name, l.type, l) for l in net.layer] + \
-        [(l.name, _V1_TYPES.get(pb.V1LayerParameter.LayerType.Name(l.type), ""), l) for l in net.layers]
+        [(l.name, V1_TYPES.get(pb.V1LayerParameter.LayerType.Name(l.type), ""), l) for l in net.layers]
     out = []
     for name, type_name, layer in layers:
         if type_name == "Convolution":
@@ -386,7 +120,7 @@ def _plan_conversion(src: Path, index: dict[str, LayerRecord], definition: list[
         w_shape, b_shape = rec.blob_shape(0), rec.blob_shape(1)
         out = w_shape[0]
         if b_shape != (out,):
-            raise WeightsError(f"{src}: layer {d.name} has a bias of shape {_shape_text(b_shape)} for "
+            raise WeightsError(f"{src}: layer {d.name} has a bias of shape {shape_text(b_shape)} for "
                                f"{out} outputs; the file is not VGG16-shaped")
         if d.num_output is not None and out != d.num_output:
             raise WeightsError(f"{src}: layer {d.name} has {out} outputs but {where} says num_output "
@@ -399,27 +133,27 @@ def _plan_conversion(src: Path, index: dict[str, LayerRecord], definition: list[
             if d.name == "conv1_1":
                 if channels != 3:
                     raise WeightsError(f"{src}: conv1_1 takes {channels} input channel(s) "
-                                       f"({_shape_text(w_shape)}), not 3 (B,G,R); nothing to convert"
+                                       f"({shape_text(w_shape)}), not 3 (B,G,R); nothing to convert"
                                        + ("; use this file directly as init.weights" if channels == 1 else ""))
                 out_shape = (out, 1, kh, kw)
-                steps.append(_Step(rec, out_shape, "gray", f"{_shape_text(w_shape)} -> {_shape_text(out_shape)}"
+                steps.append(_Step(rec, out_shape, "gray", f"{shape_text(w_shape)} -> {shape_text(out_shape)}"
                                    " (summed over B,G,R; bias corrected for the mean)"))
             elif channels != prev_out:
                 raise WeightsError(f"{src}: layer {d.name} takes {channels} channels but the layer before "
                                    f"it gives {prev_out}; the file is not VGG16-shaped")
             else:
-                steps.append(_Step(rec, w_shape, "copy", f"{_shape_text(w_shape)} copied"))
+                steps.append(_Step(rec, w_shape, "copy", f"{shape_text(w_shape)} copied"))
         elif rec.type == "InnerProduct" and len(w_shape) == 2:
             inputs = w_shape[1]
             kernel = math.isqrt(inputs // prev_out) if inputs % prev_out == 0 else 0
             if kernel * kernel * prev_out != inputs or (d.kernel is not None and kernel != d.kernel):
-                raise WeightsError(f"{src}: {d.name} is InnerProduct {_shape_text(w_shape)}, which does not "
+                raise WeightsError(f"{src}: {d.name} is InnerProduct {shape_text(w_shape)}, which does not "
                                    f"read {prev_out} channels x k x k; the file is not VGG16-shaped")
             out_shape = (out, prev_out, kernel, kernel)
-            steps.append(_Step(rec, out_shape, "reshape", f"InnerProduct {_shape_text(w_shape)} -> "
-                                                          f"Convolution {_shape_text(out_shape)}"))
+            steps.append(_Step(rec, out_shape, "reshape", f"InnerProduct {shape_text(w_shape)} -> "
+                                                          f"Convolution {shape_text(out_shape)}"))
         else:
-            raise WeightsError(f"{src}: layer {d.name} is {rec.type} with weights {_shape_text(w_shape)}; "
+            raise WeightsError(f"{src}: layer {d.name} is {rec.type} with weights {shape_text(w_shape)}; "
                                "expected a Convolution or an InnerProduct")
         prev_out = out
     kept = {d.name for d in trunk}
@@ -576,19 +310,19 @@ def _trunk_conv_error(path, name: str, rec: Optional[LayerRecord], shapes, confi
     net_shape = shapes[0]
     if name == "conv1_1" and len(file_shape) == 4 and file_shape[0] == net_shape[0] and file_shape[2:] == net_shape[2:]:
         if file_shape[1] == 3 and net_shape[1] == 1:
-            return WeightsError(f"{path}: conv1_1 takes 3 channels (BGR, {_shape_text(file_shape)}) but the net "
-                                f"takes 1 ({_shape_text(net_shape)}); convert it first: fcnseg weights convert "
+            return WeightsError(f"{path}: conv1_1 takes 3 channels (BGR, {shape_text(file_shape)}) but the net "
+                                f"takes 1 ({shape_text(net_shape)}); convert it first: fcnseg weights convert "
                                 f"{path} -o vgg16_1ch.caffemodel, and use that as init.weights")
         return WeightsError(f"{path}: conv1_1 takes {file_shape[1]} channel(s) but model.input_channels is "
                             f"{net_shape[1]}; set model.input_channels: {file_shape[1]} or use weights made "
                             f"for {net_shape[1]} channel(s)")
-    net_shapes = " + ".join(_shape_text(s) for s in shapes)
+    net_shapes = " + ".join(shape_text(s) for s in shapes)
     return WeightsError(f"{path}: {name} is {_file_shapes(rec)} in the file but {net_shapes} in the net; "
                         "the trunk must be VGG16-shaped (don't change the trunk, or use weights trained for it)")
 
 
 def _file_shapes(rec: LayerRecord) -> str:
-    return " + ".join(_shape_text(rec.blob_shape(i)) for i in range(len(rec.blobs)))
+    return " + ".join(shape_text(rec.blob_shape(i)) for i in range(len(rec.blobs)))
 
 
 def _fits(rec: Optional[LayerRecord], shapes: list[tuple[int, ...]], fc: bool) -> bool:
@@ -680,14 +414,14 @@ def initialize(net, config: Config, weights_path: str | Path | None = None) -> l
                 blob.data[...] = values.reshape(shape)
                 moved = tuple(rec.blob_shape(i)) != shape
                 rows.append(TransplantRow(name, i, shape, "reshaped" if moved else "copied",
-                                          f"from {rec.type} {_shape_text(rec.blob_shape(i))}" if moved else ""))
+                                          f"from {rec.type} {shape_text(rec.blob_shape(i))}" if moved else ""))
     return rows
 
 
 def format_report(rows: list[TransplantRow]) -> str:
     """The transplant report: one line per parameter blob, then a count per action."""
     table = [("layer", "blob", "shape", "action", "source / reason")] + \
-        [(r.layer, str(r.blob), _shape_text(r.shape), r.action, r.detail) for r in rows]
+        [(r.layer, str(r.blob), shape_text(r.shape), r.action, r.detail) for r in rows]
     widths = [max(len(row[c]) for row in table) for c in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in table]
     counts = {a: sum(r.action == a for r in rows) for a in ("copied", "reshaped", "filler")}

@@ -16,15 +16,13 @@ SEED_DIR = SHARED / "fixtures" / "seed"
 
 def write_lmdb(path: Path, arrays: list[np.ndarray]) -> None:
     """Write uint8 arrays (C,H,W) as Caffe Datums into a new LMDB at `path`."""
-    import caffe
     import lmdb
+
+    from fcnseg.dataset import datum_bytes
     env = lmdb.open(str(path), map_size=1 << 30)
     with env.begin(write=True) as txn:
         for i, arr in enumerate(arrays):
-            arr = np.asarray(arr, dtype=np.uint8)
-            datum = caffe.proto.caffe_pb2.Datum(channels=arr.shape[0], height=arr.shape[1],
-                                                width=arr.shape[2], data=arr.tobytes())
-            txn.put(b"%08d" % i, datum.SerializeToString())
+            txn.put(b"%08d" % i, datum_bytes(arr))
     env.close()
 
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from fcnseg import weights
+from fcnseg import caffemodel, weights
 from fcnseg.caffe_env import caffe_pb2, import_caffe
 from fcnseg.config import validate_config
 from fcnseg.errors import WeightsError
@@ -51,8 +51,8 @@ def new_style_layers(path):
     pb = caffe_pb2()
     with open(path, "rb") as f:
         return [(pb.LayerParameter(name=rec.name, type=rec.type),
-                 [weights.load_blob(f, b).reshape(rec.blob_shape(i)) for i, b in enumerate(rec.blobs)])
-                for rec in weights.read_caffemodel_index(path).values() if rec.blobs]
+                 [caffemodel.load_blob(f, b).reshape(rec.blob_shape(i)) for i, b in enumerate(rec.blobs)])
+                for rec in caffemodel.read_caffemodel_index(path).values() if rec.blobs]
 
 
 def make_config(**model):
@@ -191,7 +191,7 @@ def test_convert_refuses_files_that_are_not_caffemodels(tmp_path, models):
 
 def test_convert_refuses_a_model_missing_a_trunk_layer(tmp_path, models):
     holey = tmp_path / "holey.caffemodel"
-    weights.write_caffemodel(holey, "holey", [layer for layer in new_style_layers(models["narrow"])
+    caffemodel.write_caffemodel(holey, "holey", [layer for layer in new_style_layers(models["narrow"])
                                              if layer[0].name != "conv4_2"])
     with pytest.raises(WeightsError, match=r"no weights for layer conv4_2"):
         weights.convert_vgg16(holey, tmp_path / "x.caffemodel")
@@ -241,7 +241,7 @@ def test_initialize_loads_converted_vgg16_into_one_channel_nets(tmp_path, models
 def test_initialize_reshapes_imagenet_innerproduct_fc(tmp_path, models):
     """A 1-channel file whose fc6/fc7 are still InnerProduct (converted elsewhere) is reshaped on load."""
     mixed = tmp_path / "mixed.caffemodel"
-    weights.write_caffemodel(mixed, "mixed", new_style_layers(models["loadable_1ch"])[:1] +
+    caffemodel.write_caffemodel(mixed, "mixed", new_style_layers(models["loadable_1ch"])[:1] +
                              new_style_layers(models["loadable"])[1:])
     config = make_config(fc_channels=64)
     net = build_net(tmp_path, config)

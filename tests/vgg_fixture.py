@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg.caffe_env import caffe_pb2
+from fcnseg.caffemodel import field_prefix
 
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
 STAGE_CONVS = (2, 2, 3, 3, 3)
@@ -64,12 +65,7 @@ def _blob(pb, values: np.ndarray, legacy_dims):
     else:
         blob.num, blob.channels, blob.height, blob.width = legacy_dims
     # BlobProto.data is field 5, packed: merging its wire bytes is far faster than repeated.extend.
-    n, packed = values.nbytes, bytearray(b"\x2a")
-    while True:
-        packed.append((n & 0x7F) | (0x80 if n >> 7 else 0))
-        n >>= 7
-        if not n:
-            break
+    packed = bytearray(field_prefix(5, values.nbytes))
     packed += memoryview(np.ascontiguousarray(values, dtype="<f4")).cast("B")
     blob.MergeFromString(packed)
     return blob
