@@ -292,3 +292,36 @@ def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[object,
     finally:
         tmp.unlink(missing_ok=True)
     return path.stat().st_size
+
+
+def load_trained(net, path: str | Path, optional: set[str] = frozenset()) -> None:
+    """Copy the caffemodel at `path` into pycaffe `net` by layer name, all or nothing.
+
+    Every parameter layer of `net` must be in the file with the net's blob shapes, except the layers
+    named in `optional` (fixed ones, e.g. bilinear upsampling), which keep their fillers when absent.
+    Checked before anything is copied: Caffe itself aborts the process on a shape mismatch and keeps
+    fillers silently for a missing layer. Raises WeightsError naming the layers.
+    """
+    from .errors import WeightsError  # noqa: PLC0415
+
+    index = read_caffemodel_index(path)
+    missing, wrong = [], []
+    for name, blobs in net.params.items():
+        rec = index.get(name)
+        if rec is None or not rec.blobs:
+            if name not in optional:
+                missing.append(name)
+        elif len(rec.blobs) != len(blobs) or any(rec.blob_shape(i) != tuple(b.data.shape)
+                                                 for i, b in enumerate(blobs)):
+            wrong.append(name)
+    if missing or wrong:
+        what = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                           f"other shapes for {', '.join(wrong)}" if wrong else "") if part)
+        raise WeightsError(f"{path}: does not fit the run's net ({what}); pass weights trained with this "
+                           "run's config")
+    with open(path, "rb") as f:
+        for name, blobs in net.params.items():
+            rec = index.get(name)
+            if rec is not None and rec.blobs:
+                for i, blob in enumerate(blobs):
+                    blob.data[...] = load_blob(f, rec.blobs[i]).reshape(blob.data.shape)

@@ -242,6 +242,39 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json):
         sys.exit(1)
 
 
+@cli.command("infer")
+@click.argument("images", nargs=-1, required=True, type=click.Path(), metavar="IMAGE...")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="The run folder to use.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for <stem>.png (class ids, palette PNG) and the optional outputs.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Weights to use (default: the run's best, else final, else newest snapshot).")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (classes coloured over the image).")
+@click.option("--probs", is_flag=True, help="Also write <stem>_probs.npy (float16 class probabilities, K x H x W).")
+@click.option("--tile", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Run NxN tiles (default: only images above 1024x1024 pixels, in 512 tiles; 0: never).")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=None, metavar="M",
+              help="Overlap of tiles, averaged (default: a quarter tile).")
+@click.option("--to-gray", is_flag=True, help="Convert RGB(A) images to gray (BT.601 luma) instead of refusing them.")
+@click.option("--gpu", type=int, default=None, metavar="N", help="Run on GPU N (needs a CUDA Caffe).")
+@click.option("--cpu", "use_cpu", is_flag=True, help="Run on the CPU (the default).")
+def infer_cmd(images, run_dir, out_dir, weights, overlay, probs, tile, tile_overlap, to_gray, gpu, use_cpu):
+    """Label IMAGE... (files, folders, multi-page TIFFs) with a trained run. Exit 1 if some inputs
+    failed, 2 if all did.
+
+    Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --overlay
+    """
+    from .infer import InferOptions, infer  # noqa: PLC0415
+
+    if gpu is not None and use_cpu:
+        raise click.UsageError("--gpu and --cpu exclude each other")
+    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu)
+    result = infer(run_dir, list(images), out_dir, options, report=lambda line: click.echo(line, err=True))
+    for line in result.lines():
+        click.echo(line)
+    raise SystemExit(result.exit_code)
+
+
 def main(argv=None) -> int:
     """Console entry point: run the CLI, turning FcnsegError into one line and exit code 2."""
     try:

@@ -40,7 +40,8 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
              split: str = "val") -> tuple[dict, Path]:
     """Metrics of the run's weights on `split` of its dataset (or of `data`). Returns (result, eval path)."""
     from .caffe_env import import_caffe  # noqa: PLC0415
-    from .nets import train_val_net  # noqa: PLC0415
+    from .caffemodel import load_trained  # noqa: PLC0415
+    from .nets import fixed_layers, train_val_net  # noqa: PLC0415
     from .train import CaffeLogRedirect, validate  # noqa: PLC0415
 
     run_dir, config = load_run(run_dir)
@@ -68,7 +69,8 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
     caffe = import_caffe()
     caffe.set_mode_cpu()
     with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
-        net = caffe.Net(str(proto), str(weights_path), caffe.TEST)
+        net = caffe.Net(str(proto), caffe.TEST)
+        load_trained(net, weights_path, fixed_layers(config.model))
         result = validate(net, config.model.num_classes, samples, config.data.ignore_label)
     proto.unlink()
     result.update(split=split, weights=str(weights_path), data=str(config.data.root), samples=samples)

@@ -68,6 +68,14 @@ def upsampling_plan(model: ModelConfig) -> list[tuple[str, int]]:
     return plan
 
 
+def fixed_layers(model: ModelConfig) -> set[str]:
+    """Names of the layers that never learn (lr_mult 0): bilinear upsampling and at-once skip scales."""
+    names = {name for name, _ in upsampling_plan(model)}
+    if model.at_once:
+        names |= {f"scale_pool{model.stages - 1 - i}" for i in range(SKIPS_BY_ARCH[model.arch])}
+    return names
+
+
 def _conv_relu(n, bottom, name, relu, num_output, kernel, pad, filler):
     conv = _L().Convolution(bottom, num_output=num_output, kernel_size=kernel, pad=pad, param=LEARN,
                             weight_filler=filler, bias_filler=BIAS_FILLER)

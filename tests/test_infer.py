@@ -1,0 +1,300 @@
+"""fcnseg.infer and `fcnseg infer` on tiny runs made here (random weights; seconds each)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from PIL import Image
+
+from conftest import write_lmdb
+from fcnseg import infer as infer_mod
+from fcnseg import runs
+from fcnseg.cli import main
+from fcnseg.config import validate_config
+from fcnseg.dataset import resolve_config
+from fcnseg.images import PALETTE, apply_window
+from fcnseg.infer import Tiling, load_predictor, predict, tile_origins, tiling_for
+
+caffe = pytest.importorskip("caffe")
+
+WINDOW = {"low": 100.0, "high": 4000.0, "method": "fixed"}
+K = 3
+
+
+def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, **model) -> Path:
+    """A run folder (config, prototxts, best.caffemodel with random He-scaled weights) and its dataset."""
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "dataset.yaml").write_text(yaml.safe_dump(
+        {"num_classes": K, "mean": 90.0, "window": window, "input_channels": 1}))
+    model = {"arch": "fcn32s", "stages": 2, "fc_channels": 8, "dropout": 0, "pad": "minimal",
+             "deploy_size": [64, 64], **model}
+    config = resolve_config(validate_config({"model": model, "data": {"root": str(data), "scale": 0.02}}))
+    run = root / "run"
+    runs.write_definition(config, run)
+    if weights:
+        net = caffe.Net(str(run / runs.DEPLOY_FILE), caffe.TEST)
+        rng = np.random.default_rng(seed)
+        for name, blobs in net.params.items():
+            if name.startswith("upscore"):
+                continue  # fixed bilinear kernels
+            for b in blobs:
+                fan_in = int(np.prod(b.data.shape[1:])) if b.data.ndim > 1 else 0
+                b.data[...] = rng.normal(0, (2.0 / fan_in) ** 0.5, b.data.shape) if fan_in else 0.0
+        net.save(str(run / runs.BEST_WEIGHTS))
+    return run
+
+
+def raw_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """uint16 blobs and noise spanning the test window."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    smooth = np.sin(yy / 9.0) * np.cos(xx / 7.0)
+    return np.clip(2000 + 1500 * smooth + rng.normal(0, 200, (h, w)), 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("infer"))
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    tifffile.imwrite(folder / "odd.tif", raw_image(97, 131))
+    return folder
+
+
+def label_png(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.mode == "P"
+        return np.asarray(img)
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------
+
+def test_odd_size_writes_label_overlay_and_probs(run, images, tmp_path):
+    out = tmp_path / "out"
+    code = main(["infer", "--run", run, images / "odd.tif", "-o", out, "--overlay", "--probs"])
+    assert code == 0
+    labels = label_png(out / "odd.png")
+    assert labels.shape == (97, 131) and labels.max() < K
+    with Image.open(out / "odd.png") as img:
+        assert img.getpalette()[:3 * 256] == [c for rgb in PALETTE for c in rgb]
+    with Image.open(out / "odd_overlay.png") as img:
+        assert img.mode == "RGB" and img.size == (131, 97)
+    probs = np.load(out / "odd_probs.npy")
+    assert probs.dtype == np.float16 and probs.shape == (K, 97, 131)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=3e-3)
+    assert (probs.argmax(0) == labels).mean() > 0.99  # float16 rounding may split near-ties
+
+
+def test_overlay_tints_the_windowed_image(run, images, tmp_path):
+    main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path, "--overlay"])
+    labels = label_png(tmp_path / "odd.png")
+    picture = np.asarray(Image.open(tmp_path / "odd_overlay.png"))
+    gray = apply_window(tifffile.imread(images / "odd.tif"), WINDOW).astype(np.float32)
+    expected = np.repeat(gray[..., None], 3, axis=2)
+    tinted = labels != 0
+    expected[tinted] = 0.5 * expected[tinted] + 0.5 * np.array(PALETTE, np.float32)[labels[tinted]]
+    np.testing.assert_array_equal(picture, np.rint(expected).astype(np.uint8))
+
+
+@pytest.mark.parametrize("pad", ["minimal", 100])
+@pytest.mark.parametrize("shape", [(97, 131), (1, 1), (5, 3), (33, 200)])
+def test_any_size_gives_probabilities_of_that_size(tmp_path, pad, shape):
+    predictor = load_predictor(make_run(tmp_path, pad=pad))
+    _, x = predictor.network_input(raw_image(*shape))
+    probs = predict(predictor, x)
+    assert probs.shape == (K,) + shape
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow  # ~10-20 s on 2 CPU cores: VGG's 64-channel conv1 at 0.77 Mpx even in a tiny net
+def test_full_hela_frame_keeps_its_size(run, tmp_path):
+    tifffile.imwrite(tmp_path / "frame.tif", raw_image(700, 1100))
+    assert main(["infer", "--run", run, tmp_path / "frame.tif", "-o", tmp_path / "out"]) == 0
+    labels = label_png(tmp_path / "out" / "frame.png")
+    assert labels.shape == (700, 1100) and labels.max() < K
+
+
+def test_stack_and_folder_give_one_output_per_frame(run, images, tmp_path):
+    stack = np.stack([raw_image(40, 50, seed) for seed in range(4)])
+    tifffile.imwrite(images / "stack.tif", stack, photometric="minisblack")
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["infer", "--run", run, images, "-o", out]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["odd.png"] + [f"stack_{i:03d}.png" for i in range(4)]
+    assert label_png(out / "stack_002.png").shape == (40, 50)
+
+
+def test_to_gray_accepts_rgb(run, tmp_path):
+    Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(tmp_path / "rgb.png")
+    assert main(["infer", "--run", run, tmp_path / "rgb.png", "-o", tmp_path / "out", "--to-gray"]) == 0
+    assert label_png(tmp_path / "out" / "rgb.png").shape == (20, 30)
+
+
+def test_network_input_is_what_training_data_layer_produced(tmp_path):
+    """The training net's Data layer (LMDB of windowed uint8 + transform_param) vs network_input."""
+    run = make_run(tmp_path)
+    raw = raw_image(24, 40)
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        write_lmdb(data / f"{split}_images_lmdb", [apply_window(raw, WINDOW)[None]])
+        write_lmdb(data / f"{split}_labels_lmdb", [np.zeros((1, 24, 40), np.uint8)])
+    from fcnseg.config import load_config
+    from fcnseg.nets import train_val_net
+    config = load_config(run / runs.CONFIG_FILE)
+    proto = tmp_path / "train_val.prototxt"
+    proto.write_text(str(train_val_net(config)))
+    net = caffe.Net(str(proto), caffe.TEST)
+    net.forward()
+    _, x = load_predictor(run).network_input(raw)
+    np.testing.assert_allclose(net.blobs["data"].data[0, 0], x, rtol=0, atol=1e-6)
+
+
+def test_eight_bit_dataset_passes_uint8_through(tmp_path):
+    predictor = load_predictor(make_run(tmp_path, window=None))
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    gray, x = predictor.network_input(image)
+    np.testing.assert_array_equal(gray, image)
+    np.testing.assert_allclose(x, (image - 90.0) * 0.02, atol=1e-6)
+
+
+# ---- tiling ----------------------------------------------------------------------------------------------
+
+def test_tile_origins_are_stride_aligned_and_cover():
+    for length in (64, 65, 100, 257, 1100):
+        origins = tile_origins(length, 64, 48, 16)
+        assert all(o % 16 == 0 for o in origins) and origins == sorted(set(origins))
+        assert origins[0] == 0 and length <= origins[-1] + 64 < length + 16  # the last tile is cut at length
+        assert all(b - a <= 48 for a, b in zip(origins, origins[1:]))
+
+
+def test_tiling_options():
+    assert tiling_for((700, 1100), None, None, 32) is None  # under the pixel budget
+    assert tiling_for((1100, 1100), None, None, 32) == Tiling(512, 128)
+    assert tiling_for((2000, 2000), 0, None, 32) is None
+    assert tiling_for((150, 50), 100, 10, 32) == Tiling(128, 32)  # rounded up to the stride
+    assert tiling_for((128, 50), 100, 10, 32) is None  # fits in one tile
+
+
+def _trusted(length: int, tiling: Tiling, stride: int, margin: int) -> np.ndarray:
+    """Pixels at least `margin` from every inner tile edge of every tile covering them."""
+    ok = np.ones(length, bool)
+    for o in tile_origins(length, tiling.tile, tiling.step, stride):
+        end = min(o + tiling.tile, length)
+        idx = np.arange(o, end)
+        near = ((idx - o < margin) & (o > 0)) | ((end - idx < margin) & (end < length))
+        ok[idx[near]] = False
+    return ok
+
+
+@pytest.mark.parametrize("pad", ["minimal", 100])
+def test_tiled_agrees_with_whole_image(tmp_path, pad):
+    """Away from tile edges (farther than the net's ~22-pixel receptive-field radius) tiled inference is
+    whole-image inference, because tile origins keep the pooling grid; elsewhere it stays close."""
+    predictor = load_predictor(make_run(tmp_path, pad=pad))
+    _, x = predictor.network_input(raw_image(136, 170))
+    whole = predict(predictor, x)
+    tiling = Tiling(88, 40)
+    tiled = predict(predictor, x, tiling)
+    assert tiled.shape == whole.shape
+    exact = _trusted(136, tiling, predictor.stride, 24)[:, None] & _trusted(170, tiling, predictor.stride, 24)[None]
+    assert exact.mean() > 0.1
+    np.testing.assert_allclose(tiled[:, exact], whole[:, exact], atol=1e-5)
+    interior = (slice(None), slice(24, -24), slice(24, -24))
+    assert np.abs(tiled[interior] - whole[interior]).mean() < 0.05
+
+
+def test_large_images_tile_by_themselves(run, images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(infer_mod, "PIXEL_BUDGET", 1000)
+    monkeypatch.setattr(infer_mod, "DEFAULT_TILE", 64)
+    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path]) == 0
+    assert "(1 tiled)" in capsys.readouterr().out
+    assert label_png(tmp_path / "odd.png").shape == (97, 131)
+
+
+# ---- errors ----------------------------------------------------------------------------------------------
+
+def test_only_input_bad_exits_2_naming_it(run, tmp_path, capsys):
+    Image.fromarray(np.full((20, 30, 3), [10, 200, 30], np.uint8)).save(tmp_path / "colour.png")
+    assert main(["infer", "--run", run, tmp_path / "colour.png", "-o", tmp_path / "out"]) == 2
+    err = capsys.readouterr().err
+    assert "colour.png" in err and "RGB" in err and "--to-gray" in err
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_batch_with_bad_inputs_exits_1_and_writes_the_rest(run, images, tmp_path, capsys):
+    Image.fromarray(np.full((20, 30, 3), [10, 200, 30], np.uint8)).save(images / "colour.png")
+    (images / "broken.tif").write_bytes(b"not a tiff")
+    out = tmp_path / "out"
+    code = main(["infer", "--run", run, images, tmp_path / "missing.png", "-o", out])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert (out / "odd.png").is_file() and sorted(p.name for p in out.iterdir()) == ["odd.png"]
+    summary = captured.out[captured.out.index("3 input(s) failed"):]
+    for name in ("colour.png", "broken.tif", "missing.png"):
+        assert name in summary and name in captured.err
+
+
+def test_out_of_range_image_for_8bit_dataset_is_a_bad_input(tmp_path, capsys):
+    run = make_run(tmp_path, window=None)
+    tifffile.imwrite(tmp_path / "deep.tif", raw_image(20, 20))
+    assert main(["infer", "--run", run, tmp_path / "deep.tif", "-o", tmp_path / "out"]) == 2
+    assert "deep.tif" in capsys.readouterr().err
+
+
+def test_output_never_overwrites_an_input(run, tmp_path, capsys):
+    Image.fromarray(np.full((20, 30), 50, np.uint8)).save(tmp_path / "a.png")
+    assert main(["infer", "--run", run, tmp_path, "-o", tmp_path]) == 2
+    assert "overwrite the input" in capsys.readouterr().err
+    assert np.asarray(Image.open(tmp_path / "a.png")).max() == 50
+
+
+def test_duplicate_output_names_are_refused(run, tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "x.tif", raw_image(20, 20))
+    assert main(["infer", "--run", run, tmp_path / "a", tmp_path / "b", "-o", tmp_path / "out"]) == 1
+    assert "would overwrite" in capsys.readouterr().err
+
+
+def test_run_without_weights_exits_2(tmp_path, images, capsys):
+    run = make_run(tmp_path, weights=False)
+    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path / "out"]) == 2
+    assert "no weights" in capsys.readouterr().err
+
+
+def test_missing_weights_file_exits_2(run, images, tmp_path, capsys):
+    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path,
+                 "--weights", tmp_path / "nope.caffemodel"]) == 2
+    assert "nope.caffemodel" in capsys.readouterr().err
+
+
+def test_weights_of_another_net_exit_2_without_caffe_aborting(run, images, tmp_path, capsys):
+    other = make_run(tmp_path, fc_channels=16)
+    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path / "out",
+                 "--weights", other / runs.BEST_WEIGHTS]) == 2
+    assert "fc6" in capsys.readouterr().err
+
+
+def test_not_a_run_folder_exits_2(images, tmp_path, capsys):
+    assert main(["infer", "--run", tmp_path, images / "odd.tif", "-o", tmp_path / "out"]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_overlap_without_step_exits_2(run, images, tmp_path, capsys):
+    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path, "--tile", "64",
+                 "--tile-overlap", "64"]) == 2
+    assert "--tile-overlap" in capsys.readouterr().err
+
+
+def test_gpu_on_cpu_only_build_exits_2(run, images, tmp_path, capsys):
+    from fcnseg.caffe_env import gpu_available
+    if gpu_available(0)[0]:
+        pytest.skip("this Caffe has a usable GPU")
+    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path, "--gpu", "0"]) == 2
+    assert "--gpu 0" in capsys.readouterr().err
