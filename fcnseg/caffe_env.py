@@ -19,6 +19,9 @@ _SETUP_HINT = "run `make setup` (it builds pycaffe) and use .venv/bin/fcnseg"
 def import_caffe():
     """Return the `caffe` module with glog quiet (set GLOG_minloglevel before the first import)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
+    # Caffe's OpenMP loops (im2col, ReLU) alternate with OpenBLAS's own threads; spinning OpenMP
+    # workers would steal the cores BLAS needs between regions.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import caffe  # noqa: PLC0415 - imported lazily so config-only commands never need Caffe
     except ImportError as exc:

@@ -13,6 +13,7 @@ import tempfile
 CHILD = r'''
 import os, sys, tempfile
 os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import caffe

@@ -35,10 +35,11 @@ MULTIARCH=$(gcc -print-multiarch 2>/dev/null || echo "$ARCH-linux-gnu")
 LIBDIR=/usr/lib/$MULTIARCH
 BOOST_PY=boost_python${PY_VER/./}
 # Portable flags only: the cache and the Docker image may land on other CPUs of the same arch.
-OPT_FLAGS="-O3 -DNDEBUG"
+# -fopenmp: the patches in caffe_patches/ thread im2col/col2im and ReLU (BLAS is threaded already).
+OPT_FLAGS="-O3 -DNDEBUG -fopenmp"
 DEFINES="-DUSE_LMDB"
 CXX_FLAGS="$OPT_FLAGS $DEFINES -I/usr/include/hdf5/serial -I$NUMPY_INC -I$PY_INC"
-LINK_LIBS="-l$BOOST_PY -L$LIBDIR/hdf5/serial -lhdf5_serial_hl -lhdf5_serial -llmdb"
+LINK_LIBS="-l$BOOST_PY -L$LIBDIR/hdf5/serial -lhdf5_serial_hl -lhdf5_serial -llmdb -fopenmp"
 PATCH_DIR=$HERE/caffe_patches
 # Paths (the venv's numpy headers, the interpreter prefix) stay out of the key so that every clone
 # of the repository on this machine shares one build; their versions are in it.
