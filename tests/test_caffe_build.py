@@ -62,7 +62,7 @@ layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "relu" }}
         for j in range(k):
             patch = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
             dw[:, :, i, j] = np.einsum("nchw,nohw->oc", patch, gc)
-            dxp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += np.einsum("nohw,oc->nchw", gc, wt)
+            dxp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += np.einsum("nohw,oc->nchw", gc, wt[:, :, i, j].astype(np.float64))
     dx = dxp[:, :, pad:pad + h, pad:pad + w]
     np.testing.assert_allclose(net.params["conv"][0].diff, dw, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(net.blobs["data"].diff, dx, rtol=1e-3, atol=1e-3)
