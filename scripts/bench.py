@@ -135,7 +135,6 @@ def bench_torch(config, size: int, batch: int, iters: int) -> dict:
 
 def bench_launcher(config_path: str, size: int, iters: int, workdir: Path) -> dict:
     """Seconds per iteration inside `fcnseg train` against a bare solver.step loop, same prototxt."""
-    import yaml  # noqa: PLC0415
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import write_tiny_dataset  # noqa: PLC0415
 
@@ -143,13 +142,14 @@ def bench_launcher(config_path: str, size: int, iters: int, workdir: Path) -> di
     data = write_tiny_dataset(workdir / "lmdb", n_train=8, n_val=2, size=size)
     config = load_config(config_path, [f"data.root={data}", f"solver.max_iter={iters + 1}",
                                        f"train.val_interval={10 ** 6}", f"train.snapshot_interval={10 ** 6}",
-                                       "init.weights=null", "data.mean=0"])
+                                       "train.display_interval=1", "init.weights=null", "data.mean=0"])
     run = workdir / "run"
     t = time.time()
     train(config, run, force=True, out=lambda *_: None)
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    done = [e for e in events if e["event"] == "done"][0]
-    inside = done["elapsed"] / (iters + 1)
+    steps = [e for e in events if e["event"] == "train"]
+    # Steady state, as for the bare loop: from the end of iteration 1 (warm-up) to the last one.
+    inside = (steps[-1]["elapsed"] - steps[0]["elapsed"]) / (steps[-1]["iter"] - steps[0]["iter"])
     caffe = import_caffe()
     solver = caffe.get_solver(str(run / ".solver.abs.prototxt"))
     solver.step(1)

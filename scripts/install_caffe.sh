@@ -2,7 +2,8 @@
 # Build pycaffe (CPU) from the PyPI sdist brocolli-caffe==9.0.2 into a cache outside the repository,
 # prove the result works, and print the folder that must go on sys.path.
 #
-# Usage: scripts/install_caffe.sh PYTHON
+# Usage: scripts/install_caffe.sh PYTHON [--print-key]
+#   --print-key  print the cache key of this recipe and exit (nothing is built)
 #   PYTHON  the interpreter pycaffe is built for (the project's .venv/bin/python); it needs numpy,
 #           protobuf, pip, setuptools and wheel.
 # Environment:
@@ -51,11 +52,15 @@ boost=$(dpkg-query -W -f='${Version}' libboost-python-dev 2>/dev/null || true)
 openblas=$(dpkg-query -W -f='${Version}' libopenblas-dev 2>/dev/null || true)
 cxxflags=$OPT_FLAGS $DEFINES
 libs=$LINK_LIBS
-patches=$(find "$PATCH_DIR" -name '*.patch' -type f -print0 2>/dev/null | sort -z | xargs -0r sha256sum | sha256sum | cut -c1-16)"
+patches=$(cd "$PATCH_DIR" 2>/dev/null && find . -name '*.patch' -type f | sort | xargs -r sha256sum | sha256sum | cut -c1-16)"
 KEY=$(printf '%s' "$RECIPE" | sha256sum | cut -c1-16)
 PREFIX=$CACHE/caffe/$KEY
 CAFFE_PY=$PREFIX/python
 
+if [ "${1:-}" = --print-key ] || [ "${2:-}" = --print-key ]; then
+  echo "$KEY"
+  exit 0
+fi
 if [ -f "$PREFIX/OK" ]; then
   log "cached build $PREFIX"
   "$PY" "$HERE/check_caffe.py" "$CAFFE_PY" >&2 || die "cached build at $PREFIX fails its check; delete that folder and rerun"
