@@ -60,7 +60,7 @@ def set_device(gpu: Optional[int]):
     ok, reason = gpu_available(gpu)
     if not ok:
         raise CaffeUnavailableError(f"--gpu {gpu}: {reason}; run on the CPU with --cpu "
-                                    "(or build Caffe with CUDA, see README 'GPU')")
+                                    "(or build Caffe with CUDA: README, 'Docker and GPU')")
     caffe.set_device(gpu)
     caffe.set_mode_gpu()
     return caffe
