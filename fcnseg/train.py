@@ -51,10 +51,11 @@ def learning_rate(config: Config, it: int) -> float:
 
 # ---------------------------------------------------------------- run folder, config and resume checks
 
-def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, dict]:
-    """Resolve the config against its dataset and write (or, on resume, check) the run's definition.
+def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, dict, bool]:
+    """Resolve the config against its dataset and check it against the run folder; writes nothing.
 
-    Returns (resolved config, dataset meta). Raises ConfigError/DataError/RunError on bad input.
+    Returns (resolved config, dataset meta, whether the run's definition must be (re)written).
+    Raises ConfigError/DataError/RunError on bad input.
     """
     config = resolve_config(config)
     if config.data.root is None:
@@ -71,13 +72,11 @@ def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tup
         if diff and not force:
             raise RunError(f"{run_dir}: the config differs from the run's: {'; '.join(diff)}. "
                            "Resume with the same config, or add --force to continue with the new one")
-        if not diff:
-            return config, meta
-    elif run_dir.exists() and any(run_dir.iterdir()):
+        return config, meta, bool(diff)
+    if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir}: run folder exists and is not empty; choose another --out, "
                        f"or continue it with --resume {run_dir}")
-    runs.write_definition(config, run_dir, meta)
-    return config, meta
+    return config, meta, True
 
 
 def _check_batching(config: Config, meta: dict) -> None:
@@ -328,12 +327,14 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
     if weights is not None:
         config = config.model_copy(deep=True)
         config.init.weights = weights
-    config, meta = prepare_run(config, run_dir, resume, force)
+    config, meta, write = prepare_run(config, run_dir, resume, force)
     state = newest_solverstate(run_dir) if resume else None
     if resume and state is None:
         raise RunError(f"{run_dir}: no snapshot to resume from (snapshots/*.solverstate); "
                        "start it again without --resume into a new --out")
-    _run_doctor(config, force, out)
+    _run_doctor(config, force, out)  # before anything is written: a refused setup leaves no run folder
+    if write:
+        runs.write_definition(config, run_dir, meta)
 
     os.environ.setdefault("GLOG_minloglevel", "0")  # Caffe's log goes to caffe.log, in full
     from .caffe_env import set_device  # noqa: PLC0415

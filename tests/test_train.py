@@ -179,3 +179,12 @@ def test_existing_run_folder_is_refused(tmp_path, data, capsys):
     (run / "something").write_text("x")
     assert main(["train", write_cfg(tmp_path / "c.yaml", data), "--out", run]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_doctor_errors_stop_training_before_anything_is_written(tmp_path, data, capsys):
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__type="SGD", solver__base_lr=1e6, loss__normalize=False)
+    run = tmp_path / "run"
+    assert main(["train", cfg, "--out", run]) == 2
+    captured = capsys.readouterr()
+    assert "solver-step" in captured.out and "add --force to train anyway" in captured.err
+    assert not run.exists()
