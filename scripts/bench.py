@@ -93,9 +93,30 @@ def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
     step = min(_timed(lambda: solver.step(1)) for _ in range(iters))
     macs = forward_macs(solver.net)
     conv1 = solver.net.blobs["conv1_1"].data.shape
-    return {"pad": config.model.pad, "forward_ms": round(fwd * 1e3, 1), "train_iter_s": round(step, 3),
+    layers = layer_times(solver.net) if LAYER_TIMES else {}
+    return {**({"layer_seconds": layers} if layers else {}), "pad": config.model.pad, "forward_ms": round(fwd * 1e3, 1), "train_iter_s": round(step, 3),
             "forward_gmac": round(macs / 1e9, 2), "train_gflop": round(6 * macs / 1e9, 1),
             "train_gflops_per_s": round(6 * macs / step / 1e9, 1), "conv1_1_hw": list(conv1[2:])}
+
+
+LAYER_TIMES = False  # set by --layers
+
+
+def layer_times(net, top: int = 12) -> dict:
+    """Forward + backward seconds of the slowest layers (one pass each, after the warm-up)."""
+    times = {}
+    for i, name in enumerate(net._layer_names):
+        t = time.perf_counter()
+        net._forward(i, i)
+        times[name] = time.perf_counter() - t
+    for i in reversed(range(len(net.layers))):
+        name = net._layer_names[i]
+        t = time.perf_counter()
+        net._backward(i, i)
+        times[name] += time.perf_counter() - t
+    total = sum(times.values())
+    slowest = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    return {"total": round(total, 3), **{k: round(v, 3) for k, v in slowest}}
 
 
 def bench_torch(config, size: int, batch: int, iters: int) -> dict:
@@ -186,7 +207,10 @@ def main() -> None:
     ap.add_argument("--torch", action="store_true", help="also time PyTorch eager, alternated")
     ap.add_argument("--launcher", action="store_true")
     ap.add_argument("--import-mpix", action="store_true")
+    ap.add_argument("--layers", action="store_true", help="time forward+backward of each layer")
     args = ap.parse_args()
+    global LAYER_TIMES
+    LAYER_TIMES = args.layers
     result = {"config": args.config, "size": args.size, "batch": args.batch, "cpus": os.cpu_count(),
               "sgemm_gflops": round(sgemm_gflops(), 1), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
