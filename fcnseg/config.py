@@ -259,14 +259,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return validate_config(merged, where if not overrides else f"{where} (with --set)")
 
 
-def write_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tmp.replace(path)
-
-
 def config_differences(a: Config, b: Config) -> list[str]:
     """Lines 'key: old -> new' for every leaf that differs between two configs."""
     def leaves(tree, prefix=""):

@@ -11,7 +11,9 @@ import math
 import os
 from pathlib import Path
 
-from .config import Config, write_config
+import yaml
+
+from .config import Config
 from .errors import DataError
 
 CONFIG_FILE = "config.yaml"
@@ -64,6 +66,7 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
         TRAIN_VAL_FILE: str(train_val_net(config)),
         SOLVER_FILE: str(solver_param(config, val_batches(config, meta), TRAIN_VAL_FILE)),
         DEPLOY_FILE: str(deploy_net(config, h, w)),
+        CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False),
     }
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another -o")
@@ -72,6 +75,4 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
     for name, text in texts.items():
         write_text_atomic(out / name, text)
         paths[name] = out / name
-    write_config(config, out / CONFIG_FILE)
-    paths[CONFIG_FILE] = out / CONFIG_FILE
     return paths
