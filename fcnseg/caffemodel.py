@@ -221,6 +221,17 @@ def read_caffemodel_index(path: str | Path) -> dict[str, LayerRecord]:
     return index
 
 
+def recorded_gray_mean(path: str | Path) -> Optional[float]:
+    """The gray mean M a converted model expects (its input is gray - M on 0-255), or None.
+
+    `fcnseg weights convert` records M as conv1_1's `transform_param { mean_value: M }`, a field Caffe
+    never reads on a Convolution layer. Raises WeightsError when `path` is not a readable caffemodel.
+    """
+    rec = read_caffemodel_index(path).get("conv1_1")
+    values = list(rec.header.transform_param.mean_value) if rec is not None else []
+    return float(values[0]) if values else None
+
+
 def load_blob(f, blob: BlobRecord) -> np.ndarray:
     """The blob's values as a float32 array of its declared shape, read from open file `f`."""
     if blob.values is not None:

@@ -62,7 +62,7 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     root: Optional[str] = None
     batch_size: int = Field(1, ge=1)
-    mean: Union[Literal["dataset"], float] = "dataset"
+    mean: Union[Literal["auto", "dataset"], float] = "auto"
     scale: float = Field(1.0, gt=0)
     ignore_label: int = Field(255, ge=0)
 

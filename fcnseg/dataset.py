@@ -69,13 +69,43 @@ def read_dataset(root: str | Path) -> dict:
     return meta
 
 
-def resolve_config(config: Config) -> Config:
-    """Return a copy of `config` with num_classes and mean taken from data.root's dataset.yaml.
+def input_mean_choice(config: Config, meta: Optional[dict] = None) -> tuple[Optional[float], str]:
+    """The mean the net subtracts from its input, and where it comes from (one line for reports).
 
-    Raises ConfigError when model.num_classes disagrees with the dataset, or when num_classes is known
-    from neither; DataError when data.root is not a dataset.
+    A number in data.mean is used as it is. `auto` (the default) takes the mean the init.weights
+    expect (the gray mean a converted VGG16 records, or the data.mean of the run that trained them),
+    else the dataset's; `dataset` always takes the train mean stored in `meta` (dataset.yaml).
+    Without a dataset that mean is 0. Raises WeightsError when init.weights is not a caffemodel.
+    """
+    from .runs import expected_input  # noqa: PLC0415 - runs is a building block, needs no dataset
+
+    mean, weights = config.data.mean, config.init.weights
+    if not isinstance(mean, str):
+        return float(mean), "data.mean in the config"
+    if mean == "auto" and weights:
+        if not Path(weights).is_file():
+            note = f" (init.weights {weights} is not there yet, so its mean could not be read)"
+        else:
+            expected = expected_input(weights)
+            if expected is not None:
+                return expected.mean, expected.source
+            note = f" ({weights} records no input mean)"
+    else:
+        note = ""
+    if meta is not None:
+        return float(meta.get("mean", 0.0)), f"train mean of {config.data.root}/{DATASET_FILE}{note}"
+    return None, f"0: no dataset to take a mean from{note}"
+
+
+def resolve_config(config: Config) -> Config:
+    """Return a copy of `config` with num_classes and the input mean decided (see `input_mean_choice`).
+
+    num_classes comes from data.root's dataset.yaml. Raises ConfigError when model.num_classes disagrees
+    with the dataset, or when num_classes is known from neither; DataError when data.root is not a
+    dataset; WeightsError when init.weights is not a caffemodel.
     """
     config = config.model_copy(deep=True)
+    meta = None
     if config.data.root is not None:
         meta = read_dataset(config.data.root)
         k = int(meta["num_classes"])
@@ -83,8 +113,10 @@ def resolve_config(config: Config) -> Config:
             raise ConfigError(f"model.num_classes is {config.model.num_classes} but {config.data.root}/"
                               f"{DATASET_FILE} says {k}; remove model.num_classes or set it to {k}")
         config.model.num_classes = k
-        if config.data.mean == "dataset":
-            config.data.mean = float(meta.get("mean", 0.0))
+    if isinstance(config.data.mean, str):
+        mean, _ = input_mean_choice(config, meta)
+        if mean is not None:
+            config.data.mean = mean
     if config.model.num_classes is None:
         raise ConfigError("model.num_classes is not set; set it, or point data.root at a dataset "
                           "imported with `fcnseg data import`")
@@ -92,5 +124,6 @@ def resolve_config(config: Config) -> Config:
 
 
 def input_mean(config: Config) -> float:
-    """The mean subtracted from the input; 'dataset' without a dataset means 0 (documented)."""
-    return 0.0 if config.data.mean == "dataset" else float(config.data.mean)
+    """The mean subtracted from the input of a resolved config; `auto`/`dataset` left unresolved (no
+    dataset, no weights that say) mean 0 (documented)."""
+    return 0.0 if isinstance(config.data.mean, str) else float(config.data.mean)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
-from .config import Config
+from .config import Config, load_config
 from .errors import DataError
 
 CONFIG_FILE = "config.yaml"
@@ -76,3 +78,43 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
         write_text_atomic(out / name, text)
         paths[name] = out / name
     return paths
+
+
+# ---------------------------------------------------------------- what input a weights file expects
+
+@dataclass(frozen=True)
+class ExpectedInput:
+    """The input a weights file was trained (or converted) for: (gray - mean) * scale, gray on 0-255."""
+
+    mean: float
+    scale: float
+    source: str  # for reports: where mean and scale were found
+
+
+def run_folder_of(weights: str | Path) -> Optional[Path]:
+    """The run folder holding `weights` (RUN/best.caffemodel, RUN/snapshots/x.caffemodel), or None."""
+    path = Path(weights).resolve()
+    for folder in (path.parent, path.parent.parent):
+        if (folder / CONFIG_FILE).is_file() and (folder / TRAIN_VAL_FILE).is_file():
+            return folder
+    return None
+
+
+def expected_input(weights: str | Path) -> Optional[ExpectedInput]:
+    """What input the caffemodel at `weights` expects, or None when nothing says.
+
+    A model converted by `fcnseg weights convert` records its gray mean M (scale 1); weights trained by
+    `fcnseg train` expect what their run's config.yaml says. Raises WeightsError for an unreadable file.
+    """
+    from .caffemodel import recorded_gray_mean  # noqa: PLC0415 - needs pycaffe's caffe_pb2
+
+    recorded = recorded_gray_mean(weights)
+    if recorded is not None:
+        return ExpectedInput(recorded, 1.0, f"recorded in {weights} by `fcnseg weights convert`")
+    run = run_folder_of(weights)
+    if run is None:
+        return None
+    data = load_config(run / CONFIG_FILE).data
+    if isinstance(data.mean, str):
+        return None
+    return ExpectedInput(float(data.mean), float(data.scale), f"data.mean of the run {run} that trained it")

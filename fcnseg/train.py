@@ -22,13 +22,16 @@ import numpy as np
 
 from . import runs
 from .config import Config, config_differences, load_config
-from .dataset import read_dataset, resolve_config
+from .dataset import input_mean, input_mean_choice, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
 from .metrics import confusion, predicted_classes, scores
 
 EXIT_NAN = 1
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 DEAD_LOSS_TOLERANCE = 0.02  # relative distance from ln(K) that counts as "uniform prediction"
+# Config keys a resume may change without --force: training longer, or validating/saving more often.
+RESUMABLE_CHANGES = frozenset({"solver.max_iter", "train.val_interval", "train.snapshot_interval",
+                               "train.display_interval"})
 
 
 def learning_rate(config: Config, it: int) -> float:
@@ -69,9 +72,13 @@ def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tup
             raise RunError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE}); cannot resume")
         saved = load_config(saved_path)
         diff = config_differences(saved, config)
-        if diff and not force:
-            raise RunError(f"{run_dir}: the config differs from the run's: {'; '.join(diff)}. "
-                           "Resume with the same config, or add --force to continue with the new one")
+        # lr_policy poly decays towards max_iter: a new max_iter changes the schedule already followed.
+        free = RESUMABLE_CHANGES - ({"solver.max_iter"} if config.solver.lr_policy == "poly" else set())
+        changed = [line for line in diff if line.split(":", 1)[0] not in free]
+        if changed and not force:
+            raise RunError(f"{run_dir}: the config differs from the run's: {'; '.join(changed)}. "
+                           "Resume with the same config (only solver.max_iter and the train.*_interval "
+                           "keys may change), or add --force to continue with the new one")
         return config, meta, bool(diff)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir}: run folder exists and is not empty; choose another --out, "
@@ -327,6 +334,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
     if weights is not None:
         config = config.model_copy(deep=True)
         config.init.weights = weights
+    unresolved = config
     config, meta, write = prepare_run(config, run_dir, resume, force)
     state = newest_solverstate(run_dir) if resume else None
     if resume and state is None:
@@ -348,11 +356,15 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         _restore(solver, state, run_dir, config.solver.iter_size)
         out(f"resumed from {state.name} at iteration {solver.iter}")
     else:
-        from .weights import format_report, initialize, scratch_warning  # noqa: PLC0415
+        from .weights import format_report, initialize, input_mean_mismatch, scratch_warning  # noqa: PLC0415
         rows = initialize(solver.net, config, config.init.weights)
         out(format_report(rows))
+        _, source = input_mean_choice(unresolved, meta)
+        out(f"input: (image - {input_mean(config):.6g}) * {config.data.scale:g}; mean: {source}")
         if not config.init.weights:
             out(scratch_warning(config))
+        elif (mismatch := input_mean_mismatch(config, config.init.weights)) is not None:
+            out(f"warning: {mismatch}")
     return _loop(solver, trainer, tqdm)
 
 

@@ -26,13 +26,17 @@ import numpy as np
 
 from .caffe_env import caffe_pb2
 from .caffemodel import (CONVERT_HINT, TRUNK_CONV, V1_TYPES, LayerRecord, load_blob, read_caffemodel_index,
-                         shape_text, write_caffemodel)
+                         recorded_gray_mean, shape_text, write_caffemodel)
 from .config import VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS, Config
 from .errors import WeightsError
+from .runs import expected_input
 
 # Caffe's ImageNet VGG16 expects BGR 0-255 minus this per-channel mean.
 VGG16_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 FC_LAYERS = ("fc6", "fc7")
+# How far (grey levels on 0-255) the net's input mean may sit from what pretrained weights expect before
+# train and doctor warn: a few levels shift conv1_1's response by less than its bias noise.
+MEAN_TOLERANCE = 3.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,27 +239,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def recorded_gray_mean(path: str | Path) -> Optional[float]:
-    """The gray mean M a converted model expects (its input is gray - M), or None if none is recorded."""
-    rec = read_caffemodel_index(path).get("conv1_1")
-    values = list(rec.header.transform_param.mean_value) if rec is not None else []
-    return float(values[0]) if values else None
-
-
 def input_mean_mismatch(config: Config, path: str | Path) -> Optional[str]:
-    """A one-line warning when the net's input ((image - data.mean) * data.scale) is not what the
-    converted weights at `path` expect (gray - M on 0-255); None when it matches or nothing is recorded."""
+    """A one-line warning when the net's input ((image - data.mean) * data.scale of the resolved
+    `config`) is more than MEAN_TOLERANCE grey levels (or any scale) away from what the weights at
+    `path` expect (`runs.expected_input`); None when it matches or the weights do not say."""
     from .dataset import input_mean  # noqa: PLC0415
 
-    expected = recorded_gray_mean(path)
+    expected = expected_input(path)
     if expected is None:
         return None
-    mean = input_mean(config)
-    if abs(mean - expected) <= 0.5 and config.data.scale == 1.0:
+    mean, scale = input_mean(config), config.data.scale
+    if abs(mean - expected.mean) <= MEAN_TOLERANCE and math.isclose(scale, expected.scale, rel_tol=1e-6):
         return None
-    return (f"{path} was converted for input (gray - {expected:.6g}) on 0-255, but this net subtracts "
-            f"data.mean {mean:.6g} and scales by {config.data.scale:g}; set data.mean: {expected:.6g} and "
-            "data.scale: 1 so the pretrained filters see what they were trained on")
+    return (f"{path} expects input (gray - {expected.mean:.6g}) * {expected.scale:g} on 0-255 "
+            f"({expected.source}), but this net subtracts data.mean {mean:.6g} and scales by {scale:g}; "
+            f"set data.mean: {expected.mean:.6g} (or auto) and data.scale: {expected.scale:g} so the "
+            "pretrained filters see what they were trained on")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,6 +354,15 @@ def _fc_reason(name: str, rec: Optional[LayerRecord], index, config: Config, fc6
     return f"shape mismatch: file {_file_shapes(rec)}"
 
 
+def _absent_reason(name: str, index: dict[str, LayerRecord]) -> str:
+    """Why a head layer the file lacks keeps its filler; names the staged-training case (a 16s/8s net
+    started from a trained 32s/16s FCN, whose score_fr is in the file but the new skip is not)."""
+    if name.startswith("score_pool") and "score_fr" in index:
+        return ("new skip, not in the file (an FCN without it): starts at zero, so it adds nothing at "
+                "first and the net starts from the loaded FCN's prediction")
+    return "absent from the file"
+
+
 def initialize(net, config: Config, weights_path: str | Path | None = None) -> list[TransplantRow]:
     """Load the caffemodel `weights_path` (default `config.init.weights`) into pycaffe `net` by layer name.
 
@@ -398,9 +406,10 @@ def initialize(net, config: Config, weights_path: str | Path | None = None) -> l
             keep[name] = None if usable else _fc_reason(name, rec, index, config, fc6_missing)
         elif _fits(rec, shapes, fc=False):
             keep[name] = None
+        elif rec is None or not rec.blobs:
+            keep[name] = _absent_reason(name, index)
         else:
-            keep[name] = "absent from the file" if rec is None or not rec.blobs else \
-                f"shape mismatch: file {_file_shapes(rec)}"
+            keep[name] = f"shape mismatch: file {_file_shapes(rec)}"
     rows = []
     with open(path, "rb") as f:
         for name, blobs in params.items():

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import yaml
 
 from conftest import write_tiny_dataset
 from fcnseg.cli import main
-from fcnseg.config import validate_config
+from fcnseg.config import load_config, validate_config
 from fcnseg.train import learning_rate, newest_solverstate
 
 caffe = pytest.importorskip("caffe")
@@ -98,9 +99,10 @@ def test_resume_continues_numbering_and_matches_uninterrupted(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["train", cfg, "--out", full]) == 0
     assert main(["train", cfg, "--out", part, "--set", "solver.max_iter=20"]) == 0
-    # The first run of `part` stops at 20 iterations because max_iter differs; resume with the full config.
-    assert main(["train", cfg, "--resume", part]) == 2  # config differs (max_iter): refused
-    assert main(["train", cfg, "--resume", part, "--force"]) == 0
+    # `part` stops at 20; resuming it with the full config trains it longer: only solver.max_iter differs,
+    # which a resume may change without --force.
+    assert main(["train", cfg, "--resume", part]) == 0
+    assert load_config(part / "config.yaml").solver.max_iter == 40  # the run folder says what it ran
     assert [e["iter"] for e in events(part, "val")] == [20, 40]
     a = caffe.Net(str(full / "deploy.prototxt"), str(full / "final.caffemodel"), caffe.TEST)
     b = caffe.Net(str(part / "deploy.prototxt"), str(part / "final.caffemodel"), caffe.TEST)
@@ -117,6 +119,25 @@ def test_resume_refuses_a_changed_config_key_by_key(tmp_path, data, capsys):
     assert main(["train", cfg, "--resume", run, "--set", "solver.base_lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert "solver.base_lr: 0.001 -> 0.5" in err and "--force" in err
+
+
+def test_resume_may_change_max_iter_unless_the_schedule_depends_on_it(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__max_iter=10, solver__lr_policy="poly", solver__power=1.0)
+    assert main(["train", cfg, "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["train", cfg, "--resume", run, "--set", "solver.max_iter=20"]) == 2
+    assert "solver.max_iter: 10 -> 20" in capsys.readouterr().err
+    assert main(["train", cfg, "--resume", run, "--set", "train.val_interval=5"]) == 0
+
+
+def test_report_says_where_the_mean_comes_from(tmp_path, data, capsys):
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__max_iter=1)
+    assert main(["train", cfg, "--out", tmp_path / "a"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"input: \(image - 80\) \* 0.02; mean: train mean of .*dataset.yaml", out)
+    assert main(["train", cfg, "--out", tmp_path / "b", "--set", "data.mean=12"]) == 0
+    assert "input: (image - 12) * 0.02; mean: data.mean in the config" in capsys.readouterr().out
 
 
 def test_sigint_snapshots_and_resumes(tmp_path, data):

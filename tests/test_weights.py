@@ -392,3 +392,50 @@ def test_full_size_vgg16(tmp_path):
         assert {r.layer for r in rows if r.action == "copied"} == set(TRUNK + ["fc6", "fc7"])
         check_loaded(net, spec, before, gray_mean)
         del net
+
+
+# --- one input mean, decided once (issue 11) ----------------------------------------------------------
+
+def test_auto_mean_comes_from_the_converted_weights(tmp_path, models, tiny_dataset):
+    from fcnseg.dataset import input_mean_choice, resolve_config
+    m = weights.recorded_gray_mean(models["loadable_1ch"])
+    base = {"model": {"num_classes": 2}, "data": {"root": str(tiny_dataset)},
+            "init": {"weights": str(models["loadable_1ch"])}}
+    assert resolve_config(validate_config(base)).data.mean == pytest.approx(m)
+    value, source = input_mean_choice(validate_config(base), {"mean": 80.0})
+    assert value == pytest.approx(m) and "recorded in" in source
+    numeric = validate_config({**base, "data": {"root": str(tiny_dataset), "mean": 100.0}})
+    assert resolve_config(numeric).data.mean == 100.0
+    forced = validate_config({**base, "data": {"root": str(tiny_dataset), "mean": "dataset"}})
+    assert resolve_config(forced).data.mean == 80.0  # the tiny dataset's stored mean
+    # Without weights that say, auto falls back to the dataset, and says why.
+    three = validate_config({**base, "init": {"weights": str(models["loadable"])}})
+    value, source = input_mean_choice(three, {"mean": 80.0})
+    assert value == 80.0 and "records no input mean" in source
+    missing = validate_config({**base, "init": {"weights": str(tmp_path / "later.caffemodel")}})
+    assert "is not there yet" in input_mean_choice(missing, {"mean": 80.0})[1]
+
+
+def test_weights_of_a_run_expect_the_runs_mean(tmp_path, models):
+    from fcnseg.dataset import resolve_config
+    from fcnseg.runs import expected_input, write_definition
+    run = tmp_path / "run"
+    trained = validate_config({"model": {"num_classes": 2, "fc_channels": 64}, "data": {"mean": 97.5, "scale": 0.5}})
+    write_definition(trained, run)
+    (run / "snapshots").mkdir()
+    for path in (run / "best.caffemodel", run / "snapshots" / "train_iter_2.caffemodel"):
+        path.write_bytes(models["loadable"].read_bytes())  # any caffemodel without a recorded mean
+        got = expected_input(path)
+        assert (got.mean, got.scale) == (97.5, 0.5) and str(run.resolve()) in got.source
+    nxt = validate_config({"model": {"num_classes": 2}, "init": {"weights": str(run / "best.caffemodel")}})
+    assert resolve_config(nxt).data.mean == 97.5
+    assert "scales by 1" in weights.input_mean_mismatch(resolve_config(nxt), run / "best.caffemodel")
+    assert expected_input(models["loadable"]) is None  # outside any run, nothing recorded
+
+
+def test_mismatch_tolerates_a_few_grey_levels(models):
+    m = weights.recorded_gray_mean(models["loadable_1ch"])
+    near = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + weights.MEAN_TOLERANCE - 0.5}})
+    assert weights.input_mean_mismatch(near, models["loadable_1ch"]) is None
+    far = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + weights.MEAN_TOLERANCE + 1}})
+    assert "set data.mean: 114.452" in weights.input_mean_mismatch(far, models["loadable_1ch"])
