@@ -19,6 +19,7 @@ logs), `report` (text and JSON). This module holds the entry points:
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,6 +28,7 @@ from ..errors import DataError, WeightsError
 from ..geometry import SOURCES
 from .checks_data import check_data, check_housekeeping, check_mean
 from .checks_geometry import check_geometry
+from .checks_head import check_head_classes
 from .checks_init import _expected_shape, check_from_scratch, check_initialisation, check_upsampling, check_weights
 from .checks_solver import check_batch, check_solver, solver_type
 from .facts import SEVERITIES, Finding, _Net
@@ -74,6 +76,7 @@ def diagnose(net, solver=None, *, weights: Optional[str | Path] = None, input_ch
         weights_channels = shapes[first_conv.name][0][1]
 
     findings = check_geometry(n)
+    findings += check_head_classes(n)
     findings += check_upsampling(n, shapes)
     if weights is not None:
         findings += check_weights(n, weights, shapes, problem, loader)
@@ -101,6 +104,19 @@ def _declared_channels(n: _Net) -> Optional[int]:
     image, _ = n.data_layers("TRAIN")
     if image is not None and len(image.transform_param.mean_value) > 1:
         return len(image.transform_param.mean_value)
+    return _python_mean_channels(n)
+
+
+def _python_mean_channels(n: _Net) -> Optional[int]:
+    """Channels a Python data layer states by its param_str's 'mean' (the reference passes the BGR mean as a
+    tuple: 3 values for 3 channels). Read as text, never evaluated."""
+    for layer in n.train.layer:
+        if layer.type == "Python" and n.input_blob in layer.top:
+            found = re.search(r"""['"]mean['"]\s*:\s*(\(([^)]*)\)|\[([^\]]*)\]|[-+0-9.eE]+)""",
+                              layer.python_param.param_str)
+            if found:
+                inner = found.group(2) if found.group(2) is not None else found.group(3)
+                return 1 if inner is None else len([v for v in inner.split(",") if v.strip()])
     return None
 
 

@@ -13,28 +13,61 @@ from .facts import (ADAPTIVE_SOLVERS, NORMALISATION, SCALED_FILLERS, SCRATCH_MAX
                     _shape_text, _starts_at_zero, _weight_filler)
 
 def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
-    """Finding 3: upsampling Deconvolutions that are not fixed, per-class bilinear interpolations."""
+    """Finding 3: upsampling Deconvolutions that do not start as per-class bilinear interpolations.
+
+    At most one filler-or-group finding per layer. Weights that hold the layer settle it. A fixed layer with
+    no filler is what the reference's surgery.interp fills (one bilinear kernel per class, so no group is
+    needed): a warning where something outside the files can still do that, an error where nothing can.
+    `upsampling-group` only where a bilinear filler really fills every class pair.
+    """
     out = []
+    evidence = n.outside_init(upsampling=False)
     for layer in n.layers("Deconvolution"):
         if not _is_upsampling(layer):
             continue
         p = layer.convolution_param
         factor = conv_geometry(layer)[1]
         frozen = not _learns(layer)
-        loaded = shapes is not None and layer.name in shapes
         filler = _weight_filler(layer)
-        if not loaded and (filler is None or filler.type != "bilinear"):
+        bilinear_fix = (f"weight_filler {{ type: \"bilinear\" }} with group: {p.num_output}, kernel_size "
+                        f"{2 * factor}, stride {factor}, bias_term: false")
+        if shapes is not None and layer.name in shapes:
+            pass  # its kernel comes from the weights file
+        elif filler is None or filler.type != "bilinear":
             start = ("no weight_filler (Caffe's default: constant 0)" if filler is None
                      else f"a '{filler.type}' weight_filler")
-            if frozen:
-                what = (f"Upsampling '{layer.name}' is fixed (lr_mult 0) and has {start}: it never becomes "
-                        "an interpolation" + (" and outputs zeros forever." if _starts_at_zero(layer) else "."))
+            surgery_can = frozen and (n.script_driven or (shapes is None and bool(evidence)))
+            if surgery_can:
+                where = ("the weights given do not hold it, so " if shapes is not None else "")
+                out.append(Finding(
+                    "warning", "upsampling-filler",
+                    f"Upsampling '{layer.name}' is fixed (lr_mult 0) with {start}: {where}it must be set to a "
+                    "bilinear kernel, one per class, before the first step, as the reference's solve.py does "
+                    "with surgery.interp on every layer named 'up…'. Without that it stays "
+                    f"{'zero' if _starts_at_zero(layer) else 'no interpolation'} and the loss never leaves "
+                    "ln K.", f"Run bilinear surgery on it after loading the weights, or give it {bilinear_fix}.",
+                    layer.name))
+            elif frozen:
+                where = " and the weights given do not hold it" if shapes is not None else ""
+                out.append(Finding(
+                    "error", "upsampling-filler",
+                    f"Upsampling '{layer.name}' is fixed (lr_mult 0), has {start}{where}, and nothing in this "
+                    "setup sets its kernel: it never becomes an interpolation"
+                    + (" and outputs zeros forever." if _starts_at_zero(layer) else "."),
+                    f"Give it {bilinear_fix}.", layer.name))
             else:
-                what = (f"Upsampling '{layer.name}' has {start}: it starts as no interpolation at all and "
-                        "must learn one.")
-            out.append(Finding("error" if frozen else "warning", "upsampling-filler", what,
-                               f"weight_filler {{ type: \"bilinear\" }} with kernel_size {2 * factor}, stride "
-                               f"{factor}, bias_term: false.", layer.name))
+                out.append(Finding(
+                    "warning", "upsampling-filler",
+                    f"Upsampling '{layer.name}' has {start}: it starts as no interpolation at all and must learn "
+                    "one.", f"Give it {bilinear_fix}.", layer.name))
+        elif p.group != p.num_output and p.num_output > 1 and n.channels.get(layer.bottom[0], 2) > 1:
+            k = p.num_output
+            out.append(Finding(
+                "error" if frozen else "warning", "upsampling-group",
+                f"Upsampling '{layer.name}' has group {p.group} for {k} channels: Caffe's bilinear filler fills "
+                f"every input-output pair, so each output channel sums {k // max(p.group, 1)} class scores and "
+                "the classes blur into one another" + ("" if frozen else " until it learns them apart") + ".",
+                f"group: {k} (= num_output), so each class is upsampled on its own.", layer.name))
         if not frozen:
             lr_mult = layer.param[0].lr_mult if layer.param else 1
             out.append(Finding("info", "upsampling-learns",
@@ -42,19 +75,16 @@ def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
                                "the FCN authors found learning it made no significant difference, and fixed "
                                "it stays an exact bilinear interpolation.",
                                "param { lr_mult: 0 } to keep it fixed.", layer.name))
-        k = p.num_output
-        if p.group != k:
-            out.append(Finding(
-                "error" if frozen else "warning", "upsampling-group",
-                f"Upsampling '{layer.name}' has group {p.group} for {k} channels: the bilinear filler "
-                f"fills every input-output pair, so each output channel sums {k // max(p.group, 1)} class "
-                "scores and the classes blur into one another.",
-                f"group: {k} (= num_output), so each class is upsampled on its own.", layer.name))
     return out
 
 
 def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -> list[Finding]:
-    """Finding 4: learning layers that start at zero under a ReLU (not loaded from weights)."""
+    """Finding 4: learning layers that start at zero under a ReLU (no filler, not in the weights).
+
+    A warning saying the transplant must happen first where the net is evidently initialised from outside
+    and no weights file was named; an error where nothing can supply them (no such evidence, or a weights
+    file that lacks them).
+    """
     if weights_given and shapes is None:
         return []  # the weights could not be read: reported elsewhere, coverage unknown
     dead = [layer.name for layer in n.layers("Convolution", "InnerProduct", "Deconvolution")
@@ -64,12 +94,24 @@ def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -
         return []
     k = n.num_classes
     prior = f" (a loss stuck near ln {k} = {math.log(k):.4g})" if k else ""
+    many = len(dead) > 1
+    evidence = n.outside_init()
+    if not weights_given and evidence:
+        return [Finding(
+            "warning", "zero-init",
+            f"{len(dead)} learning layer{'s' if many else ''} ({_names(dead)}) ha{'ve' if many else 's'} no "
+            f"weight_filler, and this net is evidently initialised from outside ({'; '.join(evidence)}): "
+            f"{'they' if many else 'it'} must be copied from a trained model before the first step. As written "
+            f"{'they start' if many else 'it starts'} at exactly 0, and under ReLU a zero layer never moves: the "
+            f"net would only learn the class prior{prior}.",
+            "Load the weights before training: `caffe train --weights W`, net.copy_from(W) as the reference's "
+            "solve.py does, or --weights W here to check them.", ", ".join(dead))]
     where = " and the weights given do not contain them" if weights_given else ""
     return [Finding(
         "error", "zero-init",
-        f"{len(dead)} learning layer{'s' if len(dead) > 1 else ''} ({_names(dead)}) have no weight_filler"
-        f"{where}: Caffe's default filler is constant 0, so they start at exactly zero. Under ReLU a zero "
-        "layer outputs 0, passes back no gradient and never moves: the net can only learn the class "
+        f"{len(dead)} learning layer{'s' if many else ''} ({_names(dead)}) ha{'ve' if many else 's'} no "
+        f"weight_filler{where}: Caffe's default filler is constant 0, so they start at exactly zero. Under ReLU "
+        "a zero layer outputs 0, passes back no gradient and never moves: the net can only learn the class "
         f"prior{prior}.",
         "Give each a weight_filler { type: \"msra\" } and bias_filler { type: \"constant\" }, or load "
         "pretrained weights that contain these layers (--weights).", ", ".join(dead))]
@@ -80,6 +122,8 @@ def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool)
     hidden = _hidden_layers(n)
     if weights_given or len(hidden) < VGG_DEPTH or n.layers(*NORMALISATION):
         return []
+    if n.outside_init() and all(_weight_filler(layer) is None for layer in hidden):
+        return []  # zero-init already says these must come from a trained model first
     unscaled = [layer.name for layer in hidden
                 if (_weight_filler(layer) is None or _weight_filler(layer).type not in SCALED_FILLERS)]
     stride = n.stride or 1

@@ -1,11 +1,12 @@
 """Checks on the solver: effective step against the recipe the loss normalisation implies, batch of one."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from ..caffe_env import caffe_pb2
-from .facts import (ALEXNET_STEP, REFERENCE_PIXELS, STEP_ERROR, STEP_SMALL, STEP_WARNING, VGG_STEP, Finding, _Net,
-                    _sci, _times)
+from .facts import (ALEXNET_STEP, REFERENCE_PIXELS, STAGE_LR_FACTOR, STEP_ERROR, STEP_SMALL_ERROR,
+                    STEP_SMALL_WARNING, STEP_WARNING, VGG_STEP, Finding, _Net, _sci, _times, loss_heads)
 
 def _loss_mode(loss) -> str:
     """Caffe's normalization of a loss layer: FULL, VALID, BATCH_SIZE or NONE."""
@@ -37,6 +38,9 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
     step = lr / (1 - m)
     summed = mode in ("BATCH_SIZE", "NONE")
     if summed:
+        heads = loss_heads(n)
+        stage = heads[0].skips if heads else 0
+        recipe_lr = 1e-10
         pixels = image_size[0] * image_size[1] if image_size else REFERENCE_PIXELS
         per = pixels * ((batch or 1) if mode == "NONE" else 1)
         size = f"{image_size[0]}×{image_size[1]}" if image_size else "~500×500 (assumed; image size unknown)"
@@ -49,15 +53,16 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
         mix = (f" An lr of {lr:g} belongs with a normalized loss (FCN-AlexNet: 1e-4), not a summed one."
                if lr >= 1e-6 else "")
     else:
+        stage, recipe_lr, per = 0, 1e-4, 1
         ratio = step / ALEXNET_STEP
         loss_text = f"a normalized loss (averaged over pixels, normalization {mode})"
         ref = "the FCN-AlexNet reference for a normalized loss (1e-4 at 0.9 = 1e-3)"
         mix = (" Momentum 0.99 belongs to the VGG recipe, whose loss is summed over pixels and whose lr is "
                "1e-10." if m >= 0.99 else "")
-    if STEP_WARNING > ratio >= STEP_SMALL:
+    if STEP_WARNING > ratio > STEP_SMALL_WARNING:
         return []
-    ideal = (f"base_lr ≈ {_sci(1e-10 * REFERENCE_PIXELS / per)} with momentum 0.99 (normalize: false, as the "
-             "VGG reference)" if summed else "base_lr 1e-4 with momentum 0.9 (FCN-AlexNet)")
+    ideal = (f"base_lr ≈ {_sci(recipe_lr * REFERENCE_PIXELS / per)} with momentum 0.99 (normalize: false, as "
+             "the VGG reference)" if summed else "base_lr 1e-4 with momentum 0.9 (FCN-AlexNet)")
     other = ("or switch to a normalized loss (normalization: VALID) with base_lr 1e-4, momentum 0.9"
              if summed else "or sum the loss (normalize: false) with base_lr ≈ 1e-10 × 250000 / (pixels per "
              "image), momentum 0.99 (the VGG recipe)")
@@ -68,9 +73,17 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
         severity = "error" if ratio >= STEP_ERROR else "warning"
         message += " Steps that large overshoot: the loss jumps or the ReLUs die."
         return [Finding(severity, "solver-step", message, f"Pick one recipe: {ideal}, {other}.")]
-    message += (" That is the size the reference uses only for fine-tuning an already trained net "
-                "(16s/8s from 32s); otherwise the weights barely move.")
-    return [Finding("info", "solver-step", message, f"For training from VGG16: {ideal}.")]
+    staged = [j for j in (1, 2) if summed and abs(math.log10(ratio / STAGE_LR_FACTOR ** j)) <= math.log10(STEP_WARNING)]
+    if staged and stage >= staged[0]:
+        return []  # the reference's own staged fine-tuning: 16s at 1e-12 from 32s, 8s at 1e-14 from 16s
+    if staged:
+        message += (f" That is the step the reference uses for FCN-{(16, 8)[staged[0] - 1]}s, fine-tuning a net "
+                    "whose earlier stage is already trained; from VGG16 the weights barely move.")
+        return [Finding("info", "solver-step", message, f"For training from VGG16: {ideal}.")]
+    severity = "error" if ratio <= STEP_SMALL_ERROR * (1 + 1e-6) else "warning"
+    message += (" Steps that small barely move the weights: the loss sits near its start (ln K for a fresh "
+                "head) for days.")
+    return [Finding(severity, "solver-step", message, f"Pick one recipe: {ideal}, {other}.")]
 
 
 def check_batch(batch: Optional[int], solver) -> list[Finding]:

@@ -17,7 +17,9 @@ NORMALISATION = {"BatchNorm", "MVN"}
 REFERENCE_PIXELS = 500 * 500       # the VGG recipe's lr was tuned on PASCAL VOC images, ~500x500
 ALEXNET_STEP = 1e-4 / (1 - 0.9)    # normalized loss: effective step per pixel-averaged gradient
 VGG_STEP = 1e-10 / (1 - 0.99) * REFERENCE_PIXELS  # summed loss: per-pixel equivalent, 2.5e-3
-STEP_ERROR, STEP_WARNING, STEP_SMALL = 8.0, 3.0, 0.01
+STAGE_LR_FACTOR = 0.01            # the reference divides lr by 100 per skip stage: 1e-10, 1e-12, 1e-14
+STEP_ERROR, STEP_WARNING = 8.0, 3.0               # too large: measured overshoot
+STEP_SMALL_WARNING, STEP_SMALL_ERROR = 1e-2, 1e-4  # too small: 100x / 10^4x below the recipe
 RARE_CLASS = 0.01
 
 
@@ -83,6 +85,26 @@ class _Net:
     def ignore_label(self) -> Optional[int]:
         lp = self.loss.loss_param if self.loss is not None else None
         return lp.ignore_label if lp is not None and lp.HasField("ignore_label") else None
+
+    @property
+    def script_driven(self) -> bool:
+        """A Python data layer: the net is run by a script (the reference's solve.py), which can load
+        weights and set upsampling kernels (surgery.interp) before the first step."""
+        return any(layer.type == "Python" for layer in self.train.layer)
+
+    def outside_init(self, upsampling: bool = True) -> list[str]:
+        """Evidence, in words, that this net is meant to be initialised from outside the prototxt; [] if none.
+        `upsampling` False leaves out the fillerless fixed upsampling layers (evidence about the trunk only)."""
+        learning = [layer for layer in self.layers("Convolution", "Deconvolution", "InnerProduct") if _learns(layer)]
+        evidence = []
+        if self.script_driven:
+            evidence.append("its data comes from a Python layer, so a script drives it")
+        if learning and all(_weight_filler(layer) is None for layer in learning):
+            evidence.append("no learning layer has a filler")
+        if upsampling and any(_is_upsampling(layer) and not _learns(layer) and _weight_filler(layer) is None
+               for layer in self.layers("Deconvolution")):
+            evidence.append("its fixed upsampling layers have no filler, as surgery.interp expects")
+        return evidence
 
     def layers(self, *types):
         return [layer for layer in self.train.layer if layer.type in types]
@@ -228,3 +250,77 @@ def _times(ratio: float) -> str:
 def _sci(x: float) -> str:
     return f"{x:.2g}".replace("e-0", "e-").replace("e+0", "e")
 
+
+
+@dataclass
+class Head:
+    """The layers between a loss and the score convolutions that feed it: what must agree on K."""
+
+    loss: object
+    scores: list = field(default_factory=list)      # (layer, num_output) of the score Convolutions
+    upsampling: list = field(default_factory=list)  # (layer, input channels, num_output) of Deconvolutions
+    fusions: list = field(default_factory=list)     # (layer, [(bottom blob, channels), ...]) of Eltwise layers
+
+    @property
+    def skips(self) -> int:
+        """Fused skip connections: 0 for FCN-32s, 1 for 16s, 2 for 8s."""
+        return len(self.fusions)
+
+
+def _writer(n: _Net, blob: str, before=None):
+    """The last layer writing `blob` (before layer `before`, for in-place layers), or None."""
+    found = None
+    for layer in n.train.layer:
+        if before is not None and layer is before:
+            break
+        if blob in layer.top:
+            found = layer
+    return found
+
+
+def loss_heads(n: _Net) -> list[Head]:
+    """One Head per SoftmaxWithLoss, found by walking back from its score input through Crop, Eltwise,
+    Deconvolution and shape-keeping layers to the Convolutions that make the scores."""
+    heads = []
+    for loss in n.layers("SoftmaxWithLoss"):
+        head, seen = Head(loss), set()
+        stack = [(loss.bottom[0], loss)]
+        while stack:
+            blob, reader = stack.pop()
+            layer = _writer(n, blob, reader)
+            if layer is None or layer.name in seen:
+                continue
+            seen.add(layer.name)
+            if layer.type in ("Convolution", "InnerProduct"):
+                p = layer.convolution_param if layer.type == "Convolution" else layer.inner_product_param
+                head.scores.append((layer, p.num_output))
+            elif layer.type == "Deconvolution":
+                head.upsampling.append((layer, _channels_before(n, layer), layer.convolution_param.num_output))
+                stack.append((layer.bottom[0], layer))
+            elif layer.type == "Eltwise":
+                head.fusions.append((layer, [(b, _channels_at(n, b, layer)) for b in layer.bottom]))
+                stack += [(b, layer) for b in layer.bottom]
+            elif layer.type == "Crop" or (layer.type in PASS_THROUGH and layer.bottom):
+                stack.append((layer.bottom[0], layer))
+        heads.append(head)
+    return heads
+
+
+def _channels_at(n: _Net, blob: str, reader) -> Optional[int]:
+    """Channels of `blob` as `reader` sees it, following the writers back to one with a channel count."""
+    layer = _writer(n, blob, reader)
+    while layer is not None:
+        if layer.type in ("Convolution", "Deconvolution"):
+            return layer.convolution_param.num_output
+        if layer.type == "InnerProduct":
+            return layer.inner_product_param.num_output
+        if layer.type in SOURCES or not layer.bottom or layer.type not in PASS_THROUGH | {"Crop", "Eltwise",
+                                                                                          "Pooling"}:
+            return n.channels.get(blob)
+        blob = layer.bottom[0]
+        layer = _writer(n, blob, layer)
+    return n.channels.get(blob)
+
+
+def _channels_before(n: _Net, layer) -> Optional[int]:
+    return _channels_at(n, layer.bottom[0], layer) if layer.bottom else None
