@@ -30,12 +30,13 @@ from .checks_data import check_data, check_housekeeping, check_mean
 from .checks_geometry import check_geometry
 from .checks_head import check_head_classes
 from .checks_init import _expected_shape, check_from_scratch, check_initialisation, check_upsampling, check_weights
-from .checks_solver import check_batch, check_solver, solver_type
+from .checks_solver import _loss_mode, check_batch, check_solver, solver_type
 from .facts import SEVERITIES, Finding, _Net
+from .log import curve_findings, read_log, with_causes
 from .report import _by_severity, findings_json, format_findings, has_errors
 from .sources import _Source, caffemodel_shapes, read_net, read_solver
 
-__all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "findings_json",
+__all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "diagnose_log", "read_log", "findings_json",
            "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "_Net",
            "_expected_shape"]
 
@@ -181,3 +182,23 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
                          image_size=(int(tile), int(tile)) if tile else None, val_samples=val,
                          data_check=data_check, check_snapshot_dir=False, loader="fcnseg")
     return _by_severity(findings)
+
+
+def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver: Optional[str | Path] = None,
+                 weights: Optional[str | Path] = None, data_check: bool = False) -> list[Finding]:
+    """What a training log shows (Caffe glog output or fcnseg's metrics.jsonl), then the prototxt findings.
+
+    With `train_val` (and `solver`, `weights`), K, the loss normalisation and the image size come from the
+    net, each curve finding names the prototxt findings that most likely explain it, and those findings
+    follow. Returns curve findings first (errors first), then the prototxt's. Raises ConfigError for a
+    missing or unreadable log or prototxt.
+    """
+    curve = read_log(log)
+    if train_val is None:
+        return _by_severity(curve_findings(curve))
+    n = _Net.build(read_net(train_val), None)
+    size = _declared_size(n)
+    summed = _loss_mode(n.loss) in ("BATCH_SIZE", "NONE") if n.loss is not None else None
+    net_findings = diagnose_files(train_val, solver, weights, data_check)
+    found = curve_findings(curve, n.num_classes, summed, size[0] * size[1] if size else None)
+    return _by_severity(with_causes(found, net_findings)) + net_findings
