@@ -104,12 +104,16 @@ def _loss(name, score, label):
                   "loss_param { ignore_label: 255 normalize: false }")
 
 
-def voc_net(arch: str, channels: int = 3) -> str:
-    """voc-fcn{arch}/train.prototxt (arch '32s', '16s' or '8s'); 21 classes."""
+def voc_net(arch: str, channels: int = 3, lmdb: bool = False) -> str:
+    """voc-fcn{arch}/train.prototxt (arch '32s', '16s' or '8s'); 21 classes. `lmdb` swaps the Python layer
+    for two LMDB Data layers (the layout people run with `caffe train`, where no script does surgery)."""
     mean = BGR_MEAN if channels == 3 else GRAY_MEAN
     params = {"sbdd_dir": "../data/sbdd/dataset", "seed": 1337, "split": "train", "mean": mean}
     data = _layer("data", "Python", [], ["data", "label"],
                   f"python_param {{ module: \"voc_layers\" layer: \"SBDDSegDataLayer\" param_str: \"{params}\" }}")
+    if lmdb:
+        data = "\n".join(_layer(top, "Data", [], [top], f"data_param {{ source: \"train_{top}_lmdb\" batch_size: 1 "
+                                 "backend: LMDB }") for top in ("data", "label"))
     head, score = _head(arch, 21)
     return "\n".join([data, *_trunk(), *head, _loss("loss", score, "label")]) + "\n"
 

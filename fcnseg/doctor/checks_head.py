@@ -15,8 +15,9 @@ def check_head_classes(n: _Net) -> list[Finding]:
     """
     out = []
     for head in loss_heads(n):
-        counts = [(layer.name, k) for layer, k in head.scores]
-        counts += [(layer.name, k) for layer, _, k in head.upsampling]
+        order = {layer.name: i for i, layer in enumerate(n.train.layer)}
+        counts = sorted([(layer.name, k) for layer, k in head.scores] +
+                        [(layer.name, k) for layer, _, k in head.upsampling], key=lambda c: order[c[0]])
         if len({k for _, k in counts}) <= 1 and all(cin in (None, k) for _, cin, k in head.upsampling):
             continue
         majority = Counter(k for _, k in counts).most_common(1)[0][0]
@@ -24,7 +25,7 @@ def check_head_classes(n: _Net) -> list[Finding]:
         aborts = [f"Eltwise '{layer.name}' adds " + " and ".join(f"'{b}' ({c} channels)" for b, c in bottoms)
                   for layer, bottoms in head.fusions if len({c for _, c in bottoms}) > 1]
         aborts += [f"Deconvolution '{layer.name}' takes {cin} channels and puts out {k}"
-                   for layer, cin, k in head.upsampling if cin not in (None, k)]
+                   for layer, cin, k in head.upsampling if cin not in (None, k) and k != majority]
         out.append(Finding(
             "error", "head-classes",
             f"The layers feeding loss '{head.loss.name}' disagree on the number of classes K ({listed}): "

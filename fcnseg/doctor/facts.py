@@ -244,7 +244,7 @@ def _plural(count: int, word: str) -> str:
 
 
 def _times(ratio: float) -> str:
-    return f"{ratio:.3g}×" if ratio < 1000 else f"{ratio:,.0f}×"
+    return f"{ratio:.3g}×" if ratio < 1000 else f"{float(f'{ratio:.3g}'):,.0f}×"
 
 
 def _sci(x: float) -> str:
