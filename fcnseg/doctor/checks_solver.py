@@ -59,7 +59,7 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
         ref = "the FCN-AlexNet reference for a normalized loss (1e-4 at 0.9 = 1e-3)"
         mix = (" Momentum 0.99 belongs to the VGG recipe, whose loss is summed over pixels and whose lr is "
                "1e-10." if m >= 0.99 else "")
-    if STEP_WARNING > ratio > STEP_SMALL_WARNING:
+    if STEP_WARNING > ratio >= STEP_SMALL_WARNING * (1 - 1e-6):  # "beyond 100x" is strictly beyond
         return []
     ideal = (f"base_lr ≈ {_sci(recipe_lr * REFERENCE_PIXELS / per)} with momentum 0.99 (normalize: false, as "
              "the VGG reference)" if summed else "base_lr 1e-4 with momentum 0.9 (FCN-AlexNet)")
