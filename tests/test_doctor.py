@@ -451,3 +451,26 @@ def test_one_finding_per_deconvolution(tmp_path):
     single = deconv("upscore", "score_fr", n=1, group=1)  # one channel: a bilinear filler mixes nothing
     net = small_net(up=single).replace("num_output: 2 kernel_size: 1", "num_output: 1 kernel_size: 1")
     assert "upsampling-group" not in codes(run(tmp_path, net))
+
+
+def test_config_mean_against_recorded_weights_mean(tmp_path):
+    """doctor --config: a numeric data.mean far from the gray mean M recorded in converted weights."""
+    net = pb.NetParameter()
+    layer = net.layer.add(name="conv1_1", type="Convolution")
+    layer.transform_param.mean_value.append(114.452)
+    blob = layer.blobs.add()
+    blob.shape.dim.extend([64, 1, 3, 3])
+    blob.data.extend([0.0] * 576)
+    path = tmp_path / "vgg16_1ch.caffemodel"
+    path.write_bytes(net.SerializeToString())
+
+    def mean_findings(mean, scale=1.0):
+        config = validate_config({"model": {"num_classes": 2}, "init": {"weights": str(path)},
+                                  "data": {"mean": mean, "scale": scale}})
+        return [f for f in diagnose_config(config) if f.code == "weights-mean"]
+    off = mean_findings(30.0)
+    assert len(off) == 1 and off[0].severity == "warning" and "data.mean: 114.452" in off[0].fix
+    assert "subtracts data.mean 30" in off[0].message
+    assert mean_findings(116.0) == []            # within a few grey levels
+    assert len(mean_findings(114.452, scale=0.5)) == 1
+    assert mean_findings("dataset") == []        # the dataset's own mean: not a typed number

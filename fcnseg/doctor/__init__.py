@@ -36,6 +36,8 @@ from .log import curve_findings, read_log, with_causes
 from .report import _by_severity, findings_json, format_findings, has_errors
 from .sources import _Source, caffemodel_shapes, read_net, read_solver
 
+MEAN_TOLERANCE = 3.0  # grey levels (0-255) of mean difference that the pretrained trunk shrugs off
+
 __all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "diagnose_log", "read_log", "findings_json",
            "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "_Net",
            "_expected_shape"]
@@ -165,6 +167,7 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
 
     findings = []
     meta = None
+    numeric_mean = config.data.mean != "dataset"
     try:
         config = resolve_config(config)
         meta = read_dataset(config.data.root) if config.data.root else None
@@ -181,7 +184,26 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
     findings += diagnose(net, solver, weights=weights, input_channels=config.model.input_channels,
                          image_size=(int(tile), int(tile)) if tile else None, val_samples=val,
                          data_check=data_check, check_snapshot_dir=False, loader="fcnseg")
+    if weights and numeric_mean:
+        findings += check_input_mean(config, weights)
     return _by_severity(findings)
+
+
+def check_input_mean(config, weights: str | Path) -> list[Finding]:
+    """`weights-mean`: a numeric data.mean more than MEAN_TOLERANCE grey levels from the gray mean M recorded
+    in converted weights (or data.scale not 1): the pretrained filters see shifted input. [] when the file
+    records no M or cannot be read (weights-unreadable says so)."""
+    from ..dataset import input_mean  # noqa: PLC0415
+    from ..weights import input_mean_mismatch, recorded_gray_mean  # noqa: PLC0415
+
+    try:
+        expected = recorded_gray_mean(weights)
+    except WeightsError:
+        return []
+    if expected is None or (abs(input_mean(config) - expected) <= MEAN_TOLERANCE and config.data.scale == 1.0):
+        return []
+    return [Finding("warning", "weights-mean", input_mean_mismatch(config, weights) + ".",
+                    f"Set data.mean: {expected:.6g} and data.scale: 1 (the mean `fcnseg weights convert` printed).")]
 
 
 def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver: Optional[str | Path] = None,
