@@ -1,5 +1,20 @@
 """What doctor knows about a net: the Finding record, thresholds, and facts derived once from a NetParameter
-(blob channels, producers, losses, traces, crops) that every check reads. No file access, no Caffe net."""
+(blob channels, producers, losses, traces, crops, heads, whether it is initialised from outside) that every
+check reads. No file access, no Caffe net.
+
+Thresholds (each is explained where it is used):
+- "VGG-depth": >= 8 learning layers followed by a ReLU (the seed's conv1_1..fc7; FCN-AlexNet has 7).
+  Trained from scratch (no weights) without BatchNorm/MVN this is an error unless every one of them has
+  a variance-scaled filler (msra / xavier) and the trunk has at most 3 pooling stages (stride <= 8): the
+  envelope measured on the HeLa demo (msra, Adam 1e-4 to 2e-4: val mean IU 0.87 to 0.91). Inside it: a
+  warning with a non-adaptive solver, else info.
+- Effective step lr / (1 - momentum), per pixel: times the pixels a summed loss adds up. Compared with
+  the reference for the loss in use (normalized: FCN-AlexNet 1e-4 at 0.9 = 1e-3; summed: VGG 1e-10 at
+  0.99 over ~500x500 pixels = 2.5e-3): >= 8x is an error, >= 3x a warning (overshoot); beyond 100x too
+  small a warning, 10^4x an error, except the reference's staged fine-tuning steps (1e-12 for 16s, 1e-14
+  for 8s): nothing in a net with those skips, info in one without.
+- Class imbalance: a class under 1% of the labelled training pixels, or absent.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
