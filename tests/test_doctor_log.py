@@ -101,3 +101,34 @@ def test_cli_log_with_prototxt(run_cli, capsys):
     assert run_cli("doctor", "--log", LOGS / "healthy.log") == 0
     assert "no problems found" in capsys.readouterr().out
     assert run_cli("doctor", "--log", LOGS / "healthy.log", "--config", "c.yaml") == 2
+
+
+def test_stuck_accuracy_named_from_the_val_labels(tmp_path):
+    """With --data-check the val label LMDB says which class the stuck accuracy (0.7539) stands for."""
+    import numpy as np
+    from conftest import write_lmdb
+    from fcnseg.doctor import diagnose_log
+
+    label = np.zeros((1, 8, 8), np.uint8)
+    label.flat[:17] = 1          # 17 pixels class 1
+    label.flat[17] = 255         # one ignored: class 0 holds 46 of the 63 labelled pixels = 0.7302
+    for split in ("train", "val"):
+        write_lmdb(tmp_path / f"{split}_images", [np.full((1, 8, 8), 9, np.uint8)] * 3)
+        write_lmdb(tmp_path / f"{split}_labels", [label] * 3)
+    layers = []
+    for phase, split in (("TRAIN", "train"), ("TEST", "val")):
+        for top, kind in (("data", "images"), ("label", "labels")):
+            layers.append(f'layer {{ name: "{top}" type: "Data" top: "{top}" include {{ phase: {phase} }} '
+                          f'data_param {{ source: "{tmp_path}/{split}_{kind}" batch_size: 1 backend: LMDB }} }}')
+    layers += ['layer { name: "score" type: "Convolution" bottom: "data" top: "score" '
+               'convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "msra" } } }',
+               'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" '
+               'loss_param { ignore_label: 255 } }']
+    (tmp_path / "train_val.prototxt").write_text("\n".join(layers))
+    log = (LOGS / "accuracy_majority.log").read_text().replace("accuracy = 0.7539", "accuracy = 0.730159")
+    (tmp_path / "caffe.log").write_text(log)
+    found = diagnose_log(tmp_path / "caffe.log", tmp_path / "train_val.prototxt", data_check=True)
+    f = next(f for f in found if f.code == "log-accuracy")
+    assert "the share of class 0 in the val labels (0.7302)" in f.message
+    plain = diagnose_log(tmp_path / "caffe.log", tmp_path / "train_val.prototxt")
+    assert "majority-class fraction" in next(f for f in plain if f.code == "log-accuracy").message

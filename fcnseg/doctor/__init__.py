@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 from ..dataset import read_dataset, resolve_config
 from ..errors import DataError, WeightsError
 from ..geometry import SOURCES
-from .checks_data import check_data, check_housekeeping, check_mean
+from .checks_data import check_data, check_housekeeping, check_mean, majority_share
 from .checks_geometry import check_geometry
 from .checks_head import check_head_classes
 from .checks_init import _expected_shape, check_from_scratch, check_initialisation, check_upsampling, check_weights
@@ -212,7 +212,7 @@ def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver
 
     With `train_val` (and `solver`, `weights`), K, the loss normalisation and the image size come from the
     net, each curve finding names the prototxt findings that most likely explain it, and those findings
-    follow. Returns curve findings first (errors first), then the prototxt's. Raises ConfigError for a
+    follow; with `data_check` the val labels also say which class a stuck accuracy stands for. Returns curve findings first (errors first), then the prototxt's. Raises ConfigError for a
     missing or unreadable log or prototxt.
     """
     curve = read_log(log)
@@ -222,5 +222,10 @@ def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver
     size = _declared_size(n)
     summed = _loss_mode(n.loss) in ("BATCH_SIZE", "NONE") if n.loss is not None else None
     net_findings = diagnose_files(train_val, solver, weights, data_check)
-    found = curve_findings(curve, n.num_classes, summed, size[0] * size[1] if size else None)
+    majority = None
+    if data_check:  # reading every val label is what --data-check is for
+        _, label = n.data_layers("TEST")
+        bases = [Path("."), Path(train_val).parent]
+        majority = majority_share(_Source.peek(label, bases) if label is not None else None, n.ignore_label)
+    found = curve_findings(curve, n.num_classes, summed, size[0] * size[1] if size else None, majority)
     return _by_severity(with_causes(found, net_findings)) + net_findings

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..caffe_env import caffe_pb2
 from .facts import RARE_CLASS, Finding, _Net, _plural, _shape_text
-from .sources import _find
+from .sources import _find, _Source
 
 def check_mean(n: _Net, base_dirs: Sequence[Path], weights_channels: Optional[int]) -> list[Finding]:
     """Finding 8: mean file / mean values whose channel count differs from the input's."""
@@ -86,10 +86,7 @@ def check_data(n: _Net, sources: dict) -> list[Finding]:
                 bad_size += 1
                 first_bad = first_bad or (i, img.shape, lab.shape)
                 continue
-            values = np.rint(lab).astype(np.int64).ravel() if lab.dtype != np.uint8 else lab.ravel()
-            inside = (values >= 0) & (values < 256)
-            hist += np.bincount(values[inside], minlength=256)[:256]
-            out_of_byte.update(np.unique(values[~inside]).tolist()[:5])
+            out_of_byte.update(_count_labels(lab, hist))
         if bad_size:
             i, a, b = first_bad
             out.append(Finding(
@@ -174,3 +171,23 @@ def check_housekeeping(n: _Net, solver, val_count: Optional[int], base_dirs: Seq
     return out
 
 
+def _count_labels(lab, hist) -> list:
+    """Add label array `lab`'s 0..255 values to `hist`; return up to 5 values outside that range."""
+    values = np.rint(lab).astype(np.int64).ravel() if lab.dtype != np.uint8 else lab.ravel()
+    inside = (values >= 0) & (values < 256)
+    hist += np.bincount(values[inside], minlength=256)[:256]
+    return np.unique(values[~inside]).tolist()[:5]
+
+
+def majority_share(label: _Source, ignore: Optional[int]) -> Optional[tuple[int, float]]:
+    """(class, its share of the labelled pixels) of the most common class in a readable label LMDB, the
+    ignore label left out; None when the source cannot be read or holds no labelled pixel."""
+    if label is None or label.problem or label.found is None:
+        return None
+    hist = np.zeros(256, np.int64)
+    for lab in label.arrays():
+        _count_labels(lab, hist)
+    if ignore is not None and 0 <= ignore < 256:
+        hist[ignore] = 0
+    total = int(hist.sum())
+    return (int(hist.argmax()), float(hist.max() / total)) if total else None

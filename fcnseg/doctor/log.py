@@ -133,9 +133,10 @@ def _uniform_k(value: float) -> Optional[int]:
 
 
 def curve_findings(log: TrainingLog, num_classes: Optional[int] = None, summed: Optional[bool] = None,
-                   pixels: Optional[int] = None) -> list[Finding]:
+                   pixels: Optional[int] = None, majority: Optional[tuple[int, float]] = None) -> list[Finding]:
     """What the curve shows. `num_classes`, `summed` (loss normalisation) and `pixels` (per image) come from
-    the prototxt when known; without them K is recognised from ln K."""
+    the prototxt when known; without them K is recognised from ln K. `majority` (class, share of the
+    labelled val pixels), read from the label LMDB, names the class a stuck accuracy stands for."""
     out = []
     name = log.path.name
     finite = [(i, v) for i, v in log.losses if math.isfinite(v)]
@@ -196,11 +197,11 @@ def curve_findings(log: TrainingLog, num_classes: Optional[int] = None, summed: 
                 f"iteration {finite[-1][0]}): the steps overshoot.",
                 "Lower base_lr (or momentum) to the recipe of the loss normalisation; restart from an early "
                 "snapshot."))
-    out += _accuracy_findings(log, k)
+    out += _accuracy_findings(log, k, majority)
     return out
 
 
-def _accuracy_findings(log: TrainingLog, k: Optional[int]) -> list[Finding]:
+def _accuracy_findings(log: TrainingLog, k: Optional[int], majority: Optional[tuple[int, float]]) -> list[Finding]:
     out = []
     for (phase, name), points in sorted(log.outputs.items()):
         if "acc" not in name.lower() or "per_class" in name.lower() or "mean" in name.lower():
@@ -213,6 +214,9 @@ def _accuracy_findings(log: TrainingLog, k: Optional[int]) -> list[Finding]:
         if guess and abs(value - 1 / guess) <= 0.02 / guess:
             what = (f"1/{guess}: the net guesses uniformly among {guess} classes (or every pixel's label is "
                     "another class than the one it predicts)")
+        elif majority is not None and abs(value - majority[1]) <= 0.005:
+            what = (f"{value:.4g} at every evaluation, the share of class {majority[0]} in the val labels "
+                    f"({majority[1]:.4g}): the net predicts class {majority[0]} everywhere")
         else:
             what = (f"{value:.4g} at every evaluation: the net predicts one class everywhere and {value:.4g} is "
                     "that class's share of the labelled pixels (the majority-class fraction)")
