@@ -219,14 +219,23 @@ def weights_convert(src, dst, prototxt, mean_bgr, gray_mean):
               help="The caffemodel training would start from (default: init.weights with --config).")
 @click.option("--data-check", is_flag=True, help="Also read the LMDBs: labels, sizes, counts, balance.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-def doctor_cmd(files, config_path, overrides, weights, data_check, as_json):
+@click.option("--log", "log_path", type=click.Path(exists=True, dir_okay=False),
+              help="A training log (Caffe's glog output or fcnseg's metrics.jsonl): name what the curve shows.")
+def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_path):
     """Explain what keeps a net from learning, and how to fix it. Exit 1 if any error.
 
     Example: fcnseg doctor train_val.prototxt solver.prototxt --weights vgg16.caffemodel
+    Example: fcnseg doctor --log caffe.log train_val.prototxt solver.prototxt
     """
-    from .doctor import diagnose_config, diagnose_files, findings_json, format_findings, has_errors  # noqa: PLC0415
+    from .doctor import (diagnose_config, diagnose_files, diagnose_log, findings_json,  # noqa: PLC0415
+                         format_findings, has_errors)
 
-    if config_path is not None:
+    if log_path is not None:
+        if config_path is not None or len(files) > 2:
+            raise click.UsageError("--log takes at most TRAIN_VAL.prototxt [SOLVER.prototxt], not --config")
+        findings = diagnose_log(log_path, files[0] if files else None, files[1] if len(files) > 1 else None,
+                                weights, data_check)
+    elif config_path is not None:
         if files:
             raise click.UsageError("give either prototxt files or --config, not both")
         cfg = load_config(config_path, overrides)

@@ -10,8 +10,7 @@ import pytest
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SEED_DIR = SHARED / "fixtures" / "seed"
+SEED_DIR = REPO / "tests" / "fixtures" / "seed"   # a copy of shared/fixtures/seed: the seed's own files
 
 
 def write_lmdb(path: Path, arrays: list[np.ndarray]) -> None:

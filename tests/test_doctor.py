@@ -407,3 +407,70 @@ def test_snapshot_folder_must_exist(tmp_path):
 def test_ignore_label_collides_with_class(tmp_path):
     assert find(run(tmp_path, small_net(lossed=loss(ignore=1))), "ignore-label").severity == "error"
     assert "ignore-label" not in codes(run(tmp_path, small_net(lossed=loss(ignore=255))))
+
+
+# --- head class counts, solver step by distance, one finding per layer ------------------------------
+
+def test_head_classes_name_each_layer_and_k(tmp_path):
+    up4 = deconv("upscore", "score_fr", n=3, group=1)  # the score has 2 classes
+    f = find(run(tmp_path, small_net(up=up4)), "head-classes")
+    assert f.severity == "error" and "'score_fr' 2" in f.message and "'upscore' 3" in f.message
+    assert "takes 2 channels and puts out 3" in f.message and "most of them say" in f.fix
+    assert "head-classes" not in codes(run(tmp_path, small_net()))
+
+
+def test_head_classes_at_an_eltwise(tmp_path):
+    skip = "\n".join([
+        input_layer(), conv("conv1", "data"), pool("pool1", "conv1"), conv("conv2", "pool1"), pool("pool2", "conv2"),
+        conv("score_fr", "pool2", n=2, k=1, pad=0, relu=False), deconv("upscore2", "score_fr", n=4, group=4),
+        conv("score_pool1", "pool1", n=2, k=1, pad=0, relu=False),
+        'layer { name: "fuse" type: "Eltwise" bottom: "upscore2" bottom: "score_pool1" top: "fuse" }',
+        deconv("upscore", "fuse"), crop(0, "upscore"), loss()])
+    f = find(run(tmp_path, skip), "head-classes")
+    assert "Eltwise 'fuse' adds 'upscore2' (4 channels) and 'score_pool1' (2 channels)" in f.message
+    assert f.layer == "score_fr, upscore2, score_pool1, upscore"
+
+
+@pytest.mark.parametrize("lr,momentum,expected", [
+    (1e-9, 0.99, "error"),     # the issue's case: summed-loss lr on a normalized loss, 10^4 x too small
+    (1e-7, 0.9, "warning"),    # 1000 x too small
+    (1e-6, 0.9, None),         # 100 x too small: within the warning band's edge
+    (2e-4, 0.9, None),
+])
+def test_solver_step_too_small_by_distance(tmp_path, lr, momentum, expected):
+    found = [f for f in run(tmp_path, small_net(), solver_text(lr, momentum)) if f.code == "solver-step"]
+    assert [f.severity for f in found] == ([expected] if expected else [])
+    if expected:
+        assert "barely move the weights" in found[0].message
+
+
+def test_one_finding_per_deconvolution(tmp_path):
+    fillerless_ungrouped = deconv("upscore", "score_fr", group=1, filler="")
+    found = [f for f in run(tmp_path, small_net(up=fillerless_ungrouped)) if f.layer == "upscore"]
+    assert [f.code for f in found] == ["upsampling-filler"]
+    single = deconv("upscore", "score_fr", n=1, group=1)  # one channel: a bilinear filler mixes nothing
+    net = small_net(up=single).replace("num_output: 2 kernel_size: 1", "num_output: 1 kernel_size: 1")
+    assert "upsampling-group" not in codes(run(tmp_path, net))
+
+
+def test_config_mean_against_recorded_weights_mean(tmp_path):
+    """doctor --config: a numeric data.mean far from the gray mean M recorded in converted weights."""
+    net = pb.NetParameter()
+    layer = net.layer.add(name="conv1_1", type="Convolution")
+    layer.transform_param.mean_value.append(114.452)
+    blob = layer.blobs.add()
+    blob.shape.dim.extend([64, 1, 3, 3])
+    blob.data.extend([0.0] * 576)
+    path = tmp_path / "vgg16_1ch.caffemodel"
+    path.write_bytes(net.SerializeToString())
+
+    def mean_findings(mean, scale=1.0):
+        config = validate_config({"model": {"num_classes": 2}, "init": {"weights": str(path)},
+                                  "data": {"mean": mean, "scale": scale}})
+        return [f for f in diagnose_config(config) if f.code == "weights-mean"]
+    off = mean_findings(30.0)
+    assert len(off) == 1 and off[0].severity == "warning" and "data.mean: 114.452" in off[0].fix
+    assert "subtracts data.mean 30" in off[0].message
+    assert mean_findings(116.0) == []            # within a few grey levels
+    assert len(mean_findings(114.452, scale=0.5)) == 1
+    assert mean_findings("dataset") == []        # the dataset's own mean: not a typed number

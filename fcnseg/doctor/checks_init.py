@@ -1,0 +1,241 @@
+"""Checks on where the weights come from: upsampling layers, layers that start at zero, training from scratch,
+and a weights file that does not fit the net."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+from ..caffemodel import CONVERT_HINT, TRUNK_CONV
+from ..geometry import conv_geometry
+from .facts import (ADAPTIVE_SOLVERS, NORMALISATION, SCALED_FILLERS, SCRATCH_MAX_STRIDE, VGG_DEPTH, Finding, _Net,
+                    _feeds_relu, _hidden_layers, _is_upsampling, _learns, _log2, _names, _plural, _same_shape,
+                    _shape_text, _starts_at_zero, _weight_filler)
+
+def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
+    """Finding 3: upsampling Deconvolutions that do not start as per-class bilinear interpolations.
+
+    At most one filler-or-group finding per layer. Weights that hold the layer settle it. A fixed layer with
+    no filler is what the reference's surgery.interp fills (one bilinear kernel per class, so no group is
+    needed): a warning where something outside the files can still do that, an error where nothing can.
+    `upsampling-group` only where a bilinear filler really fills every class pair.
+    """
+    out = []
+    evidence = n.outside_init(upsampling=False)
+    for layer in n.layers("Deconvolution"):
+        if not _is_upsampling(layer):
+            continue
+        p = layer.convolution_param
+        factor = conv_geometry(layer)[1]
+        frozen = not _learns(layer)
+        filler = _weight_filler(layer)
+        bilinear_fix = (f"weight_filler {{ type: \"bilinear\" }} with group: {p.num_output}, kernel_size "
+                        f"{2 * factor}, stride {factor}, bias_term: false")
+        if shapes is not None and layer.name in shapes:
+            pass  # its kernel comes from the weights file
+        elif filler is None or filler.type != "bilinear":
+            start = ("no weight_filler (Caffe's default: constant 0)" if filler is None
+                     else f"a '{filler.type}' weight_filler")
+            surgery_can = frozen and (n.script_driven or (shapes is None and bool(evidence)))
+            if surgery_can:
+                where = ("the weights given do not hold it, so " if shapes is not None else "")
+                out.append(Finding(
+                    "warning", "upsampling-filler",
+                    f"Upsampling '{layer.name}' is fixed (lr_mult 0) with {start}: {where}it must be set to a "
+                    "bilinear kernel, one per class, before the first step, as the reference's solve.py does "
+                    "with surgery.interp on every layer named 'up…'. Without that it stays "
+                    f"{'zero' if _starts_at_zero(layer) else 'no interpolation'} and the loss never leaves "
+                    "ln K.", f"Run bilinear surgery on it after loading the weights, or give it {bilinear_fix}.",
+                    layer.name))
+            elif frozen:
+                where = " and the weights given do not hold it" if shapes is not None else ""
+                out.append(Finding(
+                    "error", "upsampling-filler",
+                    f"Upsampling '{layer.name}' is fixed (lr_mult 0), has {start}{where}, and nothing in this "
+                    "setup sets its kernel: it never becomes an interpolation"
+                    + (" and outputs zeros forever." if _starts_at_zero(layer) else "."),
+                    f"Give it {bilinear_fix}.", layer.name))
+            else:
+                out.append(Finding(
+                    "warning", "upsampling-filler",
+                    f"Upsampling '{layer.name}' has {start}: it starts as no interpolation at all and must learn "
+                    "one.", f"Give it {bilinear_fix}.", layer.name))
+        elif p.group != p.num_output and p.num_output > 1 and n.channels.get(layer.bottom[0], 2) > 1:
+            k = p.num_output
+            out.append(Finding(
+                "error" if frozen else "warning", "upsampling-group",
+                f"Upsampling '{layer.name}' has group {p.group} for {k} channels: Caffe's bilinear filler fills "
+                f"every input-output pair, so each output channel sums {k // max(p.group, 1)} class scores and "
+                "the classes blur into one another" + ("" if frozen else " until it learns them apart") + ".",
+                f"group: {k} (= num_output), so each class is upsampled on its own.", layer.name))
+        if not frozen:
+            lr_mult = layer.param[0].lr_mult if layer.param else 1
+            out.append(Finding("info", "upsampling-learns",
+                               f"Upsampling '{layer.name}' learns (lr_mult {lr_mult:g}); "
+                               "the FCN authors found learning it made no significant difference, and fixed "
+                               "it stays an exact bilinear interpolation.",
+                               "param { lr_mult: 0 } to keep it fixed.", layer.name))
+    return out
+
+
+def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -> list[Finding]:
+    """Finding 4: learning layers that start at zero under a ReLU (no filler, not in the weights).
+
+    A warning saying the transplant must happen first where the net is evidently initialised from outside
+    and no weights file was named; an error where nothing can supply them (no such evidence, or a weights
+    file that lacks them).
+    """
+    if weights_given and shapes is None:
+        return []  # the weights could not be read: reported elsewhere, coverage unknown
+    dead = [layer.name for layer in n.layers("Convolution", "InnerProduct", "Deconvolution")
+            if not _is_upsampling(layer) and _learns(layer) and _starts_at_zero(layer)
+            and not (shapes and layer.name in shapes) and _feeds_relu(n, layer)]
+    if not dead:
+        return []
+    k = n.num_classes
+    prior = f" (a loss stuck near ln {k} = {math.log(k):.4g})" if k else ""
+    many = len(dead) > 1
+    evidence = n.outside_init()
+    if not weights_given and evidence:
+        return [Finding(
+            "warning", "zero-init",
+            f"{len(dead)} learning layer{'s' if many else ''} ({_names(dead)}) ha{'ve' if many else 's'} no "
+            f"weight_filler, and this net is evidently initialised from outside ({'; '.join(evidence)}): "
+            f"{'they' if many else 'it'} must be copied from a trained model before the first step. As written "
+            f"{'they start' if many else 'it starts'} at exactly 0, and under ReLU a zero layer never moves: the "
+            f"net would only learn the class prior{prior}.",
+            "Load the weights before training: `caffe train --weights W`, net.copy_from(W) as the reference's "
+            "solve.py does, or --weights W here to check them.", ", ".join(dead))]
+    where = " and the weights given do not contain them" if weights_given else ""
+    return [Finding(
+        "error", "zero-init",
+        f"{len(dead)} learning layer{'s' if many else ''} ({_names(dead)}) ha{'ve' if many else 's'} no "
+        f"weight_filler{where}: Caffe's default filler is constant 0, so they start at exactly zero. Under ReLU "
+        "a zero layer outputs 0, passes back no gradient and never moves: the net can only learn the class "
+        f"prior{prior}.",
+        "Give each a weight_filler { type: \"msra\" } and bias_filler { type: \"constant\" }, or load "
+        "pretrained weights that contain these layers (--weights).", ", ".join(dead))]
+
+
+def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool) -> list[Finding]:
+    """Finding 5 (no weights): VGG-depth nets without normalisation trained from scratch."""
+    hidden = _hidden_layers(n)
+    if weights_given or len(hidden) < VGG_DEPTH or n.layers(*NORMALISATION):
+        return []
+    if n.outside_init() and all(_weight_filler(layer) is None for layer in hidden):
+        return []  # zero-init already says these must come from a trained model first
+    unscaled = [layer.name for layer in hidden
+                if (_weight_filler(layer) is None or _weight_filler(layer).type not in SCALED_FILLERS)]
+    stride = n.stride or 1
+    reasons = []
+    if len(unscaled) == len(hidden):
+        reasons.append("none of them starts from a variance-scaled filler (msra / xavier)")
+    elif unscaled:
+        reasons.append(f"{_names(unscaled, 4)} start{'s' if len(unscaled) == 1 else ''} without a "
+                       "variance-scaled filler (msra / xavier)")
+    if stride > SCRATCH_MAX_STRIDE:
+        stages = f"{_log2(stride)} pooling stages (stride {stride})" if _log2(stride) else f"stride {stride}"
+        reasons.append(f"its {stages} go beyond the 3 pooling stages known to train from scratch")
+    names = _names([layer.name for layer in hidden], 4)
+    chans = n.channels.get(n.input_blob)
+    fix = (f"Convert ImageNet VGG16 to {_plural(chans, 'input channel') if chans else 'your input channels'} "
+           f"with `{CONVERT_HINT}` and pass it (--weights, or init.weights in the config). "
+           "From scratch, stay where it is known to work: at most 3 pooling stages, msra fillers on every "
+           "layer, Adam at 1e-4 on a normalized loss (configs/seed_reduced_1ch.yaml).")
+    if reasons:
+        return [Finding(
+            "error", "from-scratch",
+            f"No pretrained weights: {len(hidden)} learning layers under ReLU ({names}) and no "
+            f"normalisation layers would train from scratch, and {' and '.join(reasons)}. The FCN reference "
+            "never does this: it fine-tunes from ImageNet VGG16, and calls training a VGG-depth FCN from "
+            "scratch with its recipe not feasible.", fix, names)]
+    if solver_type is not None and solver_type not in ADAPTIVE_SOLVERS:
+        return [Finding(
+            "warning", "from-scratch",
+            f"No pretrained weights: {len(hidden)} learning layers ({names}) train from scratch with "
+            f"{solver_type}. The from-scratch setup measured to learn at this depth used Adam (HeLa demo: "
+            "3 stages, msra fillers, Adam 2e-4, val mean IU 0.91).",
+            "Use type: \"Adam\" with base_lr 1e-4 on a normalized loss, or pretrained weights (" +
+            f"`{CONVERT_HINT}`).", names)]
+    return [Finding(
+        "info", "from-scratch",
+        f"No pretrained weights: {len(hidden)} learning layers ({names}) train from scratch; at this depth, "
+        f"with msra fillers and {solver_type or 'an adaptive solver such as Adam'}, that is known to work "
+        "(HeLa demo, configs/demo_hela.yaml: val mean IU 0.91).",
+        f"Nothing to do; for deeper nets use pretrained weights (`{CONVERT_HINT}`).", names)]
+
+
+def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, loader: str) -> list[Finding]:
+    """Finding 5 (weights given): unreadable weights, no shared layers, conv1_1 channels, other shapes.
+
+    `loader` "caffe" (caffe train --weights: every same-named blob must match) or "fcnseg" (fcnseg train:
+    trunk convolutions must match; fc6/fc7 are reshaped or keep their fillers, other layers keep theirs).
+    """
+    aborts = ("Caffe aborts with 'shape mismatch' when it copies" if loader == "caffe"
+              else "fcnseg train refuses to load")
+    if shapes is None:
+        return [Finding("error", "weights-unreadable", problem,
+                        "Point --weights / init.weights at an existing .caffemodel.")]
+    learnable = [layer for layer in n.layers("Convolution", "InnerProduct", "Deconvolution") if _learns(layer)]
+    shared = [layer for layer in learnable if layer.name in shapes]
+    out = []
+    if learnable and not shared:
+        out.append(Finding(
+            "error", "weights-unused",
+            f"None of the net's learning layers ({_names([l.name for l in learnable], 4)}) is in {weights.name} "
+            f"(it holds {_names(list(shapes), 4)}): Caffe copies weights by layer name, so nothing is loaded "
+            "and the net trains from its fillers.",
+            "Name the layers as in the weights (VGG16: conv1_1 … conv5_3, fc6, fc7).", None))
+    mismatched = []
+    for layer in shared:
+        got = shapes[layer.name][0]
+        if n.input_blob in layer.bottom and layer.type == "Convolution":
+            want = n.channels.get(n.input_blob)
+            if len(got) < 2:
+                continue
+            if want is None:
+                out.append(Finding(
+                    "info", "weights-channels",
+                    f"'{layer.name}' in {weights.name} takes {_plural(got[1], 'input channel')}; the data's "
+                    "channel count is unknown here (no Input shape, mean_value per channel or readable LMDB).",
+                    f"Make sure the images have {_plural(got[1], 'channel')}.", layer.name))
+            elif got[1] != want // max(layer.convolution_param.group, 1):
+                out.append(Finding(
+                    "error", "weights-channels",
+                    f"'{layer.name}' in {weights.name} takes {got[1]} input channels but the data has {want}: "
+                    f"{aborts} the weights.",
+                    f"Convert the weights to {_plural(want, 'channel')}: `{CONVERT_HINT}` (sums conv1_1 over "
+                    "RGB and corrects the bias for the mean).", layer.name))
+            continue
+        want = _expected_shape(n, layer)
+        if loader == "fcnseg" and not TRUNK_CONV.match(layer.name):
+            continue
+        if want is not None and not _same_shape(got, want):
+            mismatched.append(f"'{layer.name}' is {_shape_text(got)} in the weights but {_shape_text(want)} "
+                              "in the net")
+    if mismatched:
+        out.append(Finding(
+            "error", "weights-shape",
+            f"{'; '.join(mismatched)}: {aborts} them.",
+            ("ImageNet VGG16's fc6/fc7 are InnerProduct layers: `fcnseg weights convert` reshapes them into "
+             "convolutions. " if any(m.startswith(("'fc6'", "'fc7'")) for m in mismatched) else "") +
+            "Rename a layer that should train from its filler instead, or use weights made for this net.",
+            ", ".join(m.split("'")[1] for m in mismatched)))
+    return out
+
+
+def _expected_shape(n: _Net, layer) -> Optional[tuple[int, ...]]:
+    if layer.type not in ("Convolution", "Deconvolution"):
+        return None  # InnerProduct's input size depends on the image size
+    p = layer.convolution_param
+    cin = n.channels.get(layer.bottom[0]) if layer.bottom else None
+    if cin is None:
+        return None
+    kh = p.kernel_h or (p.kernel_size[0] if p.kernel_size else 1)
+    kw = p.kernel_w or (p.kernel_size[-1] if p.kernel_size else 1)
+    g = max(p.group, 1)
+    if layer.type == "Convolution":
+        return (p.num_output, cin // g, kh, kw)
+    return (cin, p.num_output // g, kh, kw)
+
+
