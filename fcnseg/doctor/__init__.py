@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..dataset import read_dataset, resolve_config
-from ..errors import DataError, WeightsError
+from ..errors import ConfigError, DataError, WeightsError
 from ..geometry import SOURCES
 from .checks_data import check_data, check_housekeeping, check_mean, majority_share
 from .checks_geometry import check_geometry
@@ -36,7 +36,6 @@ from .log import curve_findings, read_log, with_causes
 from .report import _by_severity, findings_json, format_findings, has_errors
 from .sources import _Source, caffemodel_shapes, read_net, read_solver
 
-MEAN_TOLERANCE = 3.0  # grey levels (0-255) of mean difference that the pretrained trunk shrugs off
 
 __all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "diagnose_log", "read_log", "findings_json",
            "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "_Net",
@@ -167,7 +166,7 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
 
     findings = []
     meta = None
-    numeric_mean = config.data.mean != "dataset"
+    numeric_mean = not isinstance(config.data.mean, str)
     try:
         config = resolve_config(config)
         meta = read_dataset(config.data.root) if config.data.root else None
@@ -190,20 +189,22 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
 
 
 def check_input_mean(config, weights: str | Path) -> list[Finding]:
-    """`weights-mean`: a numeric data.mean more than MEAN_TOLERANCE grey levels from the gray mean M recorded
-    in converted weights (or data.scale not 1): the pretrained filters see shifted input. [] when the file
-    records no M or cannot be read (weights-unreadable says so)."""
-    from ..dataset import input_mean  # noqa: PLC0415
-    from ..weights import input_mean_mismatch, recorded_gray_mean  # noqa: PLC0415
+    """`weights-mean`: a numeric data.mean more than weights.MEAN_TOLERANCE grey levels from what the weights expect
+    (the gray mean M recorded by `fcnseg weights convert`, or the mean of the run a snapshot came from), or
+    a data.scale that differs: the pretrained filters see shifted input. [] when the weights say nothing
+    or cannot be read (weights-unreadable says so)."""
+    from ..runs import expected_input  # noqa: PLC0415
+    from ..weights import input_mean_mismatch  # noqa: PLC0415
 
     try:
-        expected = recorded_gray_mean(weights)
-    except WeightsError:
+        mismatch = input_mean_mismatch(config, weights)
+    except (WeightsError, ConfigError):
         return []
-    if expected is None or (abs(input_mean(config) - expected) <= MEAN_TOLERANCE and config.data.scale == 1.0):
+    if mismatch is None:
         return []
-    return [Finding("warning", "weights-mean", input_mean_mismatch(config, weights) + ".",
-                    f"Set data.mean: {expected:.6g} and data.scale: 1 (the mean `fcnseg weights convert` printed).")]
+    expected = expected_input(weights)
+    return [Finding("warning", "weights-mean", mismatch + ".",
+                    f"Set data.mean: {expected.mean:.6g} (or auto) and data.scale: {expected.scale:g}.")]
 
 
 def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver: Optional[str | Path] = None,
