@@ -91,6 +91,11 @@ def resolve_config(config: Config) -> Config:
     return config
 
 
+def class_names(meta: dict, num_classes: int) -> list[str]:
+    """The dataset's class names (dataset.yaml `classes`), else 'class 0', 'class 1', ..."""
+    return [str(n) for n in meta.get("classes") or [f"class {i}" for i in range(num_classes)]]
+
+
 def input_mean(config: Config) -> float:
     """The mean subtracted from the input; 'dataset' without a dataset means 0 (documented)."""
     return 0.0 if config.data.mean == "dataset" else float(config.data.mean)

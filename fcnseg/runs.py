@@ -22,7 +22,7 @@ import yaml
 
 from . import __version__
 from .config import Config, load_config, read_yaml
-from .dataset import input_mean, read_dataset, resolve_config
+from .dataset import class_names, input_mean, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
 
 CONFIG_FILE = "config.yaml"
@@ -152,9 +152,8 @@ def inference_facts(config: Config, meta: dict) -> InferenceFacts:
     from .nets import input_multiple  # noqa: PLC0415
 
     model, k = config.model, config.model.num_classes
-    names = meta.get("classes") or [str(i) for i in range(k)]
     return InferenceFacts(
-        num_classes=k, classes=[str(n) for n in names], ignore_label=config.data.ignore_label,
+        num_classes=k, classes=class_names(meta, k), ignore_label=config.data.ignore_label,
         window=meta.get("window"), mean=input_mean(config), scale=float(config.data.scale),
         input_channels=model.input_channels, pad=model.pad, arch=model.arch, stages=model.stages,
         net_stride=model.net_stride, input_multiple=input_multiple(model),

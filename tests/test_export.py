@@ -99,12 +99,37 @@ def test_a_crop_off_by_one_would_be_caught(tmp_path, crop):
         assert_parity(onnx_outputs(tmp_path / "shifted.onnx", x)[0], reference)
 
 
+def test_max_pooling_rounds_up_like_caffe(tmp_path):
+    """On odd-sized maps Caffe's pooling keeps a last, partial window (ceil mode); so does the graph."""
+    from google.protobuf import text_format
+
+    from fcnseg.caffe_env import caffe_pb2
+    from fcnseg.export import onnx_model
+    from fcnseg.runs import InferenceFacts
+
+    text = """layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 7 dim: 9 } } }
+    layer { name: "pool" type: "Pooling" bottom: "data" top: "score"
+            pooling_param { pool: MAX kernel_size: 2 stride: 2 } }"""
+    net_param = text_format.Parse(text, caffe_pb2().NetParameter())
+    (tmp_path / "pool.prototxt").write_text(str(net_param))
+    net = caffe.Net(str(tmp_path / "pool.prototxt"), caffe.TEST)
+    x = np.random.default_rng(3).normal(0, 1, (7, 9)).astype(np.float32)
+    net.blobs["data"].data[0, 0] = x
+    reference = net.forward()["score"][0].copy()
+    assert reference.shape == (1, 4, 5)
+    facts = InferenceFacts(1, ["a"], 255, None, 0.0, 1.0, 1, 100, "fcn32s", 1, 2, 1, None)
+    model = onnx_model(net_param, {}, facts)
+    onnx.save(model, str(tmp_path / "pool.onnx"))
+    ours = ort.InferenceSession(str(tmp_path / "pool.onnx")).run(["scores"], {"image": x[None, None]})[0][0]
+    np.testing.assert_array_equal(ours, reference)
+
+
 def test_metadata_names_the_facts(tmp_path):
     run = make_run(tmp_path, arch="fcn16s", stages=3)
     assert main(["export", run, "-o", tmp_path / "m.onnx"]) == 0
     model = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
-    assert meta["classes"] == ["0", "1", "2"] and meta["num_classes"] == K
+    assert meta["classes"] == ["class 0", "class 1", "class 2"] and meta["num_classes"] == K
     assert meta["window"] == WINDOW and meta["mean"] == 90.0 and meta["scale"] == 0.02
     assert meta["input"] == "windowed 0-255" and meta["input_multiple"] == 8
     assert meta["source_run"] == str(run.resolve()) and meta["fcnseg_version"]

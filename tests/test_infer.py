@@ -261,3 +261,58 @@ def test_gpu_on_cpu_only_build_exits_2(run, images, tmp_path, capsys):
         pytest.skip("this Caffe has a usable GPU")
     assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path, "--gpu", "0"]) == 2
     assert "--gpu 0" in capsys.readouterr().err
+
+
+# ---- a run folder is portable ----------------------------------------------------------------------------
+
+def test_moved_run_without_its_dataset_gives_the_same_labels(tmp_path, monkeypatch, capsys):
+    """Train a small run, move its folder, delete the dataset, infer from another folder."""
+    import shutil
+
+    from conftest import write_tiny_dataset
+    from test_train import write_cfg
+
+    work = tmp_path / "work"
+    (work / "configs").mkdir(parents=True)
+    write_tiny_dataset(work / "data", n_train=4, n_val=2, size=32)
+    cfg = write_cfg(work / "configs" / "tiny.yaml", Path("../data"), solver__max_iter=6,
+                    train__val_interval=3, train__snapshot_interval=3)
+    monkeypatch.chdir(work)  # the config's data.root is relative to configs/, not to here
+    assert main(["train", "configs/tiny.yaml", "--out", "runs/tiny"]) == 0
+    facts = yaml.safe_load((work / "runs" / "tiny" / runs.INFERENCE_FILE).read_text())
+    assert facts["mean"] == 80.0 and facts["scale"] == 0.02 and facts["num_classes"] == 2
+    assert facts["window"] is None and facts["classes"] == ["class 0", "class 1"] and facts["input_multiple"] == 8
+    image = np.random.default_rng(0).integers(0, 256, (45, 61), dtype=np.uint8)
+    Image.fromarray(image).save(work / "image.png")
+    assert main(["infer", "--run", "runs/tiny", "image.png", "-o", "before", "--probs"]) == 0
+    before = label_png(work / "before" / "image.png")
+    assert cfg.is_file()
+
+    moved = tmp_path / "elsewhere" / "copy of tiny"
+    shutil.move(str(work / "runs" / "tiny"), str(moved))
+    shutil.rmtree(work / "data")
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    capsys.readouterr()
+    assert main(["infer", "--run", moved, work / "image.png", "-o", "after", "--probs"]) == 0
+    np.testing.assert_array_equal(label_png(other / "after" / "image.png"), before)
+    np.testing.assert_array_equal(np.load(other / "after" / "image_probs.npy"),
+                                  np.load(work / "before" / "image_probs.npy"))
+    assert main(["eval", moved]) == 2  # eval still needs the dataset, and says where it looked
+    err = capsys.readouterr().err
+    assert str(work / "data") in err and "data.root" in err and "--data" in err
+
+
+def test_run_from_before_inference_yaml_falls_back_to_its_dataset(tmp_path, capsys):
+    run = make_run(tmp_path)
+    x = raw_image(20, 24)
+    expected = predict(load_predictor(run), load_predictor(run).network_input(x)[1])
+    (run / runs.INFERENCE_FILE).unlink()
+    predictor = load_predictor(run)
+    np.testing.assert_array_equal(predict(predictor, predictor.network_input(x)[1]), expected)
+    (tmp_path / "data" / "dataset.yaml").unlink()
+    (tmp_path / "data").rmdir()
+    assert main(["infer", "--run", run, tmp_path, "-o", tmp_path / "out"]) == 2
+    err = capsys.readouterr().err
+    assert runs.INFERENCE_FILE in err and str(tmp_path / "data") in err
