@@ -39,6 +39,7 @@ class ExportResult:
     path: Path
     weights: Path
     raw_input: bool
+    channels: int
     nodes: int
     size_bytes: int
     seconds: float
@@ -49,7 +50,7 @@ class ExportResult:
             "the windowed 0-255 image"
         return [f"wrote {self.path} ({self.size_bytes / 2**20:.1f} MB, {self.nodes} nodes, opset {OPSET}) from "
                 f"{self.weights} in {self.seconds:.1f} s",
-                f"input `{INPUT}` (1 x 1 x H x W float32): {takes}; outputs `{SCORES}` (class scores) and "
+                f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; outputs `{SCORES}` (class scores) and "
                 f"`{PROBABILITIES}` (their softmax), 1 x K x H x W"]
 
 
@@ -103,7 +104,7 @@ def _conv_attrs(layer) -> dict:
     return dict(kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], dilations=[d, d], group=int(c.group))
 
 
-def _add_layer(g: _Graph, layer, params: dict[str, list[np.ndarray]], input_channels: int) -> None:
+def _add_layer(g: _Graph, layer, params: dict[str, list[np.ndarray]]) -> None:
     kind, name = layer.type, layer.name
     bottoms = [g.tensor[b] for b in layer.bottom]
     blobs = params.get(name, [])
@@ -195,7 +196,7 @@ def onnx_model(net_param, params: dict[str, list[np.ndarray]], facts: runs.Infer
         if layer.type == "Input":
             g.tensor[layer.top[0]] = _preprocessing(g, facts, INPUT) if raw_input else INPUT
         else:
-            _add_layer(g, layer, params, c)
+            _add_layer(g, layer, params)
     if "score" not in g.tensor:
         raise RunError("the deploy net has no `score` blob; rewrite it with `fcnseg make-proto`")
     k = facts.num_classes
@@ -245,5 +246,5 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     data = model.SerializeToString()
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.write_bytes_atomic(out, data)
-    return ExportResult(out, weights_path, with_preprocessing, len(model.graph.node), len(data),
-                        time.perf_counter() - start)
+    return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
+                        len(data), time.perf_counter() - start)

@@ -131,17 +131,24 @@ class InferenceFacts:
 
     @classmethod
     def from_dict(cls, raw: object, where: str) -> "InferenceFacts":
-        """Parse `to_dict`'s output; RunError naming `where` when a key is missing or malformed."""
-        names = [f for f in cls.__dataclass_fields__]
+        """Parse `to_dict`'s output (other keys are ignored); RunError naming `where` when a key is missing
+        or malformed."""
+        names = list(cls.__dataclass_fields__)
         missing = [n for n in names if not isinstance(raw, dict) or n not in raw]
         if missing:
-            raise RunError(f"{where}: missing {', '.join(missing)}; write it again with `fcnseg make-proto` "
-                           "from the run's config and dataset")
+            raise RunError(f"{where}: missing {', '.join(missing)}; write it again (`fcnseg make-proto` for a "
+                           "run folder, `fcnseg export` for an ONNX model)")
         try:
-            facts = cls(**{n: raw[n] for n in names})
-            int(facts.num_classes), float(facts.mean), float(facts.scale), int(facts.input_multiple)
-        except (TypeError, ValueError) as exc:
-            raise RunError(f"{where}: malformed ({exc})") from None
+            window = raw["window"]
+            if window is not None:
+                window = {**window, "low": float(window["low"]), "high": float(window["high"])}
+            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]), "classes": [str(c) for c in raw["classes"]],
+                           "ignore_label": int(raw["ignore_label"]), "window": window, "mean": float(raw["mean"]),
+                           "scale": float(raw["scale"]), "input_channels": int(raw["input_channels"]),
+                           "stages": int(raw["stages"]), "net_stride": int(raw["net_stride"]),
+                           "input_multiple": int(raw["input_multiple"])})
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RunError(f"{where}: malformed inference facts ({exc!r})") from None
         if len(facts.classes) != facts.num_classes:
             raise RunError(f"{where}: {len(facts.classes)} class names for {facts.num_classes} classes")
         return facts
@@ -173,9 +180,10 @@ def read_inference(run_dir: Path) -> InferenceFacts:
     _, config = load_run(run_dir)
     root = config.data.root
     if root is None or not Path(root).is_dir():
-        raise RunError(f"{run_dir}: no {INFERENCE_FILE} (a run from an older fcnseg) and its dataset "
-                       f"{root} (data.root in {run_dir / CONFIG_FILE}) is not found; restore the dataset "
-                       f"there, or write {INFERENCE_FILE} with `fcnseg make-proto {run_dir / CONFIG_FILE} "
+        where = "it has no data.root" if root is None else \
+            f"its dataset {root} (data.root in {run_dir / CONFIG_FILE}) is not found"
+        raise RunError(f"{run_dir}: no {INFERENCE_FILE} (written by `fcnseg train` and by `make-proto` with a "
+                       f"dataset), and {where}; write it with `fcnseg make-proto {run_dir / CONFIG_FILE} "
                        f"--set data.root=DATASET -o {run_dir}`")
     config = resolve_config(config)
     return inference_facts(config, read_dataset(root))

@@ -316,3 +316,14 @@ def test_run_from_before_inference_yaml_falls_back_to_its_dataset(tmp_path, caps
     assert main(["infer", "--run", run, tmp_path, "-o", tmp_path / "out"]) == 2
     err = capsys.readouterr().err
     assert runs.INFERENCE_FILE in err and str(tmp_path / "data") in err
+
+
+def test_malformed_inference_yaml_exits_2_naming_it(tmp_path, capsys):
+    run = make_run(tmp_path)
+    facts = yaml.safe_load((run / runs.INFERENCE_FILE).read_text())
+    del facts["window"]
+    (run / runs.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
+    tifffile.imwrite(tmp_path / "a.tif", raw_image(20, 20))
+    assert main(["infer", "--run", run, tmp_path / "a.tif", "-o", tmp_path / "out"]) == 2
+    err = capsys.readouterr().err
+    assert runs.INFERENCE_FILE in err and "window" in err
