@@ -119,10 +119,13 @@ def _add_layer(g: _Graph, layer, params: dict[str, list[np.ndarray]]) -> None:
         emit(g.node("Conv" if kind == "Convolution" else "ConvTranspose", inputs, name, **_conv_attrs(layer)))
     elif kind == "Pooling":
         p = layer.pooling_param
-        if p.pool != p.MAX or p.global_pooling or any(p.HasField(f) for f in ("kernel_h", "stride_h", "pad_h")):
-            raise RunError(f"layer {name}: only square MAX pooling is supported by fcnseg export")
-        k, s, pad = int(p.kernel_size), int(p.stride or 1), int(p.pad)
-        emit(g.node("MaxPool", bottoms, name, kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4, ceil_mode=1))
+        # Caffe drops a last window that would start in the padding; runtimes disagree on that rule for
+        # padded ceil-mode pooling, so only unpadded pooling (all fcnseg writes) is exported.
+        if p.pool != p.MAX or p.global_pooling or p.pad or \
+                any(p.HasField(f) for f in ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w")):
+            raise RunError(f"layer {name}: only square, unpadded MAX pooling is supported by fcnseg export")
+        k, s = int(p.kernel_size), int(p.stride or 1)
+        emit(g.node("MaxPool", bottoms, name, kernel_shape=[k, k], strides=[s, s], ceil_mode=1))
     elif kind == "ReLU":
         slope = float(layer.relu_param.negative_slope)
         emit(g.node("LeakyRelu", bottoms, name, alpha=slope) if slope else g.node("Relu", bottoms, name))

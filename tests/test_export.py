@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from google.protobuf import text_format
 from PIL import Image
 
 from conftest import K, WINDOW, make_run, raw_image
 from fcnseg import runs
 from fcnseg.cli import main
-from fcnseg.export import export_onnx
+from fcnseg.caffe_env import caffe_pb2
+from fcnseg.errors import RunError
+from fcnseg.export import export_onnx, onnx_model
 from fcnseg.infer import load_onnx_predictor, load_predictor, predict
+from fcnseg.runs import InferenceFacts
 
 caffe = pytest.importorskip("caffe")
 onnx = pytest.importorskip("onnx")
@@ -99,14 +103,11 @@ def test_a_crop_off_by_one_would_be_caught(tmp_path, crop):
         assert_parity(onnx_outputs(tmp_path / "shifted.onnx", x)[0], reference)
 
 
+FACTS = InferenceFacts(1, ["a"], 255, None, 0.0, 1.0, 1, 100, "fcn32s", 1, 2, 1, None)
+
+
 def test_max_pooling_rounds_up_like_caffe(tmp_path):
     """On odd-sized maps Caffe's pooling keeps a last, partial window (ceil mode); so does the graph."""
-    from google.protobuf import text_format
-
-    from fcnseg.caffe_env import caffe_pb2
-    from fcnseg.export import onnx_model
-    from fcnseg.runs import InferenceFacts
-
     text = """layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 7 dim: 9 } } }
     layer { name: "pool" type: "Pooling" bottom: "data" top: "score"
             pooling_param { pool: MAX kernel_size: 2 stride: 2 } }"""
@@ -117,8 +118,7 @@ def test_max_pooling_rounds_up_like_caffe(tmp_path):
     net.blobs["data"].data[0, 0] = x
     reference = net.forward()["score"][0].copy()
     assert reference.shape == (1, 4, 5)
-    facts = InferenceFacts(1, ["a"], 255, None, 0.0, 1.0, 1, 100, "fcn32s", 1, 2, 1, None)
-    model = onnx_model(net_param, {}, facts)
+    model = onnx_model(net_param, {}, FACTS)
     onnx.save(model, str(tmp_path / "pool.onnx"))
     ours = ort.InferenceSession(str(tmp_path / "pool.onnx")).run(["scores"], {"image": x[None, None]})[0][0]
     np.testing.assert_array_equal(ours, reference)
@@ -191,6 +191,16 @@ def test_predict_on_odd_size_agrees(tmp_path):
 
 
 # ---- errors ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer", ['type: "Sigmoid" bottom: "data" top: "score"',
+                                   'type: "Pooling" bottom: "data" top: "score" pooling_param { pool: AVE kernel_size: 2 }',
+                                   'type: "Pooling" bottom: "data" top: "score" pooling_param { kernel_size: 2 pad: 1 }'])
+def test_layers_it_cannot_reproduce_are_refused(layer):
+    text = f"""layer {{ name: "input" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 1 dim: 8 dim: 8 }} }} }}
+    layer {{ name: "odd" {layer} }}"""
+    with pytest.raises(RunError, match="layer odd"):
+        onnx_model(text_format.Parse(text, caffe_pb2().NetParameter()), {}, FACTS)
+
 
 def test_infer_needs_exactly_one_of_run_and_onnx(tmp_path, capsys):
     assert main(["infer", tmp_path, "-o", tmp_path / "out"]) == 2
