@@ -38,6 +38,8 @@ demo: $(STAMP)
 	$(FCNSEG) eval $(DEMO_RUN)
 	$(PY) scripts/demo_frame.py $(DEMO_RAW)/hela_images.tif 17 $(DEMO_RUN)/frame17.tif
 	$(FCNSEG) infer --run $(DEMO_RUN) $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer --overlay
+	$(FCNSEG) export $(DEMO_RUN) -o $(DEMO_RUN)/demo.onnx --with-preprocessing
+	$(FCNSEG) infer --onnx $(DEMO_RUN)/demo.onnx $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer_onnx --overlay
 	$(PY) scripts/otsu_baseline.py $(DEMO_RAW)/hela_images.tif $(DEMO_RAW)/hela_masks.tif --frames 16-19
 	@$(PY) -c "import json; r = json.load(open('$(DEMO_RUN)/eval.json')); \
 	  print('\ndemo done: val mean IU %.4f, pixel acc %.4f (frames 16-19)' % (r['mean_iu'], r['pixel_acc'])); \

@@ -78,6 +78,7 @@ def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, force,
     else:
         run_dir = Path(out_dir) if out_dir else \
             Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    weights = str(Path(weights).absolute()) if weights else None  # config.yaml keeps it valid from anywhere
     code = train(cfg, run_dir, resume=bool(resume_dir), gpu=gpu, force=force, weights=weights,
                  out=click.echo)
     raise SystemExit(code)
@@ -253,7 +254,9 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
 
 @cli.command("infer")
 @click.argument("images", nargs=-1, required=True, type=click.Path(), metavar="IMAGE...")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="The run folder to use.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="The run folder to use (Caffe).")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False),
+              help="Use a model written by `fcnseg export` instead, with onnxruntime (no Caffe needed).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for <stem>.png (class ids, palette PNG) and the optional outputs.")
 @click.option("--weights", type=click.Path(dir_okay=False),
@@ -267,21 +270,46 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
 @click.option("--to-gray", is_flag=True, help="Convert RGB(A) images to gray (BT.601 luma) instead of refusing them.")
 @click.option("--gpu", type=int, default=None, metavar="N", help="Run on GPU N (needs a CUDA Caffe).")
 @click.option("--cpu", "use_cpu", is_flag=True, help="Run on the CPU (the default).")
-def infer_cmd(images, run_dir, out_dir, weights, overlay, probs, tile, tile_overlap, to_gray, gpu, use_cpu):
-    """Label IMAGE... (files, folders, multi-page TIFFs) with a trained run. Exit 1 if some inputs
-    failed, 2 if all did.
+def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile, tile_overlap, to_gray, gpu,
+              use_cpu):
+    """Label IMAGE... (files, folders, multi-page TIFFs) with a trained run or an exported ONNX model.
+    Exit 1 if some inputs failed, 2 if all did.
 
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --overlay
+    Example: fcnseg infer --onnx demo.onnx data/hela_raw/hela_images.tif -o out --overlay
     """
     from .infer import InferOptions, infer  # noqa: PLC0415
 
     if gpu is not None and use_cpu:
         raise click.UsageError("--gpu and --cpu exclude each other")
-    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu)
+    if (run_dir is None) == (onnx_path is None):
+        raise click.UsageError("give either --run RUN or --onnx MODEL.onnx")
+    if onnx_path is not None and weights is not None:
+        raise click.UsageError("--weights goes with --run; an ONNX model holds its weights (export with --weights)")
+    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path)
     result = infer(run_dir, list(images), out_dir, options, report=lambda line: click.echo(line, err=True))
     for line in result.lines():
         click.echo(line)
     raise SystemExit(result.exit_code)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False), metavar="RUN")
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The ONNX file to write.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Weights to export (default: the run's best, else final, else newest snapshot).")
+@click.option("--with-preprocessing", is_flag=True,
+              help="The graph takes the original pixel values and applies the window, mean and scale itself.")
+def export_cmd(run_dir, out_path, weights, with_preprocessing):
+    """Export a run's net to ONNX (dynamic height and width; outputs `scores` and `probabilities`).
+
+    Example: fcnseg export runs/demo -o demo.onnx --with-preprocessing
+    """
+    from .export import export_onnx  # noqa: PLC0415
+
+    for line in export_onnx(run_dir, out_path, weights, with_preprocessing).lines():
+        click.echo(line)
 
 
 def main(argv=None) -> int:

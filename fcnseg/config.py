@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -20,6 +21,8 @@ from .errors import ConfigError
 SKIPS_BY_ARCH = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}
 VGG16_STAGE_CONVS = (2, 2, 3, 3, 3)
 VGG16_STAGE_CHANNELS = (64, 128, 256, 512, 512)
+# Config keys that hold file or folder paths (section, key).
+PATH_KEYS = (("data", "root"), ("init", "weights"))
 
 
 class _Section(BaseModel):
@@ -248,15 +251,29 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Load and validate a YAML config (None: all defaults), then apply `--set` overrides.
 
-    Relative `data.root` and `init.weights` are resolved against the current directory, which is what a
-    user typing a path on the command line expects.
+    Relative paths (PATH_KEYS: `data.root`, `init.weights`) written in the file are relative to the
+    file's folder, so a config means the same from any working directory; paths given with `--set`
+    are relative to the current directory, as typed on a command line. Both come back absolute.
     """
     raw = read_yaml(path, "config") if path is not None else {}
     where = str(path) if path is not None else "config"
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections (model:, data:, ...)")
-    merged = apply_overrides(raw or {}, list(overrides))
+    raw = raw or {}
+    if path is not None:
+        _absolute_paths(raw, Path(path).parent)
+    merged = apply_overrides(raw, list(overrides))
+    _absolute_paths(merged, Path.cwd())  # what the file gave is absolute already: only --set values change
     return validate_config(merged, where if not overrides else f"{where} (with --set)")
+
+
+def _absolute_paths(raw: dict, base: Path) -> None:
+    """Make the relative string values of PATH_KEYS in `raw` absolute against `base`, in place."""
+    for section, key in PATH_KEYS:
+        node = raw.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value:
+            node[key] = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
 def config_differences(a: Config, b: Config) -> list[str]:

@@ -77,7 +77,7 @@ def input_mean_choice(config: Config, meta: Optional[dict] = None) -> tuple[Opti
     else the dataset's; `dataset` always takes the train mean stored in `meta` (dataset.yaml).
     Without a dataset that mean is 0. Raises WeightsError when init.weights is not a caffemodel.
     """
-    from .runs import expected_input  # noqa: PLC0415 - runs is a building block, needs no dataset
+    from .runs import expected_input  # noqa: PLC0415 - runs imports dataset
 
     mean, weights = config.data.mean, config.init.weights
     if not isinstance(mean, str):
@@ -121,6 +121,11 @@ def resolve_config(config: Config) -> Config:
         raise ConfigError("model.num_classes is not set; set it, or point data.root at a dataset "
                           "imported with `fcnseg data import`")
     return config
+
+
+def class_names(meta: dict, num_classes: int) -> list[str]:
+    """The dataset's class names (dataset.yaml `classes`), else 'class 0', 'class 1', ..."""
+    return [str(n) for n in meta.get("classes") or [f"class {i}" for i in range(num_classes)]]
 
 
 def input_mean(config: Config) -> float:

@@ -10,30 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from . import runs
-from .config import load_config
 from .dataset import dataset_paths, read_dataset, resolve_config
 from .errors import RunError
-
-
-def run_weights(run_dir: Path) -> Path:
-    """best.caffemodel, else final.caffemodel, else the newest snapshot; RunError when none exist."""
-    for name in (runs.BEST_WEIGHTS, runs.FINAL_WEIGHTS):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    snaps = sorted((run_dir / runs.SNAPSHOT_DIR).glob("*_iter_*.caffemodel"),
-                   key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]))
-    if snaps:
-        return snaps[-1]
-    raise RunError(f"{run_dir}: no weights (best.caffemodel, final.caffemodel or snapshots/); "
-                   "train first, or pass --weights")
-
-
-def load_run(run_dir: str | Path):
-    """(run folder, its resolved config) for a folder written by `fcnseg train` or `make-proto`."""
-    run_dir = Path(run_dir)
-    if not (run_dir / runs.CONFIG_FILE).is_file():
-        raise RunError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE}); pass the folder `fcnseg train` wrote")
-    return run_dir, load_config(run_dir / runs.CONFIG_FILE)
 
 
 def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[str] = None,
@@ -44,17 +22,21 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
     from .nets import fixed_layers, train_val_net  # noqa: PLC0415
     from .train import CaffeLogRedirect, validate  # noqa: PLC0415
 
-    run_dir, config = load_run(run_dir)
+    run_dir, config = runs.load_run(run_dir)
     if data is not None:
         config.data.root = str(data)
-    config = resolve_config(config)
     if config.data.root is None:
         raise RunError(f"{run_dir}: the run has no data.root; pass --data DIR")
+    if not Path(config.data.root).is_dir():
+        where = "--data" if data is not None else f"data.root in {run_dir / runs.CONFIG_FILE}"
+        raise RunError(f"{config.data.root}: dataset not found ({where}); eval needs the dataset, "
+                       "pass --data DIR where it is now")
+    config = resolve_config(config)
     meta = read_dataset(config.data.root)
     samples = int(meta.get("splits", {}).get(split, {}).get("samples", 0))
     if samples < 1:
         raise RunError(f"{config.data.root}: the {split} split is empty")
-    weights_path = Path(weights) if weights else run_weights(run_dir)
+    weights_path = Path(weights) if weights else runs.run_weights(run_dir)
     if not weights_path.is_file():
         raise RunError(f"{weights_path}: weights file not found")
 

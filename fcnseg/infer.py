@@ -11,8 +11,11 @@ cropped back. Images above PIXEL_BUDGET pixels (or any, with --tile N) are cut i
 are multiples of the net stride, so every tile sees the whole image's pooling grid; the tiles' softmax
 probabilities are averaged where they overlap.
 
-`load_predictor` + `predict` are the library entry for one array; `infer` adds files, outputs and the
-per-image error handling of the CLI.
+The net is either the run's Caffe deploy net (`load_predictor`, facts from the run's inference.yaml,
+so a moved or copied run folder works without its dataset) or an ONNX model written by `fcnseg export`
+run with onnxruntime (`load_onnx_predictor`, facts from the model's metadata); everything after that is
+shared. `label_image(predictor, image)` is the library entry for one array (load the predictor once,
+then call it per image or frame); `infer` adds files, outputs and the per-image error handling of the CLI.
 """
 from __future__ import annotations
 
@@ -25,12 +28,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import runs
-from .config import Config
-from .dataset import input_mean, read_dataset, resolve_config
-from .errors import ConfigError, DataError, FcnsegError, RunError, WeightsError
-from .evaluate import load_run, run_weights
+from .errors import ConfigError, DataError, FcnsegError, RunError
 from .images import IMAGE_SUFFIXES, apply_window, overlay, read_stack, save_label_png
-from .nets import input_multiple
 
 # Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
 # frame (700 x 1100 = 0.77 Mpx) still runs whole. Memory is what tiling saves: CPU Caffe needs about
@@ -46,92 +45,89 @@ OVERLAY_ALPHA = 0.5
 
 @dataclass
 class Predictor:
-    """A trained net and the input transformation it was trained with."""
+    """A trained net (Caffe or ONNX) and the input transformation it was trained with.
 
-    net: object
-    window: Optional[dict]  # the dataset's intensity window; None for 8-bit data
-    mean: float
-    scale: float
-    num_classes: int
-    multiple: int  # input sizes the net needs (the stride for pad: minimal, else 1)
-    stride: int  # tile origins are multiples of this (the trunk's total stride)
-    weights: Path
+    `score(x)` runs the net on one H x W net input and returns its K x H x W `score` (before softmax).
+    `raw_input`: the net applies the window, mean and scale itself (an ONNX model exported
+    `--with-preprocessing`), so it is fed the original pixel values.
+    """
+
+    score: Callable[[np.ndarray], np.ndarray]
+    facts: runs.InferenceFacts
+    weights: Path  # the caffemodel or ONNX file the net came from
+    raw_input: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.facts.num_classes
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes the net needs (the stride for pad: minimal, else 1)."""
+        return self.facts.input_multiple
+
+    @property
+    def stride(self) -> int:
+        """Tile origins are multiples of this (the trunk's total stride)."""
+        return self.facts.net_stride
 
     def network_input(self, image: np.ndarray, source: str = "image") -> tuple[np.ndarray, np.ndarray]:
         """(uint8 windowed image, float32 net input) for one raw 2-D image: apply_window, then
-        (x - mean) * scale, as Caffe's DataTransformer does. Raises DataError naming `source`."""
-        gray = apply_window(image, self.window, source)
-        return gray, (gray.astype(np.float32) - np.float32(self.mean)) * np.float32(self.scale)
+        (x - mean) * scale, as Caffe's DataTransformer does (the raw values for a `raw_input` net).
+        Raises DataError naming `source`."""
+        facts = self.facts
+        gray = apply_window(image, facts.window, source)
+        if self.raw_input:
+            return gray, (np.asarray(image) if facts.window is not None else gray).astype(np.float32)
+        return gray, (gray.astype(np.float32) - np.float32(facts.mean)) * np.float32(facts.scale)
+
+
+def _check_facts(facts: runs.InferenceFacts, where: Path) -> None:
+    if facts.input_channels != 1:
+        raise RunError(f"{where}: the net has {facts.input_channels} input channels; fcnseg infer reads "
+                       "single-channel images only")
+    if facts.num_classes > 255:
+        raise RunError(f"{where}: {facts.num_classes} classes do not fit a palette PNG (at most 255)")
 
 
 def load_predictor(run_dir: str | Path, weights: Optional[str | Path] = None,
                    gpu: Optional[int] = None) -> Predictor:
     """The run's deploy net with its best weights (else final, else the newest snapshot; `weights`
-    overrides), and the window and mean of the run's dataset.
+    overrides), and the input transformation from the run's inference.yaml: the run folder is all it
+    needs, wherever it is.
 
-    Everything is checked before Caffe reads a file (a Caffe CHECK aborts the process): RunError for a
-    missing run folder, deploy.prototxt, dataset or weights; WeightsError when the weights do not fit the
-    net; CaffeUnavailableError for a `gpu` this Caffe cannot use.
+    Raises RunError for a missing run folder, deploy.prototxt or weights; WeightsError when the weights
+    do not fit the net; CaffeUnavailableError for a `gpu` this Caffe cannot use (see
+    runs.load_deploy_net: all checked before Caffe reads a file).
     """
-    from .caffe_env import set_device  # noqa: PLC0415 - Caffe only where a net is built
-
-    run_dir, config = load_run(run_dir)
-    config = _resolved(run_dir, config)
-    deploy = run_dir / runs.DEPLOY_FILE
-    if not deploy.is_file():
-        raise RunError(f"{run_dir}: no {runs.DEPLOY_FILE}; write it with `fcnseg make-proto {run_dir / runs.CONFIG_FILE} "
-                       f"-o {run_dir}`")
-    weights_path = Path(weights) if weights is not None else run_weights(run_dir)
-    if not weights_path.is_file():
-        raise RunError(f"{weights_path}: weights file not found; pass an existing --weights or leave it out")
-    window = read_dataset(config.data.root).get("window")
-    model = config.model
-    if model.input_channels != 1:
-        raise RunError(f"{run_dir}: model.input_channels is {model.input_channels}; fcnseg infer reads "
-                       "single-channel images only")
-    if model.num_classes > 255:
-        raise RunError(f"{run_dir}: {model.num_classes} classes do not fit a palette PNG (at most 255)")
-    _check_deploy(deploy)
-    caffe = set_device(gpu)
-    net = caffe.Net(str(deploy), caffe.TEST)
-    if "score" not in net.blobs or net.blobs["data"].data.shape[1] != 1:
-        raise RunError(f"{deploy}: expected a 1-channel input blob `data` and an output blob `score`; "
-                       "rewrite it with `fcnseg make-proto`")
-    load_weights(net, weights_path, config)
-    return Predictor(net, window, input_mean(config), float(config.data.scale), model.num_classes,
-                     input_multiple(model), model.net_stride, weights_path)
+    run_dir, _ = runs.load_run(run_dir)
+    facts = runs.read_inference(run_dir)
+    _check_facts(facts, run_dir)
+    net, weights_path = runs.load_deploy_net(run_dir, weights, gpu)
+    return Predictor(lambda x: _caffe_score(net, x), facts, weights_path)
 
 
-def _resolved(run_dir: Path, config: Config) -> Config:
-    """The run's config with num_classes and mean from its dataset, which must still exist: the window is
-    stored only there."""
-    if config.data.root is None:
-        raise RunError(f"{run_dir}: the run's config has no data.root, so its intensity window is unknown")
-    root = Path(config.data.root)
-    if not root.is_dir():
-        raise RunError(f"{run_dir}: its dataset {root} (data.root, relative to the current folder) is not "
-                       "found; run fcnseg from the folder you trained in, or fix data.root in "
-                       f"{run_dir / runs.CONFIG_FILE}")
-    return resolve_config(config)
+def load_onnx_predictor(path: str | Path, gpu: Optional[int] = None) -> Predictor:
+    """An ONNX model written by `fcnseg export`, run with onnxruntime (CPU, or CUDA GPU `gpu`).
+    Raises RunError for a missing file or one without fcnseg's metadata (onnxmodel.open_session)."""
+    from .onnxmodel import INPUT, SCORES, open_session  # noqa: PLC0415
+
+    session, facts, raw_input = open_session(path, gpu)
+    _check_facts(facts, Path(path))
+
+    def score(x: np.ndarray) -> np.ndarray:
+        return session.run([SCORES], {INPUT: x[None, None].astype(np.float32, copy=False)})[0][0]
+    return Predictor(score, facts, Path(path), raw_input)
 
 
-def _check_deploy(deploy: Path) -> None:
-    from google.protobuf import text_format  # noqa: PLC0415
-
-    from .caffe_env import caffe_pb2  # noqa: PLC0415
-
-    try:
-        text_format.Parse(deploy.read_text(), caffe_pb2().NetParameter())
-    except text_format.ParseError as exc:
-        raise RunError(f"{deploy}: not a valid prototxt ({exc}); rewrite it with `fcnseg make-proto`") from None
-
-
-def load_weights(net, path: Path, config: Config) -> None:
-    """Copy the run's weights into `net`, all or nothing (see caffemodel.load_trained)."""
-    from .caffemodel import load_trained  # noqa: PLC0415
-    from .nets import fixed_layers  # noqa: PLC0415
-
-    load_trained(net, path, fixed_layers(config.model))
+def _caffe_score(net, x: np.ndarray) -> np.ndarray:
+    blob = net.blobs["data"]
+    if blob.data.shape[2:] != x.shape:
+        blob.reshape(1, 1, *x.shape)
+        net.reshape()
+    blob.data[0, 0] = x
+    net.forward()
+    return net.blobs["score"].data[0]
 
 
 # ---- whole-image and tiled prediction --------------------------------------------------------------------
@@ -191,17 +187,12 @@ def softmax(score: np.ndarray) -> np.ndarray:
     return e
 
 
-def _forward(net, x: np.ndarray) -> np.ndarray:
-    blob = net.blobs["data"]
-    if blob.data.shape[2:] != x.shape:
-        blob.reshape(1, 1, *x.shape)
-        net.reshape()
-    blob.data[0, 0] = x
-    net.forward()
-    score = net.blobs["score"].data[0]
-    if score.shape[1:] != x.shape:  # the net crops its score to its input: anything else is a broken deploy
-        raise RunError(f"the deploy net's score is {score.shape[1]}x{score.shape[2]} for a {x.shape[0]}x"
-                       f"{x.shape[1]} input; rewrite deploy.prototxt with `fcnseg make-proto`")
+def _probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    score = predictor.score(x)
+    if score.shape[1:] != x.shape:  # the net crops its score to its input: anything else is a broken net
+        raise RunError(f"{predictor.weights}: the net's score is {score.shape[1]}x{score.shape[2]} for a "
+                       f"{x.shape[0]}x{x.shape[1]} input; rewrite deploy.prototxt with `fcnseg make-proto` "
+                       "(and export again)")
     return softmax(score)
 
 
@@ -219,13 +210,13 @@ def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None
     if (ph, pw) != (h, w):
         x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
     if tiling is None or (ph <= tiling.tile and pw <= tiling.tile):
-        return np.ascontiguousarray(_forward(predictor.net, x)[:, :h, :w])
+        return np.ascontiguousarray(_probabilities(predictor, x)[:, :h, :w])
     total = np.zeros((predictor.num_classes, ph, pw), np.float32)
     count = np.zeros((ph, pw), np.float32)
     for y in tile_origins(ph, tiling.tile, tiling.step, s):
         for x0 in tile_origins(pw, tiling.tile, tiling.step, s):
             window = (slice(y, min(y + tiling.tile, ph)), slice(x0, min(x0 + tiling.tile, pw)))
-            total[(slice(None),) + window] += _forward(predictor.net, x[window])
+            total[(slice(None),) + window] += _probabilities(predictor, x[window])
             count[window] += 1
     total /= count
     return np.ascontiguousarray(total[:, :h, :w])
@@ -244,6 +235,7 @@ class InferOptions:
     tile_overlap: Optional[int] = None
     to_gray: bool = False
     gpu: Optional[int] = None
+    onnx: Optional[str] = None  # an exported model instead of the run's Caffe net (run_dir unused)
 
 
 @dataclass
@@ -333,9 +325,26 @@ def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
     return paths
 
 
-def infer(run_dir: str | Path, inputs: list[str | Path], out_dir: str | Path,
+def open_predictor(run_dir: Optional[str | Path], options: InferOptions) -> Predictor:
+    """The ONNX model `options.onnx` if given, else the run's Caffe net with `options.weights`."""
+    if options.onnx is not None:
+        return load_onnx_predictor(options.onnx, options.gpu)
+    return load_predictor(run_dir, options.weights, options.gpu)
+
+
+def label_image(predictor: Predictor, image: np.ndarray, source: str = "image", tile: Optional[int] = None,
+                overlap: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(uint8 windowed image, float32 K x H x W probabilities, whether it was tiled) for one raw 2-D
+    image. `tile`/`overlap` as in `tiling_for`. Raises DataError naming `source` for a bad image."""
+    gray, x = predictor.network_input(image, source)
+    tiling = tiling_for(x.shape, tile, overlap, predictor.stride)
+    return gray, predict(predictor, x, tiling), tiling is not None
+
+
+def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str | Path,
           options: Optional[InferOptions] = None, report: Callable[[str], None] = print) -> InferResult:
-    """Label every image, folder of images and frame of a stack in `inputs` with the run's net.
+    """Label every image, folder of images and frame of a stack in `inputs` with the run's net (or
+    the ONNX model `options.onnx`).
 
     Run-level problems (run folder, weights, dataset, GPU, tiling options, output folder) raise
     FcnsegError before any image is read. A bad input (unreadable, colour, outside the dataset's
@@ -347,7 +356,7 @@ def infer(run_dir: str | Path, inputs: list[str | Path], out_dir: str | Path,
     from tqdm import tqdm  # noqa: PLC0415
 
     options = options or InferOptions()
-    predictor = load_predictor(run_dir, options.weights, options.gpu)
+    predictor = open_predictor(run_dir, options)
     if options.tile != 0:
         make_tiling(options.tile, options.tile_overlap, predictor.stride)  # refuse bad options up front
     out = Path(out_dir)
@@ -382,15 +391,13 @@ def infer(run_dir: str | Path, inputs: list[str | Path], out_dir: str | Path,
                     if (out / f"{stem}.png").resolve() == path.resolve():
                         raise DataError(f"{where}: its output would overwrite the input itself; choose another -o")
                     claimed[stem] = where
-                    gray, x = predictor.network_input(image, where)
-                    tiling = tiling_for(x.shape, options.tile, options.tile_overlap, predictor.stride)
                     start = time.perf_counter()
-                    probs = predict(predictor, x, tiling)
+                    gray, probs, tiled = label_image(predictor, image, where, options.tile, options.tile_overlap)
                     result.seconds += time.perf_counter() - start
-                    result.megapixels += x.size / 1e6
+                    result.megapixels += gray.size / 1e6
                     result.written += write_outputs(out, stem, gray, probs, options.overlay, options.probs)
                     result.images += 1
-                    result.tiled += tiling is not None
+                    result.tiled += tiled
                 except FcnsegError as exc:
                     fail(exc, where)
                 bar.update()

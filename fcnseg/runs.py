@@ -1,22 +1,29 @@
-"""The folder layout shared by make-proto, train, eval and infer.
+"""The folder layout shared by make-proto, train, eval, infer and export.
 
 A definition folder (what `fcnseg make-proto` writes) holds the resolved `config.yaml` and the three
-prototxts. A run folder (what `fcnseg train` writes) is a definition folder plus caffe.log,
-metrics.jsonl, plots, snapshots/, best.caffemodel and final.caffemodel. Everything is written under a
-temporary name and renamed, so an interrupted write never leaves a half file behind.
+prototxts, plus `inference.yaml` when the dataset is known. A run folder (what `fcnseg train` writes) is a
+definition folder plus caffe.log, metrics.jsonl, plots, snapshots/, best.caffemodel and
+final.caffemodel. Everything is written under a temporary name and renamed, so an interrupted write
+never leaves a half file behind.
+
+`inference.yaml` holds every fact inference needs besides the deploy net and the weights (classes,
+intensity window, mean, scale, padding ...), copied from the config and the dataset when training
+starts, so a run folder works on its own: moved, copied, or with its dataset deleted.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import yaml
 
-from .config import Config, load_config
-from .errors import DataError
+from . import __version__
+from .config import Config, load_config, read_yaml
+from .dataset import class_names, input_mean, read_dataset, resolve_config
+from .errors import ConfigError, DataError, RunError
 
 CONFIG_FILE = "config.yaml"
 TRAIN_VAL_FILE = "train_val.prototxt"
@@ -28,14 +35,23 @@ SNAPSHOT_DIR = "snapshots"
 BEST_WEIGHTS = "best.caffemodel"
 FINAL_WEIGHTS = "final.caffemodel"
 EVAL_FILE = "eval.json"
+INFERENCE_FILE = "inference.yaml"
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_bytes_atomic(path, text.encode())
 
 
 def deploy_size(config: Config, meta: dict | None = None) -> tuple[int, int]:
@@ -54,7 +70,8 @@ def val_batches(config: Config, meta: dict | None) -> int:
 
 
 def write_definition(config: Config, out_dir: str | Path, meta: dict | None = None) -> dict[str, Path]:
-    """Write config.yaml, train_val.prototxt, solver.prototxt and deploy.prototxt into `out_dir`.
+    """Write config.yaml, train_val.prototxt, solver.prototxt and deploy.prototxt into `out_dir`, and
+    inference.yaml when the dataset's `meta` (dataset.yaml) is given.
 
     `config` must be resolved (num_classes known). Returns {file kind: path}. Raises ConfigError for
     geometry the net cannot support, before anything is written.
@@ -70,6 +87,8 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
         DEPLOY_FILE: str(deploy_net(config, h, w)),
         CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False),
     }
+    if meta is not None:
+        texts[INFERENCE_FILE] = yaml.safe_dump(inference_facts(config, meta).to_dict(), sort_keys=False)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another -o")
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +123,8 @@ def expected_input(weights: str | Path) -> Optional[ExpectedInput]:
     """What input the caffemodel at `weights` expects, or None when nothing says.
 
     A model converted by `fcnseg weights convert` records its gray mean M (scale 1); weights trained by
-    `fcnseg train` expect what their run's config.yaml says. Raises WeightsError for an unreadable file.
+    `fcnseg train` expect what their run's inference.yaml (else config.yaml) says. Raises WeightsError for an
+    unreadable file, RunError for a broken inference.yaml.
     """
     from .caffemodel import recorded_gray_mean  # noqa: PLC0415 - needs pycaffe's caffe_pb2
 
@@ -114,7 +134,158 @@ def expected_input(weights: str | Path) -> Optional[ExpectedInput]:
     run = run_folder_of(weights)
     if run is None:
         return None
+    if (run / INFERENCE_FILE).is_file():
+        facts = read_inference(run)
+        return ExpectedInput(facts.mean, facts.scale, f"the mean of the run {run} that trained it")
     data = load_config(run / CONFIG_FILE).data
     if isinstance(data.mean, str):
         return None
     return ExpectedInput(float(data.mean), float(data.scale), f"data.mean of the run {run} that trained it")
+
+# ---- what inference needs ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InferenceFacts:
+    """Everything that turns a raw image into the net's input and its output into labels.
+
+    The net input is `apply_window(image, window)` (uint8 0-255), then (x - mean) * scale, as the
+    training Data layer saw it; input sizes must be multiples of `input_multiple` (the net stride for
+    `pad: minimal`, else 1). `classes` names the class ids 0..num_classes-1.
+    """
+
+    num_classes: int
+    classes: list[str]
+    ignore_label: int
+    window: Optional[dict]  # None: 8-bit data, used as it is
+    mean: float
+    scale: float
+    input_channels: int
+    pad: Union[str, int]
+    arch: str
+    stages: int
+    net_stride: int
+    input_multiple: int
+    dataset: Optional[str]  # the dataset the facts were copied from, for the record only
+    fcnseg_version: str = __version__
+
+    def to_dict(self) -> dict:
+        """Plain data for YAML or ONNX metadata."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: object, where: str) -> "InferenceFacts":
+        """Parse `to_dict`'s output (other keys are ignored); RunError naming `where` when a key is missing
+        or malformed."""
+        names = list(cls.__dataclass_fields__)
+        missing = [n for n in names if not isinstance(raw, dict) or n not in raw]
+        if missing:
+            raise RunError(f"{where}: missing {', '.join(missing)}; write it again (`fcnseg make-proto` for a "
+                           "run folder, `fcnseg export` for an ONNX model)")
+        try:
+            window = raw["window"]
+            if window is not None:
+                window = {**window, "low": float(window["low"]), "high": float(window["high"])}
+            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]), "classes": [str(c) for c in raw["classes"]],
+                           "ignore_label": int(raw["ignore_label"]), "window": window, "mean": float(raw["mean"]),
+                           "scale": float(raw["scale"]), "input_channels": int(raw["input_channels"]),
+                           "stages": int(raw["stages"]), "net_stride": int(raw["net_stride"]),
+                           "input_multiple": int(raw["input_multiple"])})
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RunError(f"{where}: malformed inference facts ({exc!r})") from None
+        if len(facts.classes) != facts.num_classes:
+            raise RunError(f"{where}: {len(facts.classes)} class names for {facts.num_classes} classes")
+        return facts
+
+
+def inference_facts(config: Config, meta: dict) -> InferenceFacts:
+    """The facts for a resolved `config` trained on the dataset described by `meta` (dataset.yaml)."""
+    from .nets import input_multiple  # noqa: PLC0415
+
+    model, k = config.model, config.model.num_classes
+    return InferenceFacts(
+        num_classes=k, classes=class_names(meta, k), ignore_label=config.data.ignore_label,
+        window=meta.get("window"), mean=input_mean(config), scale=float(config.data.scale),
+        input_channels=model.input_channels, pad=model.pad, arch=model.arch, stages=model.stages,
+        net_stride=model.net_stride, input_multiple=input_multiple(model),
+        dataset=None if config.data.root is None else str(config.data.root))
+
+
+def read_inference(run_dir: Path) -> InferenceFacts:
+    """The run's inference.yaml. A run written before it existed falls back to its dataset (RunError
+    naming where it looked when that is gone too)."""
+    path = run_dir / INFERENCE_FILE
+    if path.is_file():
+        try:
+            raw = read_yaml(path, INFERENCE_FILE)
+        except ConfigError as exc:
+            raise RunError(str(exc)) from None
+        return InferenceFacts.from_dict(raw, str(path))
+    _, config = load_run(run_dir)
+    root = config.data.root
+    if root is None or not Path(root).is_dir():
+        where = "it has no data.root" if root is None else \
+            f"its dataset {root} (data.root in {run_dir / CONFIG_FILE}) is not found"
+        raise RunError(f"{run_dir}: no {INFERENCE_FILE} (written by `fcnseg train` and by `make-proto` with a "
+                       f"dataset), and {where}; write it with `fcnseg make-proto {run_dir / CONFIG_FILE} "
+                       f"--set data.root=DATASET -o {run_dir}`")
+    config = resolve_config(config)
+    return inference_facts(config, read_dataset(root))
+
+
+# ---- reading a run folder ------------------------------------------------------------------------------
+
+def load_run(run_dir: str | Path) -> tuple[Path, Config]:
+    """(run folder, its config) for a folder written by `fcnseg train` or `make-proto`; relative paths
+    in its config.yaml are relative to the run folder. RunError when it is not a run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); pass the folder `fcnseg train` wrote")
+    return run_dir, load_config(run_dir / CONFIG_FILE)
+
+
+def run_weights(run_dir: Path) -> Path:
+    """best.caffemodel, else final.caffemodel, else the newest snapshot; RunError when none exist."""
+    for name in (BEST_WEIGHTS, FINAL_WEIGHTS):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    snaps = sorted((run_dir / SNAPSHOT_DIR).glob("*_iter_*.caffemodel"),
+                   key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]))
+    if snaps:
+        return snaps[-1]
+    raise RunError(f"{run_dir}: no weights (best.caffemodel, final.caffemodel or snapshots/); "
+                   "train first, or pass --weights")
+
+
+def load_deploy_net(run_dir: Path, weights: Optional[str | Path] = None, gpu: Optional[int] = None):
+    """(pycaffe TEST net of the run's deploy.prototxt with its weights, the weights' path).
+
+    The weights are `weights`, else the run's best, else final, else newest snapshot. Everything is
+    checked before Caffe reads a file (a Caffe CHECK aborts the process): RunError for a missing or
+    broken deploy.prototxt or weights file; WeightsError when the weights do not fit the net;
+    CaffeUnavailableError for a `gpu` this Caffe cannot use.
+    """
+    from google.protobuf import text_format  # noqa: PLC0415
+
+    from .caffe_env import caffe_pb2, set_device  # noqa: PLC0415
+    from .caffemodel import load_trained  # noqa: PLC0415
+    from .nets import fixed_layers  # noqa: PLC0415
+
+    run_dir, config = load_run(run_dir)
+    deploy = run_dir / DEPLOY_FILE
+    if not deploy.is_file():
+        raise RunError(f"{run_dir}: no {DEPLOY_FILE}; write it with `fcnseg make-proto {run_dir / CONFIG_FILE} "
+                       f"-o {run_dir}`")
+    weights_path = Path(weights) if weights is not None else run_weights(run_dir)
+    if not weights_path.is_file():
+        raise RunError(f"{weights_path}: weights file not found; pass an existing --weights or leave it out")
+    try:
+        text_format.Parse(deploy.read_text(), caffe_pb2().NetParameter())
+    except text_format.ParseError as exc:
+        raise RunError(f"{deploy}: not a valid prototxt ({exc}); rewrite it with `fcnseg make-proto`") from None
+    caffe = set_device(gpu)
+    net = caffe.Net(str(deploy), caffe.TEST)
+    if "score" not in net.blobs or net.blobs["data"].data.shape[1] != config.model.input_channels:
+        raise RunError(f"{deploy}: expected an input blob `data` with {config.model.input_channels} channel(s) "
+                       "and an output blob `score`; rewrite it with `fcnseg make-proto`")
+    load_trained(net, weights_path, fixed_layers(config.model))
+    return net, weights_path

@@ -68,3 +68,50 @@ def run_cli():
     def run(*args, capsys=None):
         return main([str(a) for a in args])
     return run
+
+
+# ---- tiny run folders with random weights (infer, export) ---------------------------------------------
+
+WINDOW = {"low": 100.0, "high": 4000.0, "method": "fixed"}
+K = 3
+
+
+def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, bias_std: float = 0.0,
+             **model) -> Path:
+    """A run folder (config, prototxts, inference.yaml, best.caffemodel with random He-scaled weights and
+    N(0, bias_std) biases) and its dataset.yaml (no LMDBs)."""
+    import caffe
+    import yaml
+
+    from fcnseg import runs
+    from fcnseg.config import validate_config
+    from fcnseg.dataset import read_dataset, resolve_config
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "dataset.yaml").write_text(yaml.safe_dump(
+        {"num_classes": K, "mean": 90.0, "window": window, "input_channels": 1}))
+    model = {"arch": "fcn32s", "stages": 2, "fc_channels": 8, "dropout": 0, "pad": "minimal",
+             "deploy_size": [64, 64], **model}
+    config = resolve_config(validate_config({"model": model, "data": {"root": str(data), "scale": 0.02}}))
+    run = root / "run"
+    runs.write_definition(config, run, read_dataset(data))
+    if weights:
+        net = caffe.Net(str(run / runs.DEPLOY_FILE), caffe.TEST)
+        rng = np.random.default_rng(seed)
+        for name, blobs in net.params.items():
+            if name.startswith("upscore"):
+                continue  # fixed bilinear kernels
+            for b in blobs:
+                fan_in = int(np.prod(b.data.shape[1:])) if b.data.ndim > 1 else 0
+                b.data[...] = rng.normal(0, (2.0 / fan_in) ** 0.5, b.data.shape) if fan_in else \
+                    (rng.normal(0, bias_std, b.data.shape) if bias_std else 0.0)
+        net.save(str(run / runs.BEST_WEIGHTS))
+    return run
+
+
+def raw_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """uint16 blobs and noise spanning the test window."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    smooth = np.sin(yy / 9.0) * np.cos(xx / 7.0)
+    return np.clip(2000 + 1500 * smooth + rng.normal(0, 200, (h, w)), 0, 65535).astype(np.uint16)

@@ -96,3 +96,19 @@ def test_shipped_configs_validate():
     from pathlib import Path
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "c.yaml").write_text("data: {root: ../data/hela}\ninit: {weights: w/vgg.caffemodel}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(folder / "c.yaml")
+    assert config.data.root == str(tmp_path / "data" / "hela")
+    assert config.init.weights == str(folder / "w" / "vgg.caffemodel")
+    # --set is typed on a command line: relative to the current folder
+    config = load_config("../configs/c.yaml", ["data.root=mine", "init.weights=/abs/w.caffemodel"])
+    assert config.data.root == str(elsewhere / "mine") and config.init.weights == "/abs/w.caffemodel"
+    assert load_config(folder / "c.yaml", ["data.root=null"]).data.root is None

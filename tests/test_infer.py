@@ -7,51 +7,14 @@ import tifffile
 import yaml
 from PIL import Image
 
-from conftest import write_lmdb
+from conftest import K, WINDOW, make_run, raw_image, write_lmdb
 from fcnseg import infer as infer_mod
 from fcnseg import runs
 from fcnseg.cli import main
-from fcnseg.config import validate_config
-from fcnseg.dataset import resolve_config
 from fcnseg.images import PALETTE, apply_window
 from fcnseg.infer import Tiling, load_predictor, predict, tile_origins, tiling_for
 
 caffe = pytest.importorskip("caffe")
-
-WINDOW = {"low": 100.0, "high": 4000.0, "method": "fixed"}
-K = 3
-
-
-def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, **model) -> Path:
-    """A run folder (config, prototxts, best.caffemodel with random He-scaled weights) and its dataset."""
-    data = root / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "dataset.yaml").write_text(yaml.safe_dump(
-        {"num_classes": K, "mean": 90.0, "window": window, "input_channels": 1}))
-    model = {"arch": "fcn32s", "stages": 2, "fc_channels": 8, "dropout": 0, "pad": "minimal",
-             "deploy_size": [64, 64], **model}
-    config = resolve_config(validate_config({"model": model, "data": {"root": str(data), "scale": 0.02}}))
-    run = root / "run"
-    runs.write_definition(config, run)
-    if weights:
-        net = caffe.Net(str(run / runs.DEPLOY_FILE), caffe.TEST)
-        rng = np.random.default_rng(seed)
-        for name, blobs in net.params.items():
-            if name.startswith("upscore"):
-                continue  # fixed bilinear kernels
-            for b in blobs:
-                fan_in = int(np.prod(b.data.shape[1:])) if b.data.ndim > 1 else 0
-                b.data[...] = rng.normal(0, (2.0 / fan_in) ** 0.5, b.data.shape) if fan_in else 0.0
-        net.save(str(run / runs.BEST_WEIGHTS))
-    return run
-
-
-def raw_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """uint16 blobs and noise spanning the test window."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    smooth = np.sin(yy / 9.0) * np.cos(xx / 7.0)
-    return np.clip(2000 + 1500 * smooth + rng.normal(0, 200, (h, w)), 0, 65535).astype(np.uint16)
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +261,69 @@ def test_gpu_on_cpu_only_build_exits_2(run, images, tmp_path, capsys):
         pytest.skip("this Caffe has a usable GPU")
     assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path, "--gpu", "0"]) == 2
     assert "--gpu 0" in capsys.readouterr().err
+
+
+# ---- a run folder is portable ----------------------------------------------------------------------------
+
+def test_moved_run_without_its_dataset_gives_the_same_labels(tmp_path, monkeypatch, capsys):
+    """Train a small run, move its folder, delete the dataset, infer from another folder."""
+    import shutil
+
+    from conftest import write_tiny_dataset
+    from test_train import write_cfg
+
+    work = tmp_path / "work"
+    (work / "configs").mkdir(parents=True)
+    write_tiny_dataset(work / "data", n_train=4, n_val=2, size=32)
+    cfg = write_cfg(work / "configs" / "tiny.yaml", Path("../data"), solver__max_iter=6,
+                    train__val_interval=3, train__snapshot_interval=3)
+    monkeypatch.chdir(work)  # the config's data.root is relative to configs/, not to here
+    assert main(["train", "configs/tiny.yaml", "--out", "runs/tiny"]) == 0
+    facts = yaml.safe_load((work / "runs" / "tiny" / runs.INFERENCE_FILE).read_text())
+    assert facts["mean"] == 80.0 and facts["scale"] == 0.02 and facts["num_classes"] == 2
+    assert facts["window"] is None and facts["classes"] == ["class 0", "class 1"] and facts["input_multiple"] == 8
+    image = np.random.default_rng(0).integers(0, 256, (45, 61), dtype=np.uint8)
+    Image.fromarray(image).save(work / "image.png")
+    assert main(["infer", "--run", "runs/tiny", "image.png", "-o", "before", "--probs"]) == 0
+    before = label_png(work / "before" / "image.png")
+    assert cfg.is_file()
+
+    moved = tmp_path / "elsewhere" / "copy of tiny"
+    shutil.move(str(work / "runs" / "tiny"), str(moved))
+    shutil.rmtree(work / "data")
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    capsys.readouterr()
+    assert main(["infer", "--run", moved, work / "image.png", "-o", "after", "--probs"]) == 0
+    np.testing.assert_array_equal(label_png(other / "after" / "image.png"), before)
+    np.testing.assert_array_equal(np.load(other / "after" / "image_probs.npy"),
+                                  np.load(work / "before" / "image_probs.npy"))
+    assert main(["eval", moved]) == 2  # eval still needs the dataset, and says where it looked
+    err = capsys.readouterr().err
+    assert str(work / "data") in err and "data.root" in err and "--data" in err
+
+
+def test_run_from_before_inference_yaml_falls_back_to_its_dataset(tmp_path, capsys):
+    run = make_run(tmp_path)
+    x = raw_image(20, 24)
+    expected = predict(load_predictor(run), load_predictor(run).network_input(x)[1])
+    (run / runs.INFERENCE_FILE).unlink()
+    predictor = load_predictor(run)
+    np.testing.assert_array_equal(predict(predictor, predictor.network_input(x)[1]), expected)
+    (tmp_path / "data" / "dataset.yaml").unlink()
+    (tmp_path / "data").rmdir()
+    assert main(["infer", "--run", run, tmp_path, "-o", tmp_path / "out"]) == 2
+    err = capsys.readouterr().err
+    assert runs.INFERENCE_FILE in err and str(tmp_path / "data") in err
+
+
+def test_malformed_inference_yaml_exits_2_naming_it(tmp_path, capsys):
+    run = make_run(tmp_path)
+    facts = yaml.safe_load((run / runs.INFERENCE_FILE).read_text())
+    del facts["window"]
+    (run / runs.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
+    tifffile.imwrite(tmp_path / "a.tif", raw_image(20, 20))
+    assert main(["infer", "--run", run, tmp_path / "a.tif", "-o", tmp_path / "out"]) == 2
+    err = capsys.readouterr().err
+    assert runs.INFERENCE_FILE in err and "window" in err

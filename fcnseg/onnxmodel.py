@@ -1,0 +1,82 @@
+"""The ONNX model file `fcnseg export` writes and `fcnseg infer --onnx` reads: names and metadata.
+
+One input and two outputs, all 1 x C x H x W float32 with H and W free (multiples of the metadata's
+`input_multiple` for `pad: minimal` nets):
+
+- INPUT `image`: the windowed 0-255 image (what `images.apply_window` gives), or with
+  `--with-preprocessing` the original pixel values (the graph applies the window, mean and scale);
+  metadata `input` says which (INPUT_WINDOWED or INPUT_RAW).
+- SCORES `scores`: Caffe's `score` blob, K x H x W class scores before the softmax.
+- PROBABILITIES `probabilities`: their softmax over the class axis.
+
+Metadata (`metadata_props`, each value JSON): every field of `runs.InferenceFacts` (classes, window,
+mean, scale, ...), plus `input`, `source_run`, `weights` and `fcnseg_version` (the exporting version).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from .errors import RunError
+from .runs import InferenceFacts
+
+INPUT = "image"
+SCORES = "scores"
+PROBABILITIES = "probabilities"
+INPUT_WINDOWED = "windowed 0-255"
+INPUT_RAW = "raw pixel values"
+
+
+def metadata(facts: InferenceFacts, raw_input: bool, source_run: Path, weights: Path) -> dict[str, str]:
+    """The metadata_props of an exported model, as {key: JSON text}."""
+    from . import __version__  # noqa: PLC0415
+
+    values = {**facts.to_dict(), "fcnseg_version": __version__, "input": INPUT_RAW if raw_input else INPUT_WINDOWED,
+              "source_run": str(Path(source_run).resolve()), "weights": str(Path(weights).resolve())}
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def read_metadata(props: dict[str, str], where: str) -> tuple[InferenceFacts, bool]:
+    """(facts, whether the graph takes raw pixel values) from a model's metadata_props.
+
+    RunError naming `where` when the file was not written by `fcnseg export`."""
+    try:
+        values = {key: json.loads(value) for key, value in props.items()}
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{where}: metadata is not fcnseg's ({exc}); export the model with `fcnseg export`") from None
+    if values.get("input") not in (INPUT_RAW, INPUT_WINDOWED):
+        raise RunError(f"{where}: no fcnseg metadata (input, classes, window ...); export the model with "
+                       "`fcnseg export RUN -o MODEL.onnx`")
+    return InferenceFacts.from_dict(values, where), values["input"] == INPUT_RAW
+
+
+def open_session(path: str | Path, gpu: Optional[int] = None):
+    """(onnxruntime InferenceSession, facts, raw_input) for an exported model.
+
+    CPU unless `gpu` is given (then onnxruntime's CUDA provider on that device). RunError for a missing
+    or unreadable file, a model without fcnseg metadata, or a GPU onnxruntime cannot use here.
+    """
+    import onnxruntime as ort  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: ONNX model not found; write one with `fcnseg export RUN -o {path}`")
+    providers: list = ["CPUExecutionProvider"]
+    if gpu is not None:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RunError(f"--gpu {gpu}: this onnxruntime has no CUDA provider (install onnxruntime-gpu), "
+                           "or leave --gpu out")
+        providers = [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
+        raise RunError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+    facts, raw_input = read_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    names = {o.name for o in session.get_outputs()}
+    if SCORES not in names or [i.name for i in session.get_inputs()] != [INPUT]:
+        raise RunError(f"{path}: expected input `{INPUT}` and output `{SCORES}`; export it again with "
+                       "`fcnseg export`")
+    return session, facts, raw_input
