@@ -272,8 +272,9 @@ def _keras_layers(path: Path, f) -> SourceModel:
     group = f["model_weights"] if full else f
     names = _attr_strings(group, "layer_names")
     if names is None:
-        raise WeightsError(f"{path}: an HDF5 file without Keras's layer_names attribute: not a Keras model "
-                           "(a Caffe HDF5 model? save it as a binary .caffemodel)")
+        raise WeightsError(f"{path}: an HDF5 file without Keras's layer_names attribute (Keras 3 .weights.h5 "
+                           "files and Caffe HDF5 models are not read); save the Keras model in the legacy HDF5 "
+                           "format (model.save('m.h5')) or export it to ONNX")
     backend = (f.attrs.get("backend") or group.attrs.get("backend") or b"tensorflow")
     backend = backend.decode() if isinstance(backend, bytes) else str(backend)
     if backend == "theano":

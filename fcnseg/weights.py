@@ -7,6 +7,11 @@ fc7 reshaped into convolutions, fc8 dropped. The gray mean M the converted trunk
 gray on 0-255) is stored in the output as conv1_1's `transform_param { mean_value: M }`, a field Caffe
 never reads on a Convolution layer; `recorded_gray_mean(path)` reads it back.
 
+`convert_weights(src, dst, source_convention)` is `fcnseg weights convert` for every format: Caffe models go
+through `convert_vgg16`; ONNX, Keras HDF5, safetensors and .pth files are read by `fcnseg.weight_formats`
+(matched to VGG16 by order and shape) and their framework's input convention (`fcnseg.conventions`) is
+folded into conv1_1. `inspect_weights(path)` is `fcnseg weights inspect`.
+
 `initialize(net, config, weights_path)` copies a caffemodel into a pycaffe net by layer name and blob
 index and returns one `TransplantRow` per parameter blob; `format_report(rows)` renders them;
 `scratch_warning(config)` is what to print when there are no weights.
@@ -395,6 +400,14 @@ def inspect_weights(path: str | Path) -> list[str]:
 
 def _initialise_summary(model: SourceModel, match: Optional[Vgg16Match], refusal: Optional[str]) -> str:
     if match is None:
+        if model.format == "Caffe caffemodel":  # e.g. a trained FCN of fewer stages: loaded by layer name
+            named = [l.name for l in model.layers if TRUNK_CONV.match(l.name) or l.name in FC_LAYERS
+                     or l.name.startswith("score")]
+            if named and "conv1_1" in named:
+                first = next(l for l in model.layers if l.name == "conv1_1")
+                return (f"can initialise by layer name (init.weights; shapes are checked when training starts): "
+                        f"{', '.join(named)}; conv1_1 takes {first.shape[1]} channel(s); not a full VGG16 "
+                        f"({refusal.split(': ', 1)[-1]})")
         return f"can initialise: nothing ({refusal.split(': ', 1)[-1]})"
     trunk = "conv1_1 ... conv5_3" + (", fc6, fc7" if match.fc6 is not None else "")
     tail = "" if match.fc6 is not None else f"; {match.top}"

