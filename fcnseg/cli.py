@@ -180,35 +180,55 @@ def _mean_bgr(ctx, param, value):
 
 @cli.group("weights")
 def weights_group():
-    """Prepare pretrained weights (ImageNet VGG16 -> one input channel)."""
+    """Prepare pretrained weights (VGG16 from Caffe, ONNX, Keras or PyTorch -> one input channel)."""
 
 
 @weights_group.command("convert")
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "dst", required=True, type=click.Path(dir_okay=False),
               help="The converted 1-channel caffemodel to write.")
+@click.option("--source-convention", type=click.Choice(["caffe", "torchvision", "keras"]), default=None,
+              help="How SRC's network was fed (default: from the file's framework): caffe/keras BGR 0-255 minus "
+                   "a mean, torchvision RGB/255 then mean/std.")
 @click.option("--prototxt", type=click.Path(dir_okay=False),
-              help="SRC's deploy prototxt (default: a built-in VGG16 definition).")
+              help="SRC's deploy prototxt, Caffe models only (default: a built-in VGG16 definition).")
 @click.option("--mean-bgr", callback=_mean_bgr, metavar="B,G,R",
-              help="Per-channel mean SRC was trained with (default 104.00699,116.66877,122.67892).")
+              help="Per-channel mean SRC was trained with, caffe/keras conventions (default: the convention's).")
 @click.option("--gray-mean", type=float, default=None, metavar="M",
-              help="Mean the converted net's input subtracts (default: the average of --mean-bgr).")
-def weights_convert(src, dst, prototxt, mean_bgr, gray_mean):
-    """Convert ImageNet VGG16 (3-channel BGR) to a 1-channel FCN trunk: conv1_1 summed over B,G,R with
-    its bias corrected for the mean, fc6/fc7 reshaped into convolutions, fc8 dropped.
+              help="Mean the converted net's input subtracts (default: the convention's average mean on 0-255).")
+def weights_convert(src, dst, source_convention, prototxt, mean_bgr, gray_mean):
+    """Convert VGG16 weights (Caffe .caffemodel, ONNX, Keras .h5, .safetensors, .pth; told apart by content)
+    to a 1-channel FCN trunk: conv1_1 folded to one gray channel with the source's input convention,
+    fc6/fc7 as convolutions when present, the classifier dropped.
 
     Example: fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o weights/vgg16_1ch.caffemodel
     """
-    from .weights import VGG16_MEAN_BGR, convert_vgg16  # noqa: PLC0415
+    from .weights import convert_weights  # noqa: PLC0415
 
-    result = convert_vgg16(src, dst, prototxt, mean_bgr or VGG16_MEAN_BGR, gray_mean)
+    result = convert_weights(src, dst, source_convention, mean_bgr, gray_mean, prototxt)
+    click.echo(f"source: {result.source_format}")
     for line in result.lines:
         click.echo(line)
-    click.echo(f"gray mean M = {result.gray_mean:.6g} (recorded in the file; B,G,R mean "
-               f"{', '.join(f'{m:g}' for m in result.mean_bgr)}): this trunk expects input gray - M on 0-255, "
-               f"so train with data.mean: {result.gray_mean:.6g}")
+    click.echo(f"input convention: {result.convention.name}, {result.convention.describe()} "
+               f"({result.convention_reason})")
+    click.echo(f"gray mean M = {result.gray_mean:.6g} (recorded in the file): this trunk expects input gray - M "
+               f"on 0-255, so train with data.mean: {result.gray_mean:.6g} and data.scale: 1")
     click.echo(f"wrote {result.dst} ({result.size_bytes / 2**20:.0f} MB) in {result.seconds:.1f} s, "
                f"peak memory {result.peak_rss_mb:.0f} MB")
+
+
+@weights_group.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+def weights_inspect(path):
+    """Show what a weight file holds (format, layers, shapes, input convention) and which FCN layers it
+    can initialise. Writes nothing.
+
+    Example: fcnseg weights inspect vgg16-397923af.safetensors
+    """
+    from .weights import inspect_weights  # noqa: PLC0415
+
+    for line in inspect_weights(path):
+        click.echo(line)
 
 
 @cli.command("doctor")

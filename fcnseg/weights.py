@@ -7,6 +7,11 @@ fc7 reshaped into convolutions, fc8 dropped. The gray mean M the converted trunk
 gray on 0-255) is stored in the output as conv1_1's `transform_param { mean_value: M }`, a field Caffe
 never reads on a Convolution layer; `recorded_gray_mean(path)` reads it back.
 
+`convert_weights(src, dst, source_convention)` is `fcnseg weights convert` for every format: Caffe models go
+through `convert_vgg16`; ONNX, Keras HDF5, safetensors and .pth files are read by `fcnseg.weight_formats`
+(matched to VGG16 by order and shape) and their framework's input convention (`fcnseg.conventions`) is
+folded into conv1_1. `inspect_weights(path)` is `fcnseg weights inspect`.
+
 `initialize(net, config, weights_path)` copies a caffemodel into a pycaffe net by layer name and blob
 index and returns one `TransplantRow` per parameter blob; `format_report(rows)` renders them;
 `scratch_warning(config)` is what to print when there are no weights.
@@ -28,11 +33,12 @@ from .caffe_env import caffe_pb2
 from .caffemodel import (CONVERT_HINT, TRUNK_CONV, V1_TYPES, LayerRecord, load_blob, read_caffemodel_index,
                          recorded_gray_mean, shape_text, write_caffemodel)
 from .config import VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS, Config
+from .conventions import CAFFE, CONVENTIONS, VGG16_MEAN_BGR, InputConvention, fold_into_conv1
 from .errors import WeightsError
 from .runs import expected_input
+from .weight_formats import (VGG16_CONVS, SourceModel, Vgg16Match, detect_format, fc6_as_convolution, match_vgg16,
+                             read_weights)
 
-# Caffe's ImageNet VGG16 expects BGR 0-255 minus this per-channel mean.
-VGG16_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 FC_LAYERS = ("fc6", "fc7")
 # How far (grey levels on 0-255) the net's input mean may sit from what pretrained weights expect before
 # train and doctor warn: a few levels shift conv1_1's response by less than its bias noise.
@@ -87,18 +93,6 @@ def definition_from_prototxt(path: str | Path) -> list[DefinitionLayer]:
     return out
 
 
-def gray_conv1(weight: np.ndarray, bias: np.ndarray, mean_bgr: Sequence[float], gray_mean: float):
-    """conv1_1 for one input channel: (weight O x3xKxK, bias O) -> (O x1xKxK, O), float32.
-
-    W' = sum_c W_c and b' = b + sum_c sum_taps W_c (M - m_c), so W' * (g - M) + b' equals
-    sum_c W_c * (g - m_c) + b wherever the kernel window sees no zero padding.
-    """
-    w = weight.astype(np.float64)
-    shift = np.asarray([gray_mean - m for m in mean_bgr], dtype=np.float64)
-    new_bias = bias.astype(np.float64) + np.einsum("ochw,c->o", w, shift)
-    return w.sum(axis=1, keepdims=True).astype(np.float32), new_bias.astype(np.float32)
-
-
 @dataclass
 class _Step:
     record: LayerRecord
@@ -141,7 +135,7 @@ def _plan_conversion(src: Path, index: dict[str, LayerRecord], definition: list[
                                        + ("; use this file directly as init.weights" if channels == 1 else ""))
                 out_shape = (out, 1, kh, kw)
                 steps.append(_Step(rec, out_shape, "gray", f"{shape_text(w_shape)} -> {shape_text(out_shape)}"
-                                   " (summed over B,G,R; bias corrected for the mean)"))
+                                   " (folded to one gray channel; bias corrected for the input convention)"))
             elif channels != prev_out:
                 raise WeightsError(f"{src}: layer {d.name} takes {channels} channels but the layer before "
                                    f"it gives {prev_out}; the file is not VGG16-shaped")
@@ -166,7 +160,7 @@ def _plan_conversion(src: Path, index: dict[str, LayerRecord], definition: list[
     return steps, dropped
 
 
-def _converted_layer(f, step: _Step, mean_bgr, gray_mean: float):
+def _converted_layer(f, step: _Step, convention: InputConvention, gray_mean: float):
     pb, rec = caffe_pb2(), step.record
     header = pb.LayerParameter(name=rec.name, type="Convolution", bottom=rec.header.bottom, top=rec.header.top)
     if rec.type == "Convolution":
@@ -176,55 +170,260 @@ def _converted_layer(f, step: _Step, mean_bgr, gray_mean: float):
         header.convolution_param.kernel_size.append(step.out_shape[2])
     weight, bias = load_blob(f, rec.blobs[0]), load_blob(f, rec.blobs[1]).reshape(-1)
     if step.transform == "gray":
-        weight, bias = gray_conv1(weight, bias, mean_bgr, gray_mean)
+        weight, bias = fold_into_conv1(weight, bias, convention, gray_mean)
         header.transform_param.mean_value.append(gray_mean)  # the input this trunk expects: gray - M
     return header, [weight.reshape(step.out_shape), bias]
 
 
 @dataclass
 class Conversion:
-    """What `convert_vgg16` did: per-layer lines, the gray mean M recorded, time and memory."""
+    """What a conversion did: per-layer lines, the input convention folded in and why, the gray mean M
+    recorded, time and memory."""
 
     dst: Path
     gray_mean: float
-    mean_bgr: tuple[float, float, float]
+    mean_bgr: tuple[float, float, float]  # the convention's per-channel mean (in conv1_1's channel order)
     lines: list[str]
     seconds: float
     peak_rss_mb: float
     size_bytes: int
+    convention: InputConvention = CAFFE
+    convention_reason: str = "a Caffe model: Caffe's VGG16 takes BGR 0-255 minus the ImageNet mean"
+    source_format: str = "Caffe caffemodel"
+
+
+def _check_gray_mean(convention: InputConvention, gray_mean: Optional[float]) -> float:
+    # Rounded to float32 up front: the value used for the bias is exactly the one recorded in the file.
+    value = float(np.float32(convention.default_gray_mean() if gray_mean is None else gray_mean))
+    if not math.isfinite(value):
+        raise WeightsError(f"--gray-mean {gray_mean}: expected a finite number")
+    return value
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    if dst.resolve() == src.resolve():
+        raise WeightsError(f"-o {dst}: the output must not overwrite the source model; choose another path")
 
 
 def convert_vgg16(src: str | Path, dst: str | Path, prototxt: str | Path | None = None,
-                  mean_bgr: Sequence[float] = VGG16_MEAN_BGR, gray_mean: Optional[float] = None) -> Conversion:
+                  mean_bgr: Sequence[float] = VGG16_MEAN_BGR, gray_mean: Optional[float] = None,
+                  convention: Optional[InputConvention] = None, convention_reason: Optional[str] = None) -> Conversion:
     """Convert a 3-channel (BGR) VGG16 caffemodel to a 1-channel FCN trunk at `dst`.
 
-    conv1_1 is summed over B,G,R with its bias corrected so that the net fed (gray - M) computes what the
-    RGB net computes on the gray image replicated to B,G,R minus `mean_bgr`; M defaults to the mean of
-    `mean_bgr` and is recorded in the output (see `recorded_gray_mean`). fc6/fc7 become convolutions
-    (same numbers), fc8 and any other non-trunk layer is dropped. `prototxt` (the source's deploy
-    prototxt) replaces the built-in VGG16 definition. Everything is checked before `dst` is written
-    (under a temporary name, then renamed). Raises WeightsError.
+    conv1_1 is folded to one channel with its bias corrected so that the net fed (gray - M) computes what
+    the RGB net computes on the gray image replicated to B,G,R minus `mean_bgr` (or, when `convention` is
+    given, preprocessed by that convention instead); M defaults to the convention's gray mean and is
+    recorded in the output (see `recorded_gray_mean`). fc6/fc7 become convolutions (same numbers), fc8
+    and any other non-trunk layer is dropped. `prototxt` (the source's deploy prototxt) replaces the
+    built-in VGG16 definition. Everything is checked before `dst` is written (under a temporary name,
+    then renamed). Raises WeightsError.
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    mean_bgr = tuple(float(m) for m in mean_bgr)
-    if len(mean_bgr) != 3 or not all(math.isfinite(m) for m in mean_bgr):
-        raise WeightsError(f"--mean-bgr {mean_bgr}: expected three numbers B,G,R")
-    # Rounded to float32 up front: the value used for the bias is exactly the one recorded in the file.
-    gray_mean = float(np.float32(sum(mean_bgr) / 3 if gray_mean is None else gray_mean))
-    if not math.isfinite(gray_mean):
-        raise WeightsError(f"--gray-mean {gray_mean}: expected a finite number")
-    if dst.resolve() == src.resolve():
-        raise WeightsError(f"-o {dst}: the output must not overwrite the source model; choose another path")
+    if convention is None:
+        mean_bgr = tuple(float(m) for m in mean_bgr)
+        if len(mean_bgr) != 3 or not all(math.isfinite(m) for m in mean_bgr):
+            raise WeightsError(f"--mean-bgr {mean_bgr}: expected three numbers B,G,R")
+        convention = CAFFE.with_mean(mean_bgr)
+    gray_mean = _check_gray_mean(convention, gray_mean)
+    _check_paths(src, dst)
     definition = definition_from_prototxt(prototxt) if prototxt else vgg16_definition()
     where = str(prototxt) if prototxt else "the built-in VGG16 definition"
     index = read_caffemodel_index(src)
     steps, dropped = _plan_conversion(src, index, definition, where)
     with open(src, "rb") as f:
-        layers = (_converted_layer(f, step, mean_bgr, gray_mean) for step in steps)
+        layers = (_converted_layer(f, step, convention, gray_mean) for step in steps)
         size = write_caffemodel(dst, f"{src.stem}-1ch", layers)
     lines = [f"{s.record.name}: {s.text}" for s in steps] + dropped
-    return Conversion(dst, gray_mean, mean_bgr, lines, time.perf_counter() - started, _peak_rss_mb(), size)
+    result = Conversion(dst, gray_mean, convention.mean, lines, time.perf_counter() - started, _peak_rss_mb(),
+                        size, convention)
+    if convention_reason is not None:
+        result.convention_reason = convention_reason
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Converting VGG16 from other frameworks (ONNX, Keras HDF5, PyTorch), detected from the file's content
+
+
+def choose_convention(model: SourceModel, override: Optional[str] = None,
+                      mean_bgr: Optional[Sequence[float]] = None) -> tuple[InputConvention, str]:
+    """The input convention to fold into conv1_1 and why: `override` (caffe|torchvision|keras) when given,
+    else what the file's framework implies. `mean_bgr` replaces a BGR convention's mean. Raises
+    WeightsError when nothing says which convention applies, or for a mean with torchvision's."""
+    if override is not None:
+        if override not in CONVENTIONS:
+            raise WeightsError(f"--source-convention {override}: choose one of {', '.join(CONVENTIONS)}")
+        convention = CONVENTIONS[override]
+        why = f"--source-convention {override}" + (f" (the file suggests {model.convention}: {model.convention_reason})"
+                                                    if model.convention and model.convention != override else "")
+    elif model.convention is None:
+        raise WeightsError(f"{model.path}: {model.convention_reason}; say how its network was fed with "
+                           "--source-convention caffe|torchvision|keras")
+    else:
+        convention, why = CONVENTIONS[model.convention], model.convention_reason
+    if mean_bgr is not None:
+        if convention.channels != "BGR":
+            raise WeightsError(f"--mean-bgr applies to the caffe and keras conventions (BGR minus a mean), not to "
+                               f"{convention.name}'s fixed mean/std; drop --mean-bgr")
+        mean_bgr = tuple(float(m) for m in mean_bgr)
+        if len(mean_bgr) != 3 or not all(math.isfinite(m) for m in mean_bgr):
+            raise WeightsError(f"--mean-bgr {mean_bgr}: expected three numbers B,G,R")
+        convention, why = convention.with_mean(mean_bgr), why + "; mean from --mean-bgr"
+    return convention, why
+
+
+def _conv_header(name: str, bottom: str, num_output: int, kernel: int, pad: int):
+    pb = caffe_pb2()
+    header = pb.LayerParameter(name=name, type="Convolution", bottom=[bottom], top=[name])
+    header.convolution_param.num_output = num_output
+    header.convolution_param.kernel_size.append(kernel)
+    if pad:
+        header.convolution_param.pad.append(pad)
+    return header
+
+
+def _foreign_layers(match: Vgg16Match, flatten: str, convention: InputConvention, gray_mean: float):
+    """(header, arrays) of conv1_1 ... conv5_3 [, fc6, fc7], read and converted one layer at a time."""
+    bottom = "data"
+    for name, layer in zip(VGG16_CONVS, match.convs):
+        weight, bias = layer.read()
+        bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
+        header = _conv_header(name, bottom, weight.shape[0], 3, 1)
+        if name == "conv1_1":
+            weight, bias = fold_into_conv1(weight, bias, convention, gray_mean)
+            header.transform_param.mean_value.append(gray_mean)  # the input this trunk expects: gray - M
+        yield header, [weight, bias]
+        bottom = f"pool{name[4]}" if name.endswith(f"_{VGG16_STAGE_CONVS[int(name[4]) - 1]}") else name
+    if match.fc6 is None:
+        return
+    channels = match.convs[-1].shape[0]
+    for name, layer, kernel in (("fc6", match.fc6, 7), ("fc7", match.fc7, 1)):
+        weight, bias = layer.read()
+        out = weight.shape[0]
+        weight = fc6_as_convolution(weight, channels, flatten) if name == "fc6" else weight.reshape(out, out, 1, 1)
+        bias = np.zeros(out, np.float32) if bias is None else bias
+        yield _conv_header(name, bottom, out, kernel, 0), [weight, bias]
+        bottom = name
+
+
+def _foreign_lines(model: SourceModel, match: Vgg16Match) -> list[str]:
+    lines = []
+    for name, layer in zip(VGG16_CONVS, match.convs):
+        out = (layer.shape[0], 1) + layer.shape[2:] if name == "conv1_1" else layer.shape
+        lines.append(f"{name} <- {layer.name}: {layer.origin + ', ' if layer.origin else ''}"
+                     f"{shape_text(layer.shape)} -> {shape_text(out)}"
+                     + (" (input convention folded in, one gray channel)" if name == "conv1_1" else ""))
+    if match.fc6 is not None:
+        c = match.convs[-1].shape[0]
+        order = "C x 7 x 7" if model.flatten == "chw" or match.fc6.kind == "conv" else "7 x 7 x C, reordered"
+        fc = match.fc6.shape[0]
+        lines.append(f"fc6 <- {match.fc6.name}: {match.fc6.origin + ', ' if match.fc6.origin else ''}"
+                     f"{shape_text(match.fc6.shape)} ({order}) -> Convolution {shape_text((fc, c, 7, 7))}")
+        lines.append(f"fc7 <- {match.fc7.name}: {match.fc7.origin + ', ' if match.fc7.origin else ''}"
+                     f"{shape_text(match.fc7.shape)} -> Convolution {shape_text((fc, fc, 1, 1))}")
+    else:
+        lines.append(f"fc6, fc7: {match.top}")
+    lines += [f"{layer.name}: dropped ({shape_text(layer.shape)}, not part of the VGG16 trunk)" for layer in match.unused]
+    return lines
+
+
+def convert_weights(src: str | Path, dst: str | Path, source_convention: Optional[str] = None,
+                    mean_bgr: Optional[Sequence[float]] = None, gray_mean: Optional[float] = None,
+                    prototxt: str | Path | None = None) -> Conversion:
+    """Convert VGG16 weights from a Caffe, ONNX, Keras HDF5, safetensors or .pth file (told apart by content)
+    into a 1-channel FCN trunk caffemodel at `dst`.
+
+    The 13 convolutions are matched to VGG16's by order and shape, fc6/fc7 converted when present (with
+    the file's flatten order), and the input convention (`source_convention`, else the file's framework's)
+    folded into conv1_1 so the net fed (gray - M) equals the source net on the gray image replicated and
+    preprocessed its own way, wherever conv1_1's window misses the padding. Caffe models go through
+    `convert_vgg16` (which also takes a deploy `prototxt`). Checked before `dst` is written (temporary
+    name, then rename). Raises WeightsError.
+    """
+    started = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    fmt = detect_format(src)
+    if fmt == "caffemodel":
+        model = SourceModel(src, "Caffe caffemodel", [], "chw", "caffe",
+                            "a Caffe model: Caffe's VGG16 takes BGR 0-255 minus the ImageNet mean")
+        convention, why = choose_convention(model, source_convention, mean_bgr)
+        return convert_vgg16(src, dst, prototxt, gray_mean=gray_mean, convention=convention, convention_reason=why)
+    if prototxt is not None:
+        raise WeightsError(f"--prototxt {prototxt}: only for Caffe models; {src} is {fmt}, whose layers are "
+                           "found in the file itself")
+    model = read_weights(src)
+    try:
+        convention, why = choose_convention(model, source_convention, mean_bgr)
+        gray_mean = _check_gray_mean(convention, gray_mean)
+        _check_paths(src, dst)
+        match = match_vgg16(model)
+        conv1 = match.convs[0].shape
+        if conv1[1] != 3:
+            raise WeightsError(f"{src}: conv1_1 ({match.convs[0].name}) takes {conv1[1]} input channel(s), not 3; "
+                               "nothing to convert")
+        size = write_caffemodel(dst, f"{src.stem}-1ch", _foreign_layers(match, model.flatten, convention, gray_mean))
+    finally:
+        model.close()
+    return Conversion(dst, gray_mean, convention.mean, _foreign_lines(model, match), time.perf_counter() - started,
+                      _peak_rss_mb(), size, convention, why, model.format)
+
+
+def inspect_weights(path: str | Path) -> list[str]:
+    """`fcnseg weights inspect`: what the file holds (format, layers in Caffe's layout, input convention)
+    and which FCN layers it can initialise, as lines. Writes nothing. Raises WeightsError for files that
+    cannot be read; a readable file that is not VGG16 is reported, not raised."""
+    model = read_weights(path)
+    try:
+        try:
+            match, refusal = match_vgg16(model), None
+        except WeightsError as exc:
+            match, refusal = None, str(exc)
+        names = {id(layer): name for name, layer in zip(VGG16_CONVS, match.convs)} if match else {}
+        if match and match.fc6 is not None:
+            names.update({id(match.fc6): "fc6", id(match.fc7): "fc7"})
+        lines = [f"{model.path}: {model.format}, {len(model.layers)} layers with weights"]
+        if model.convention:
+            lines.append(f"input convention: {model.convention} "
+                         f"({CONVENTIONS[model.convention].describe()}): {model.convention_reason}")
+        else:
+            lines.append(f"input convention: unknown ({model.convention_reason}); convert with "
+                         "--source-convention caffe|torchvision|keras")
+        lines += [f"note: {note}" for note in model.notes]
+        lines.append("layers (weights in Caffe's layout, O x I [x kH x kW]) -> VGG16 layer:")
+        table = [(layer.name, layer.kind, shape_text(layer.shape), names.get(id(layer), "-"), layer.origin)
+                 for layer in model.layers]
+        widths = [max([len(row[i]) for row in table] + [1]) for i in range(4)]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4]
+                  for row in table]
+        lines.append(_initialise_summary(model, match, refusal))
+    finally:
+        model.close()
+    return [line.rstrip() for line in lines]
+
+
+def _initialise_summary(model: SourceModel, match: Optional[Vgg16Match], refusal: Optional[str]) -> str:
+    if match is None:
+        if model.format == "Caffe caffemodel":  # e.g. a trained FCN of fewer stages: loaded by layer name
+            named = [l.name for l in model.layers if TRUNK_CONV.match(l.name) or l.name in FC_LAYERS
+                     or l.name.startswith("score")]
+            if named and "conv1_1" in named:
+                first = next(l for l in model.layers if l.name == "conv1_1")
+                return (f"can initialise by layer name (init.weights; shapes are checked when training starts): "
+                        f"{', '.join(named)}; conv1_1 takes {first.shape[1]} channel(s); not a full VGG16 "
+                        f"({refusal.split(': ', 1)[-1]})")
+        return f"can initialise: nothing ({refusal.split(': ', 1)[-1]})"
+    trunk = "conv1_1 ... conv5_3" + (", fc6, fc7" if match.fc6 is not None else "")
+    tail = "" if match.fc6 is not None else f"; {match.top}"
+    if match.width_divisor != 1:
+        return (f"can initialise: nothing in fcnseg's nets: a VGG16 layout at 1/{match.width_divisor} width "
+                f"(fcnseg's trunk has VGG16's full widths){tail}")
+    if match.convs[0].shape[1] == 1:
+        mean = recorded_gray_mean(model.path) if model.format == "Caffe caffemodel" else None
+        expects = f", input gray - {mean:.6g} (data.mean: {mean:.6g})" if mean is not None else ""
+        return f"can initialise: {trunk} of a one-channel net, directly as init.weights{expects}{tail}"
+    return (f"can initialise: {trunk} of a one-channel net after fcnseg weights convert {model.path} -o "
+            f"vgg16_1ch.caffemodel{tail}")
 
 
 def _peak_rss_mb() -> float:
