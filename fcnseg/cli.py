@@ -131,6 +131,11 @@ def data_group():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random val split.")
 @click.option("--val", default=None, metavar="LIST",
               help="Val sources by name: frames of a stack (16-19 or 16,17,18,19) or file stems (a,b).")
+@click.option("--empty-tiles", type=float, default=None, metavar="F",
+              help="Keep this fraction of the train tiles without foreground (every tile with foreground is "
+                   "kept). Default: from the data (see README, sparse objects).")
+@click.option("--augment/--no-augment", default=None,
+              help="Store every train tile in its 8 flips/90-degree rotations. Default: from the data.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
 def data_import(images, labels, out_dir, **options):
     """Import images and masks into train/val LMDBs of Caffe Datums.
