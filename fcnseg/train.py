@@ -196,18 +196,28 @@ def validate(net, num_classes: int, samples: int, ignore_label: int) -> dict:
     """One pass over the val split through `net` (a TEST net sharing the training weights).
 
     Counts exactly `samples` images (the Data layer cycles, so a last partial batch is trimmed), and
-    returns the metrics of one confusion matrix plus the mean loss and the confusion matrix itself.
+    returns the metrics of one confusion matrix plus the mean loss, the confusion matrix itself and
+    `foreground_prob`: the mean softmax probability of the true class at pixels labelled 1..K-1
+    (None when there are none).
     """
     hist = np.zeros((num_classes, num_classes), np.int64)
     losses, seen = [], 0
+    fg_prob, fg_pixels = 0.0, 0
     while seen < samples:
         out = net.forward()
-        score, label = net.blobs["score"].data, net.blobs["label"].data
-        take = min(score.shape[0], samples - seen)
-        hist += confusion(label[:take, 0], score[:take].argmax(1), num_classes)
+        score, label = net.blobs["score"].data[:samples - seen], net.blobs["label"].data[:samples - seen, 0]
+        take = score.shape[0]
+        hist += confusion(label, score.argmax(1), num_classes)
+        fg = (label > 0) & (label < num_classes)
+        if fg.any():  # softmax probability of the true class at foreground pixels
+            z = np.exp(score - score.max(1, keepdims=True))
+            true_class = np.take_along_axis(z, label.astype(np.intp)[:, None].clip(0, num_classes - 1), 1)[:, 0]
+            fg_prob += float((true_class / z.sum(1))[fg].sum())
+            fg_pixels += int(fg.sum())
         losses.append(float(out["loss"]))
         seen += take
     result = scores(hist)
+    result["foreground_prob"] = fg_prob / fg_pixels if fg_pixels else None
     result["loss"] = float(np.mean(losses))
     result["confusion"] = hist.tolist()
     result["predicted_classes"] = predicted_classes(hist)
@@ -281,11 +291,57 @@ class Trainer:
         else:
             self.dead_since = None
 
-    def check_val(self, result: dict, it: int) -> None:
-        if result["predicted_classes"] <= 1:
-            self.warn(f"WARNING: at iteration {it} validation predicts ONE class for every pixel "
-                      f"(mean IU {result['mean_iu']:.3f}). The net has learned only the class prior.\n"
-                      + LIKELY_CAUSES)
+    def check_val(self, result: dict, it: int, net) -> None:
+        if result["predicted_classes"] > 1:
+            return
+        probs = [v.get("foreground_prob") for v in self.history.val]
+        verdict, why = one_class_verdict(self.history.train, [p for p in probs if p is not None],
+                                         zero_weight_layers(net))
+        head = (f"WARNING: at iteration {it} validation predicts ONE class for every pixel "
+                f"(mean IU {result['mean_iu']:.3f}): {verdict.upper()}: {why}")
+        if verdict == "not learned yet":
+            self.warn(head + "\nRare classes often appear only after a while; let it run and watch the next "
+                      "validation (for sparse objects, see `fcnseg data import --empty-tiles/--augment`).")
+        else:
+            self.warn(head + "\n" + LIKELY_CAUSES)
+
+
+FLAT_LOSS_DROP = 0.02  # a smoothed training loss that fell less than this (relative) counts as flat
+
+
+def zero_weight_layers(net) -> list[str]:
+    """Names of `net`'s layers whose weights (first param blob) are all exactly zero."""
+    return [name for name, blobs in net.params.items() if blobs and not np.any(blobs[0].data)]
+
+
+def one_class_verdict(train_losses: list[tuple[int, float]], foreground_probs: list[float],
+                      zero_layers: list[str]) -> tuple[str, str]:
+    """Why validation predicts one class: ("dead", reason) or ("not learned yet", reason).
+
+    Dead: a layer still has all-zero weights (Caffe's default filler is constant 0; below it nothing
+    learns), or the smoothed training loss is flat (it fell by less than FLAT_LOSS_DROP between the
+    logged value nearest half-way through and the last one). Not learned yet: the loss is still
+    falling; the reason also says whether the mean foreground probability at foreground pixels (one
+    value per validation, oldest first) is rising. `train_losses` holds (iteration, smoothed loss).
+    """
+    if zero_layers:
+        return "dead", (f"layer(s) {', '.join(zero_layers[:6])} still have all-zero weights, so nothing "
+                        "below them learns: give them a weight_filler (e.g. msra) or pretrained weights")
+    if len(train_losses) < 2:
+        return "not learned yet", "too few training iterations logged to judge the loss"
+    last_it, last = train_losses[-1]
+    earlier_it, earlier = min(train_losses[:-1], key=lambda p: abs(p[0] - last_it / 2))
+    drop = (earlier - last) / earlier if earlier > 0 else 0.0
+    loss_text = f"training loss {earlier:.4f} at iteration {earlier_it} -> {last:.4f} at {last_it}"
+    if drop < FLAT_LOSS_DROP:
+        return "dead", f"{loss_text}: flat, the net has settled on the class prior"
+    fg = ""
+    if len(foreground_probs) >= 2:
+        trend = "rising" if foreground_probs[-1] > foreground_probs[-2] else "not rising yet"
+        fg = f"; foreground probability {trend} ({foreground_probs[-2]:.3f} -> {foreground_probs[-1]:.3f})"
+    elif foreground_probs:
+        fg = f"; foreground probability {foreground_probs[-1]:.3f} at foreground pixels"
+    return "not learned yet", f"{loss_text}: still falling{fg}"
 
 
 LIKELY_CAUSES = """Likely causes:
@@ -475,13 +531,13 @@ def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
     with CaffeLogRedirect(trainer.run_dir / runs.CAFFE_LOG):
         result = validate(test_net, k, samples, c.data.ignore_label)
     event = {"event": "val", "iter": it, **{key: result[key] for key in (
-        "loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "confusion")},
+        "loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "confusion", "foreground_prob")},
         "elapsed": round(time.time() - trainer.t0, 3)}
     trainer.log_event(event)
     trainer.history.val.append(event)
     trainer.out(f"\nval @ {it}: loss {result['loss']:.4f}  pixel acc {result['pixel_acc']:.4f}  "
                 f"mean IU {result['mean_iu']:.4f}")
-    trainer.check_val(result, it)
+    trainer.check_val(result, it, solver.net)
     if result["mean_iu"] is not None and result["mean_iu"] > trainer.best:
         trainer.best = result["mean_iu"]
         trainer.save_weights(solver.net, runs.BEST_WEIGHTS)

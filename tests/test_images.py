@@ -6,7 +6,7 @@ from PIL import Image
 
 from fcnseg.errors import DataError
 from fcnseg.images import (IGNORE_COLOR, PALETTE, WindowEstimator, apply_window, compute_window, overlay,
-                           read_image, read_mask, read_stack, save_label_png)
+                           read_image, read_mask, read_stack, read_time_stack, save_label_png)
 
 RNG = np.random.default_rng(0)
 
@@ -237,3 +237,53 @@ def test_save_label_png_round_trips(tmp_path):
     assert np.array_equal(read_mask(tmp_path / "l.png"), labels)
     with pytest.raises(ValueError):
         save_label_png(tmp_path / "x.png", np.array([[300]]))
+
+
+# ---- 4-D stacks (time x z) -----------------------------------------------------------------------------
+
+def test_4d_imagej_tiff_is_read_time_major_with_its_slice_count(tmp_path):
+    stack = RNG.integers(0, 1000, (3, 2, 9, 11), dtype=np.uint16)  # T, Z, Y, X
+    tifffile.imwrite(tmp_path / "s.tif", stack, imagej=True, metadata={"axes": "TZYX"})
+    frames, slices = read_time_stack(tmp_path / "s.tif")
+    assert slices == 2 and frames.shape == (6, 9, 11)
+    assert np.array_equal(frames, stack.reshape(6, 9, 11))  # frame t*Z + z is slice z of time point t
+    assert np.array_equal(read_stack(tmp_path / "s.tif"), frames)
+
+
+def test_4d_tiff_with_z_outside_time_is_transposed_to_time_major(tmp_path):
+    stack = RNG.integers(0, 1000, (2, 3, 9, 11), dtype=np.uint16)  # Z, T, Y, X
+    tifffile.imwrite(tmp_path / "s.ome.tif", stack, ome=True, metadata={"axes": "ZTYX"})
+    frames, slices = read_time_stack(tmp_path / "s.ome.tif")
+    assert slices == 2
+    assert np.array_equal(frames, stack.transpose(1, 0, 2, 3).reshape(6, 9, 11))
+
+
+def test_4d_tiff_without_a_time_axis_is_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "q.tif", np.zeros((3, 2, 9, 11), np.uint16))  # tifffile writes axes QQYX
+    with pytest.raises(DataError, match=r"q.tif: a 4-D stack of 3 x 2 x 9 x 11 .*cannot tell which axis is "
+                                        r"time.*metadata=\{'axes': 'TZYX'\}"):
+        read_stack(tmp_path / "q.tif")
+
+
+def test_5d_tiff_with_three_long_frame_axes_is_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "f.ome.tif", np.zeros((2, 2, 2, 9, 11), np.uint8), ome=True,
+                     metadata={"axes": "TZQYX"})
+    with pytest.raises(DataError, match="f.ome.tif: 3 frame axes longer than 1"):
+        read_stack(tmp_path / "f.ome.tif")
+
+
+def test_4d_tiff_with_a_length_one_axis_is_a_plain_stack(tmp_path):
+    stack = RNG.integers(0, 1000, (4, 1, 9, 11), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", stack, imagej=True, metadata={"axes": "TZYX"})
+    frames, slices = read_time_stack(tmp_path / "s.tif")
+    assert slices == 1 and np.array_equal(frames, stack[:, 0])
+
+
+def test_4d_npy_is_time_z_unless_its_last_axis_is_colour(tmp_path):
+    stack = RNG.integers(0, 1000, (3, 2, 9, 11), dtype=np.uint16)
+    np.save(tmp_path / "s.npy", stack)
+    frames, slices = read_time_stack(tmp_path / "s.npy")
+    assert slices == 2 and np.array_equal(frames, stack.reshape(6, 9, 11))
+    np.save(tmp_path / "rgb.npy", np.zeros((3, 9, 11, 3), np.uint8))
+    with pytest.raises(DataError, match="rgb.npy: image is RGB"):
+        read_time_stack(tmp_path / "rgb.npy")

@@ -171,3 +171,38 @@ def test_ignore_label_collision_refused():
     from fcnseg.errors import ConfigError
     with pytest.raises(ConfigError, match="data.ignore_label 1 collides"):
         train_val_net(validate_config({"model": {"num_classes": 3}, "data": {"ignore_label": 1}}))
+
+
+def test_foreground_loss_matches_a_hand_computation(tmp_path):
+    from fcnseg.nets import foreground_loss
+    c = validate_config({"model": {"num_classes": 3}, "loss": {"foreground_weight": 0.7}})
+    n = caffe.NetSpec()
+    n.score = caffe.layers.Input(input_param=dict(shape=dict(dim=[2, 3, 4, 5])))
+    n.label = caffe.layers.Input(input_param=dict(shape=dict(dim=[2, 1, 4, 5])))
+    foreground_loss(n, n.score, n.label, c)
+    proto = n.to_proto()
+    assert {layer.type for layer in proto.layer} == {"Input", "Threshold", "Eltwise", "Power", "SoftmaxWithLoss"}
+    assert [layer.loss_weight for layer in proto.layer if layer.name == "loss_fg"] == [[pytest.approx(0.7)]]
+    net = load(proto, tmp_path, "TRAIN")
+    rng = np.random.default_rng(0)
+    score = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    label = rng.choice([0, 1, 2, 255], size=(2, 1, 4, 5)).astype(np.float32)
+    net.blobs["score"].data[...], net.blobs["label"].data[...] = score, label
+    loss = float(net.forward()["loss_fg"])
+    prob = np.exp(score) / np.exp(score).sum(1, keepdims=True)
+    total, count = 0.0, 0
+    for b in range(2):
+        for y in range(4):
+            for x in range(5):
+                if label[b, 0, y, x] in (1, 2):
+                    total -= np.log(prob[b, int(label[b, 0, y, x]), y, x])
+                    count += 1
+    assert loss == pytest.approx(total / count, rel=1e-5)
+    assert set(np.unique(net.blobs["label_fg"].data).tolist()) == {1.0, 2.0, 255.0}
+
+
+def test_train_val_net_has_the_foreground_loss_only_when_weighted():
+    plain = resolve_config(validate_config({"model": {"num_classes": 2}}))
+    assert "loss_fg" not in [layer.name for layer in train_val_net(plain).layer]
+    weighted = resolve_config(validate_config({"model": {"num_classes": 2}, "loss": {"foreground_weight": 1.0}}))
+    assert "loss_fg" in [layer.name for layer in train_val_net(weighted).layer]

@@ -15,7 +15,7 @@ import yaml
 from conftest import write_tiny_dataset
 from fcnseg.cli import main
 from fcnseg.config import load_config, validate_config
-from fcnseg.train import learning_rate, newest_solverstate
+from fcnseg.train import learning_rate, newest_solverstate, one_class_verdict, zero_weight_layers
 
 caffe = pytest.importorskip("caffe")
 
@@ -186,6 +186,35 @@ def test_untrainable_setting_warns_one_class(tmp_path, data, capsys):
     assert main(["train", cfg, "--out", tmp_path / "run", "--force"]) == 0
     out = capsys.readouterr().out
     assert "predicts ONE class for every pixel" in out and "Likely causes" in out
+    assert "DEAD: training loss 0.6931 at iteration 10 -> 0.6931 at 20: flat" in out
+    val = events(tmp_path / "run", "val")[0]
+    assert 0.0 < val["foreground_prob"] < 1.0
+
+
+def test_one_class_verdict_tells_dead_from_not_learned_yet():
+    falling = [(10, 0.66), (20, 0.54), (30, 0.34), (40, 0.25)]
+    verdict, why = one_class_verdict(falling, [0.05, 0.12], [])
+    assert verdict == "not learned yet"
+    assert "0.5400 at iteration 20 -> 0.2500 at 40: still falling" in why
+    assert "foreground probability rising (0.050 -> 0.120)" in why
+    assert "not rising yet (0.120 -> 0.050)" in one_class_verdict(falling, [0.12, 0.05], [])[1]
+    flat = [(10, 0.1385), (20, 0.1370), (30, 0.1372), (40, 0.1368)]  # < 2 % lower than at iteration 20
+    verdict, why = one_class_verdict(flat, [0.05, 0.06], [])
+    assert verdict == "dead" and "flat" in why
+    verdict, why = one_class_verdict(falling, [0.05, 0.12], ["conv1_1", "conv1_2"])
+    assert verdict == "dead" and "conv1_1, conv1_2 still have all-zero weights" in why
+    assert one_class_verdict([(5, 0.7)], [], [])[0] == "not learned yet"
+
+
+def test_zero_weight_layers_names_layers_left_at_caffes_default_filler(tmp_path):
+    proto = tmp_path / "n.prototxt"
+    proto.write_text("""
+input: "data" input_shape { dim: 1 dim: 1 dim: 8 dim: 8 }
+layer { name: "filled" type: "Convolution" bottom: "data" top: "a"
+        convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "msra" } } }
+layer { name: "default" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 2 kernel_size: 1 } }
+""")
+    assert zero_weight_layers(caffe.Net(str(proto), caffe.TEST)) == ["default"]
 
 
 def test_gpu_on_cpu_only_build_exits_2(tmp_path, data, capsys):
