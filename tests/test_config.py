@@ -92,10 +92,19 @@ def test_differences_list_changed_leaves():
     assert config_differences(a, b) == ["model.stages: 5 -> 3", "solver.base_lr: 1e-10 -> 0.0001"]
 
 
-def test_shipped_configs_validate():
+def test_shipped_configs_validate_and_point_into_the_repo():
+    """Every shipped config loads, and its data.root / init.weights land in the repo's data/, weights/
+    and runs/ folders (where `make demo` and the README's commands put them), from any working folder."""
     from pathlib import Path
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
-        load_config(path)
+    repo = Path(__file__).parents[1]
+    paths = sorted((repo / "configs").glob("*.yaml"))
+    assert len(paths) >= 6
+    for path in paths:
+        config = load_config(path)
+        for value in (config.data.root, config.init.weights):
+            if value is not None:
+                inside = Path(value).relative_to(repo)
+                assert inside.parts[0] in ("data", "weights", "runs"), f"{path.name}: {value}"
 
 
 def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path, monkeypatch):
