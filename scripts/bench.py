@@ -6,9 +6,11 @@ the notes), achieved GFLOP/s, and the machine's numpy sgemm GFLOP/s (the limit).
 `--launcher` (per-iteration time inside `fcnseg train` against a bare `solver.step` loop on the same
 prototxt, over a synthetic LMDB), `--torch` (the same architecture in PyTorch eager on the CPU,
 alternated with Caffe in the same run), `--import-mpix` (data-import pixels per second on a synthetic
-16-bit stack).
+16-bit stack). Each run also reports the process's peak resident memory (`peak_rss_mib`); for one net's
+peak, run one padding per process.
 
 Examples:
+  .venv/bin/python scripts/bench.py --config configs/fcn32_1ch.yaml --size 500 --pads 100 --rounds 1
   .venv/bin/python scripts/bench.py --config configs/fcn32_1ch.yaml --size 256 --iters 3
   .venv/bin/python scripts/bench.py --config configs/demo_hela.yaml --size 256 --batch 4 --launcher
 Keep the machine quiet while it runs.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -96,7 +99,14 @@ def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
     layers = layer_times(solver.net) if LAYER_TIMES else {}
     return {**({"layer_seconds": layers} if layers else {}), "pad": config.model.pad, "forward_ms": round(fwd * 1e3, 1), "train_iter_s": round(step, 3),
             "forward_gmac": round(macs / 1e9, 2), "train_gflop": round(6 * macs / 1e9, 1),
-            "train_gflops_per_s": round(6 * macs / step / 1e9, 1), "conv1_1_hw": list(conv1[2:])}
+            "train_gflops_per_s": round(6 * macs / step / 1e9, 1), "conv1_1_hw": list(conv1[2:]),
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> int:
+    """This process's peak resident memory so far (MiB). It never goes down, so measure one net per
+    process (`--pads 100 --rounds 1`) for that net's peak."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 LAYER_TIMES = False  # set by --layers

@@ -319,6 +319,21 @@ def test_effective_step_against_recipes(tmp_path, normalize, lr, momentum, kind,
     assert [f.severity for f in found] == ([expected] if expected else [])
 
 
+@pytest.mark.parametrize("tile", [256, 500])
+def test_staged_reference_rates_pass_on_small_tiles(tmp_path, tile):
+    """The README's staged recipe as shipped (16s at 1e-12, 8s at 1e-14, summed loss) on 256² or 500²
+    tiles is the reference's own fine-tuning: no solver-step finding. The same 1e-14 on the 32s net gets
+    the note that it is a fine-tuning rate (from VGG16 the weights would barely move)."""
+    from conftest import REPO, write_tiny_dataset
+    from fcnseg.config import load_config
+    data = write_tiny_dataset(tmp_path / "data", n_train=1, n_val=1, size=tile)
+    for name, lr in (("fcn16_1ch", None), ("fcn8_1ch", None), ("fcn32_1ch", 1e-14)):
+        sets = [f"data.root={data}", "init.weights=null"] + ([f"solver.base_lr={lr}"] if lr else [])
+        found = [f for f in diagnose_config(load_config(REPO / "configs" / f"{name}.yaml", sets))
+                 if f.code == "solver-step"]
+        assert [f.severity for f in found] == (["info"] if lr else []), (name, tile, format_findings(found))
+
+
 def test_batch_one_without_accumulation(tmp_path):
     assert find(run(tmp_path, small_net(), solver_text()), "batch-one").severity == "info"
     assert "batch-one" not in codes(run(tmp_path, small_net(), solver_text(extra="iter_size: 4")))

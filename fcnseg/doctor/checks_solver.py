@@ -5,7 +5,7 @@ import math
 from typing import Optional
 
 from ..caffe_env import caffe_pb2
-from .facts import (ALEXNET_STEP, REFERENCE_PIXELS, STAGE_LR_FACTOR, STEP_ERROR, STEP_SMALL_ERROR,
+from .facts import (ALEXNET_STEP, REFERENCE_PIXELS, STAGE_LR_FACTOR, STAGE_STEP_LOW, STEP_ERROR, STEP_SMALL_ERROR,
                     STEP_SMALL_WARNING, STEP_WARNING, VGG_STEP, Finding, _Net, _sci, _times, loss_heads)
 
 def _loss_mode(loss) -> str:
@@ -73,7 +73,7 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
         severity = "error" if ratio >= STEP_ERROR else "warning"
         message += " Steps that large overshoot: the loss jumps or the ReLUs die."
         return [Finding(severity, "solver-step", message, f"Pick one recipe: {ideal}, {other}.")]
-    staged = [j for j in (1, 2) if summed and abs(math.log10(ratio / STAGE_LR_FACTOR ** j)) <= math.log10(STEP_WARNING)]
+    staged = [j for j in (1, 2) if summed and STAGE_STEP_LOW <= ratio / STAGE_LR_FACTOR ** j < STEP_WARNING]
     if staged and stage >= staged[0]:
         return []  # the reference's own staged fine-tuning: 16s at 1e-12 from 32s, 8s at 1e-14 from 16s
     if staged:

@@ -35,6 +35,7 @@ VGG_STEP = 1e-10 / (1 - 0.99) * REFERENCE_PIXELS  # summed loss: per-pixel equiv
 STAGE_LR_FACTOR = 0.01            # the reference divides lr by 100 per skip stage: 1e-10, 1e-12, 1e-14
 STEP_ERROR, STEP_WARNING = 8.0, 3.0               # too large: measured overshoot
 STEP_SMALL_WARNING, STEP_SMALL_ERROR = 1e-2, 1e-4  # too small: 100x / 10^4x below the recipe
+STAGE_STEP_LOW = 0.1  # a staged 16s/8s step down to 1/10 of the reference's (e.g. 1e-12 on 256² tiles) is its recipe
 RARE_CLASS = 0.01
 
 
