@@ -34,16 +34,18 @@ def make_proto(config, out_dir, overrides):
 
     Example: fcnseg make-proto configs/fcn32_1ch.yaml -o nets/fcn32
     """
-    from .dataset import read_dataset, resolve_config  # noqa: PLC0415
+    from .dataset import describe_input, read_dataset, resolve_config  # noqa: PLC0415
     from .runs import write_definition  # noqa: PLC0415
 
-    cfg = resolve_config(load_config(config, overrides))
+    loaded = load_config(config, overrides)
+    cfg = resolve_config(loaded)
     meta = read_dataset(cfg.data.root) if cfg.data.root else None
     paths = write_definition(cfg, out_dir, meta)
     from .nets import upsampling_plan  # noqa: PLC0415
     plan = ", ".join(f"{name} {f}x" for name, f in upsampling_plan(cfg.model))
     click.echo(f"{cfg.model.arch}, {cfg.model.stages} stages (stride {cfg.model.net_stride}), "
                f"{cfg.model.num_classes} classes; upsampling: {plan}")
+    click.echo(describe_input(loaded, meta))
     for path in paths.values():
         click.echo(f"wrote {path}")
 

@@ -97,6 +97,13 @@ def input_mean_choice(config: Config, meta: Optional[dict] = None) -> tuple[Opti
     return None, f"0: no dataset to take a mean from{note}"
 
 
+def describe_input(config: Config, meta: Optional[dict] = None) -> str:
+    """One line for reports: what the net's input is and where its mean comes from, for the config as
+    loaded (before `resolve_config`), e.g. `input: (image - 114.452) * 1; mean: recorded in ...`."""
+    mean, source = input_mean_choice(config, meta)
+    return f"input: (image - {mean or 0.0:.6g}) * {config.data.scale:g}; mean: {source}"
+
+
 def resolve_config(config: Config) -> Config:
     """Return a copy of `config` with num_classes and the input mean decided (see `input_mean_choice`).
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import runs
 from .config import Config, config_differences, load_config
-from .dataset import input_mean, input_mean_choice, read_dataset, resolve_config
+from .dataset import describe_input, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
 from .metrics import confusion, predicted_classes, scores
 
@@ -415,8 +415,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         from .weights import format_report, initialize, input_mean_mismatch, scratch_warning  # noqa: PLC0415
         rows = initialize(solver.net, config, config.init.weights)
         out(format_report(rows))
-        _, source = input_mean_choice(unresolved, meta)
-        out(f"input: (image - {input_mean(config):.6g}) * {config.data.scale:g}; mean: {source}")
+        out(describe_input(unresolved, meta))
         if not config.init.weights:
             out(scratch_warning(config))
         elif (mismatch := input_mean_mismatch(config, config.init.weights)) is not None:

@@ -138,6 +138,13 @@ def test_report_says_where_the_mean_comes_from(tmp_path, data, capsys):
     assert re.search(r"input: \(image - 80\) \* 0.02; mean: train mean of .*dataset.yaml", out)
     assert main(["train", cfg, "--out", tmp_path / "b", "--set", "data.mean=12"]) == 0
     assert "input: (image - 12) * 0.02; mean: data.mean in the config" in capsys.readouterr().out
+    # make-proto decides the same way, and weights from a run bring that run's mean
+    best = tmp_path / "b" / "best.caffemodel"
+    assert main(["make-proto", cfg, "-o", tmp_path / "p", "--set", f"init.weights={best}",
+                 "--set", "data.mean=auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"input: (image - 12) * 0.02; mean: the mean of the run {tmp_path / 'b'} that trained it" in out
+    assert "mean_value: 12" in (tmp_path / "p" / "train_val.prototxt").read_text()
 
 
 def test_sigint_snapshots_and_resumes(tmp_path, data):
