@@ -146,8 +146,10 @@ def test_staged_32s_16s_8s(reference, tmp_path, capsys):
     m32 = re.search(r"input: \(image - ([\d.]+)\)", out).group(1)
     for arch, before in (("fcn16", "fcn32"), ("fcn8", "fcn16")):
         best = runs[before] / "best.caffemodel"
+        # The shipped 1e-12 / 1e-14, scaled to 32² tiles as doctor asks (it refuses steps 10^6 too small).
+        lr = {"fcn16": 1e-12, "fcn8": 1e-14}[arch] * 500 * 500 / (32 * 32)
         code, out = cli(capsys, "train", REPO / f"configs/{arch}_1ch.yaml", *sets, "--weights", best,
-                        "--out", runs[arch])
+                        "--out", runs[arch], "--set", f"solver.base_lr={lr:.3g}")
         assert code == 0, out
         rows = report_rows(out)
         shared = [n for n in rows if n.startswith(("conv", "fc", "score_fr", "score_pool4"))
@@ -157,6 +159,6 @@ def test_staged_32s_16s_8s(reference, tmp_path, capsys):
         assert rows[new].startswith("filler") and "new skip" in rows[new] and "starts at zero" in rows[new]
         assert all(r.startswith("filler") for n, r in rows.items() if n.startswith("upscore"))
         # The mean is the one the previous stage trained with, read from its run folder.
-        assert f"input: (image - {m32})" in out and f"data.mean of the run {runs[before].resolve()}" in out
+        assert f"input: (image - {m32})" in out and f"the mean of the run {runs[before].resolve()} that trained it" in out
         loaded = caffe_loads(runs[arch] / "deploy.prototxt", runs[arch] / "final.caffemodel")
         assert loaded[str(runs[arch] / "final.caffemodel")] == file_hashes(runs[arch] / "final.caffemodel")
