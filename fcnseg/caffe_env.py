@@ -34,7 +34,8 @@ def caffe_pb2():
     return import_caffe().proto.caffe_pb2
 
 
-_GPU_PROBE = "import os,sys; os.environ['GLOG_minloglevel']='3'; import caffe; caffe.set_device(int(sys.argv[1])); caffe.set_mode_gpu(); print('ok')"
+_GPU_PROBE = ("import os,sys; os.environ['GLOG_minloglevel']='3'; import caffe; "
+              "caffe.set_device(int(sys.argv[1])); caffe.set_mode_gpu(); print('ok')")
 
 
 def gpu_available(device: int) -> tuple[bool, str]:

@@ -750,7 +750,8 @@ def summary_lines(meta: dict) -> list[str]:
     if plan:
         lines.append(f"train tiles: all {plan['foreground']} holding foreground, {plan['empty_kept']} of "
                      f"{plan['empty']} empty (--empty-tiles {plan['empty_fraction']:.3g}), "
-                     + (f"each in {plan['copies']} flips/rotations (--augment)" if plan["augment"] else "no augmentation")
+                     + (f"each in {plan['copies']} flips/rotations (--augment)" if plan["augment"]
+                        else "no augmentation")
                      + f"; {plan['chosen']}")
     for split in SPLITS:
         s = meta.get("splits", {}).get(split, {})

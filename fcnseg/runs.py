@@ -185,7 +185,8 @@ class InferenceFacts:
             window = raw["window"]
             if window is not None:
                 window = {**window, "low": float(window["low"]), "high": float(window["high"])}
-            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]), "classes": [str(c) for c in raw["classes"]],
+            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]),
+                           "classes": [str(c) for c in raw["classes"]],
                            "ignore_label": int(raw["ignore_label"]), "window": window, "mean": float(raw["mean"]),
                            "scale": float(raw["scale"]), "input_channels": int(raw["input_channels"]),
                            "stages": int(raw["stages"]), "net_stride": int(raw["net_stride"]),

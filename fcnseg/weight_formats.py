@@ -144,7 +144,8 @@ def _natural_key(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _state_dict_layers(path: Path, tensors: dict[str, tuple[tuple[int, ...], Callable[[], np.ndarray]]]) -> list[SourceLayer]:
+def _state_dict_layers(path: Path,
+                       tensors: dict[str, tuple[tuple[int, ...], Callable[[], np.ndarray]]]) -> list[SourceLayer]:
     """Layers of a PyTorch state dict {key: (shape, read)}: X.weight (4-D conv or 2-D linear) with X.bias."""
     bn = [k for k in tensors if k.endswith(("running_mean", "running_var"))]
     if bn:
@@ -417,8 +418,9 @@ def _read_onnx(path: Path) -> SourceModel:
     convention, reason = _onnx_convention(model, layers)
     notes = [f"exported by {model.producer_name or 'an unknown tool'} {model.producer_version}".rstrip()]
     if first_dense is not None:
-        notes.append(f"the first dense layer reads the feature map as {'H x W x C' if flatten == 'hwc' else 'C x H x W'}"
-                     f" ({'a Transpose to NHWC precedes the flatten' if flatten == 'hwc' else 'no Transpose before the flatten'})")
+        order = "H x W x C" if flatten == "hwc" else "C x H x W"
+        why = "a Transpose to NHWC precedes the flatten" if flatten == "hwc" else "no Transpose before the flatten"
+        notes.append(f"the first dense layer reads the feature map as {order} ({why})")
     return SourceModel(path, "ONNX", layers, flatten, convention, reason, notes)
 
 

@@ -324,7 +324,8 @@ def _foreign_lines(model: SourceModel, match: Vgg16Match) -> list[str]:
                      f"{shape_text(match.fc7.shape)} -> Convolution {shape_text((fc, fc, 1, 1))}")
     else:
         lines.append(f"fc6, fc7: {match.top}")
-    lines += [f"{layer.name}: dropped ({shape_text(layer.shape)}, not part of the VGG16 trunk)" for layer in match.unused]
+    lines += [f"{layer.name}: dropped ({shape_text(layer.shape)}, not part of the VGG16 trunk)"
+              for layer in match.unused]
     return lines
 
 

@@ -1,6 +1,5 @@
 """fcnseg.train / fcnseg.evaluate on small synthetic data (seconds each)."""
 import json
-import math
 import os
 import re
 import signal

@@ -1,7 +1,6 @@
 """Checks on the solver: effective step against the recipe the loss normalisation implies, batch of one."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from ..caffe_env import caffe_pb2
