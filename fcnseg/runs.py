@@ -3,8 +3,10 @@
 A definition folder (what `fcnseg make-proto` writes) holds the resolved `config.yaml` and the three
 prototxts, plus `inference.yaml` when the dataset is known. A run folder (what `fcnseg train` writes) is a
 definition folder plus caffe.log, metrics.jsonl, plots, snapshots/, best.caffemodel and
-final.caffemodel. Everything is written under a temporary name and renamed, so an interrupted write
-never leaves a half file behind.
+final.caffemodel. Everything is written under a temporary name and renamed (`write_atomic`, the one
+writer every module uses), so an interrupted write never leaves a half file behind. Snapshots are
+snapshots/train_iter_N.{caffemodel,solverstate}; `snapshot_stem` writes and `snapshot_iteration` reads
+those names, here only.
 
 `inference.yaml` holds every fact inference needs besides the deploy net and the weights (classes,
 intensity window, mean, scale, padding ...), copied from the config and the dataset when training
@@ -16,7 +18,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import yaml
 
@@ -32,21 +34,32 @@ DEPLOY_FILE = "deploy.prototxt"
 METRICS_FILE = "metrics.jsonl"
 CAFFE_LOG = "caffe.log"
 SNAPSHOT_DIR = "snapshots"
+SNAPSHOT_PREFIX = f"{SNAPSHOT_DIR}/train"  # Caffe appends _iter_N.caffemodel / _iter_N.solverstate
 BEST_WEIGHTS = "best.caffemodel"
 FINAL_WEIGHTS = "final.caffemodel"
 EVAL_FILE = "eval.json"
 INFERENCE_FILE = "inference.yaml"
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` for a temporary path next to `path`, then rename it to `path`.
+
+    The temporary name (.NAME.tmpPID.SUFFIX) keeps the suffix, so writers that pick a format from it
+    (matplotlib, numpy, PIL) write the right one. When `write` raises, the exception propagates and
+    neither `path` nor the temporary file is left changed or behind.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
-        tmp.write_bytes(data)
+        write(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -244,15 +257,38 @@ def load_run(run_dir: str | Path) -> tuple[Path, Config]:
     return run_dir, load_config(run_dir / CONFIG_FILE)
 
 
+def snapshot_stem(iteration: int) -> str:
+    """The file stem Caffe gives the snapshot of `iteration` under SNAPSHOT_PREFIX (train_iter_N)."""
+    return f"{Path(SNAPSHOT_PREFIX).name}_iter_{iteration}"
+
+
+def snapshot_iteration(path: str | Path) -> Optional[int]:
+    """The iteration in a snapshot's name (…_iter_N.caffemodel / .solverstate), None for other names."""
+    _, sep, number = Path(path).stem.rpartition("_iter_")
+    return int(number) if sep and number.isdigit() else None
+
+
+def newest_snapshot(run_dir: Path, suffix: str) -> Optional[Path]:
+    """The snapshot with the highest iteration in run_dir/snapshots ending in `suffix` (".caffemodel" or
+    ".solverstate"; complete ones only, the partial ones live in a hidden subfolder), or None."""
+    found = [(it, p) for p in (Path(run_dir) / SNAPSHOT_DIR).glob(f"*_iter_*{suffix}")
+             if (it := snapshot_iteration(p)) is not None]
+    return max(found)[1] if found else None
+
+
+def newest_solverstate(run_dir: Path) -> Optional[Path]:
+    """The solverstate with the highest iteration in run_dir/snapshots (what --resume continues from)."""
+    return newest_snapshot(run_dir, ".solverstate")
+
+
 def run_weights(run_dir: Path) -> Path:
     """best.caffemodel, else final.caffemodel, else the newest snapshot; RunError when none exist."""
     for name in (BEST_WEIGHTS, FINAL_WEIGHTS):
         if (run_dir / name).is_file():
             return run_dir / name
-    snaps = sorted((run_dir / SNAPSHOT_DIR).glob("*_iter_*.caffemodel"),
-                   key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]))
-    if snaps:
-        return snaps[-1]
+    snap = newest_snapshot(run_dir, ".caffemodel")
+    if snap is not None:
+        return snap
     raise RunError(f"{run_dir}: no weights (best.caffemodel, final.caffemodel or snapshots/); "
                    "train first, or pass --weights")
 
