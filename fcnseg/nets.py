@@ -129,13 +129,26 @@ def _upsample(bottom, k, factor):
 
 
 def _crop(top_from, top_to):
-    """Caffe's coord_map crop of `top_from` to `top_to`; ConfigError when no valid offset exists."""
-    from caffe.coord_map import crop  # noqa: PLC0415 - needs pycaffe
+    """Caffe's coord_map crop of `top_from` to `top_to`; ConfigError when no valid offset exists.
+
+    coord_map's own `crop` checks the offset with `assert`s, which `python -O` drops (a negative offset
+    then reaches protobuf as a traceback); the same three checks are made here as plain conditions.
+    """
+    import numpy as np  # noqa: PLC0415
+    from caffe.coord_map import coord_map_from_to  # noqa: PLC0415 - needs pycaffe
     try:
-        return crop(top_from, top_to)
-    except (AssertionError, RuntimeError) as exc:  # geometry that cannot be cropped
-        raise ConfigError(f"model: the net's geometry cannot be cropped back to the input ({exc}); "
-                          "use the default model.pad") from None
+        axis, scale, shift = coord_map_from_to(top_from, top_to)
+    except (AssertionError, RuntimeError) as exc:  # tops without a common map
+        problem = str(exc)
+    else:
+        problem = (f"scale mismatch on crop (a = {scale})" if not (scale == 1).all()
+                   else f"cannot crop negative offset (b = {shift})" if not (shift <= 0).all()
+                   else f"cannot crop noninteger offset (b = {shift})" if not (np.round(shift) == shift).all()
+                   else None)
+    if problem is not None:
+        raise ConfigError(f"model: the net's geometry cannot be cropped back to the input ({problem}); "
+                          "use the default model.pad")
+    return _L().Crop(top_from, top_to, crop_param=dict(axis=axis + 1, offset=list(-np.round(shift).astype(int))))
 
 
 def _align_skip(n, up, score_pool, stage):

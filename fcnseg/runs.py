@@ -86,18 +86,26 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
     """Write config.yaml, train_val.prototxt, solver.prototxt and deploy.prototxt into `out_dir`, and
     inference.yaml when the dataset's `meta` (dataset.yaml) is given.
 
-    `config` must be resolved (num_classes known). Returns {file kind: path}. Raises ConfigError for
-    geometry the net cannot support, before anything is written.
+    `config` must be resolved (num_classes known). Both nets are checked with `geometry` (every crop
+    offset, the score aligned with the input) before anything is written. Returns {file kind: path}.
+    Raises ConfigError for geometry the net cannot support.
     """
+    from .geometry import geometry_problems, phase_net  # noqa: PLC0415
     from .nets import deploy_net, train_val_net  # noqa: PLC0415 - these need pycaffe
     from .solver import solver_param  # noqa: PLC0415
 
     out = Path(out_dir)
     h, w = deploy_size(config, meta)
+    train_val, deploy = train_val_net(config), deploy_net(config, h, w)
+    for name, net in ((TRAIN_VAL_FILE, phase_net(train_val, "TRAIN")), (DEPLOY_FILE, deploy)):
+        problems = geometry_problems(net)
+        if problems:
+            raise ConfigError(f"model: the {name} fcnseg built is not aligned with its input "
+                              f"({'; '.join(problems)}); use the default model.pad")
     texts = {
-        TRAIN_VAL_FILE: str(train_val_net(config)),
+        TRAIN_VAL_FILE: str(train_val),
         SOLVER_FILE: str(solver_param(config, val_batches(config, meta), TRAIN_VAL_FILE)),
-        DEPLOY_FILE: str(deploy_net(config, h, w)),
+        DEPLOY_FILE: str(deploy),
         CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False),
     }
     if meta is not None:
