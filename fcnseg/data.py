@@ -30,8 +30,10 @@ import numpy as np
 import yaml
 
 from . import __version__, runs
-from .dataset import DATASET_FILE, SPLITS, dataset_paths, datum_bytes, read_dataset
+from .dataset import (DATASET_FILE, SPLITS, DatasetInfo, Split, class_names, dataset_paths, datum_bytes,
+                      read_dataset)
 from .errors import DataError
+from .geometry import tile_origins
 from .images import (DEFAULT_PERCENTILES, IMAGE_SUFFIXES, WindowEstimator, apply_window, overlay, read_image,
                      read_mask, read_time_stack)
 
@@ -317,11 +319,8 @@ def map_labels(mask: np.ndarray, label_map: dict[int, int], binarize: bool,
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side `tile` overlapping by `overlap` that cover 0..length; the last may
-    run past the end (the caller pads)."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    return [i * stride for i in range(-(-(length - tile) // stride) + 1)]
+    run past the end (the caller pads). `geometry.tile_origins` with every start a multiple of the step."""
+    return tile_origins(length, tile, tile - overlap, tile - overlap)
 
 
 def cut_tiles(image: np.ndarray, labels: np.ndarray, tile: Optional[int], overlap: int, ignore_label: int):
@@ -733,7 +732,7 @@ def _publish(tmp: Path, out: Path) -> None:
 def summary_lines(meta: dict) -> list[str]:
     """Human-readable summary of a dataset.yaml: classes, window, tiling, per-split counts."""
     k = int(meta["num_classes"])
-    names = meta.get("classes") or [f"class {i}" for i in range(k)]
+    names = class_names(meta, k)
     window = meta.get("window")
     if window is None:
         window_text = "8-bit data, passed through unchanged"
@@ -775,7 +774,7 @@ def dataset_warnings(meta: dict) -> list[str]:
     """The risks in a dataset.yaml worth a warning: rare or missing classes, a clipping window, mostly
     ignored pixels, mixed sizes without tiles, a tiny val split."""
     k = int(meta["num_classes"])
-    names = meta.get("classes") or [f"class {i}" for i in range(k)]
+    names = class_names(meta, k)
     found = []
     for split in SPLITS:
         s = meta.get("splits", {}).get(split, {})
@@ -804,7 +803,7 @@ def dataset_warnings(meta: dict) -> list[str]:
         found.append(f"train: {', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the source pixels; "
                      "besides the tiling above, weight the loss towards it with loss.foreground_weight "
                      "(configs/demo_bacteria.yaml uses 1.0)")
-    if len(meta.get("splits", {}).get("val", {}).get("sources", [])) == 1:
+    if len(DatasetInfo.from_meta(meta).splits.get("val", Split()).sources) == 1:
         found.append("val: one source image only; val scores will be noisy")
     return found
 
@@ -815,9 +814,10 @@ def describe_dataset(root: str | Path) -> tuple[list[str], list[str]]:
     import lmdb  # noqa: PLC0415
 
     meta = read_dataset(root)
+    info = DatasetInfo.from_meta(meta)
     warnings = dataset_warnings(meta)
     for name, path in dataset_paths(str(root)).items():
-        expected = meta.get("splits", {}).get(name.split("_")[0], {}).get("samples")
+        expected = info.splits.get(name.split("_")[0], Split()).samples
         try:
             with lmdb.open(path, readonly=True, lock=False, subdir=True) as env:
                 entries = env.stat()["entries"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import runs
-from .dataset import read_dataset, resolve_config
+from .dataset import DatasetInfo, read_dataset, resolve_config
 from .errors import RunError
 
 
@@ -33,7 +33,7 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
                        "pass --data DIR where it is now")
     config = resolve_config(config)
     meta = read_dataset(config.data.root)
-    samples = int(meta.get("splits", {}).get(split, {}).get("samples", 0))
+    samples = DatasetInfo.from_meta(meta).samples(split)
     if samples < 1:
         raise RunError(f"{config.data.root}: the {split} split is empty")
     weights_path = Path(weights) if weights else runs.run_weights(run_dir)

@@ -10,6 +10,8 @@ Deconvolution: y = s * x + (k-1)/2 - p.  Crop by offset o: y = x - o.
 A Crop of blob A to reference R is valid when scale_A == scale_R, and its offset must be
 shift_A - shift_R (an integer >= 0).
 
+`tile_origins` is the tiling rule shared by import and infer (tiles on the net's pooling grid).
+
 Only the height axis is followed; nets with different height and width geometry (kernel_w, pad_w ...)
 are judged by their height. Where a layer has several mapped bottoms (Eltwise, Concat) the first one
 is followed, as coord_map does.
@@ -251,3 +253,14 @@ def geometry_problems(net, input_blob: str = "data", output: str = "score") -> l
         m = traces[output].map
         problems.append(f"'{output}' is not aligned with '{input_blob}' (y = {m.scale} x + {m.shift})")
     return problems
+
+
+def tile_origins(length: int, tile: int, step: int, stride: int) -> list[int]:
+    """Origins of tiles of side `tile`, at most `step` apart, covering 0..length: the one tiling rule of
+    import (`data.tile_starts`, stride = step: the last tile runs past the end and is padded) and infer
+    (stride = the net stride: origins stay on the pooling grid and the last tile is cut off at `length`,
+    up to stride - 1 pixels short). The last origin is the first multiple of `stride` at or beyond
+    length - tile; one tile at 0 when the length fits in it."""
+    if length <= tile:
+        return [0]
+    return list(range(0, length - tile, step)) + [-(-(length - tile) // stride) * stride]

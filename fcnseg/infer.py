@@ -28,6 +28,7 @@ import numpy as np
 
 from . import runs
 from .errors import ConfigError, DataError, FcnsegError, RunError
+from .geometry import tile_origins
 from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
 
 # Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
@@ -168,15 +169,6 @@ def tiling_for(shape: tuple[int, int], tile: Optional[int], overlap: Optional[in
         return None
     tiling = make_tiling(tile, overlap, stride)
     return None if max(shape) <= tiling.tile else tiling
-
-
-def tile_origins(length: int, tile: int, step: int, stride: int) -> list[int]:
-    """Origins of tiles of side `tile`, at most `step` apart, covering 0..length; each tile is cut off at
-    `length`. All are multiples of `stride` (given a `step` that is), so the last tile may be up to
-    stride - 1 pixels shorter than `tile`."""
-    if length <= tile:
-        return [0]
-    return list(range(0, length - tile, step)) + [_ceil_to(length - tile, stride)]
 
 
 def softmax(score: np.ndarray) -> np.ndarray:

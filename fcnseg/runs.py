@@ -24,7 +24,7 @@ import yaml
 
 from . import __version__
 from .config import Config, load_config, read_yaml
-from .dataset import class_names, input_mean, read_dataset, resolve_config
+from .dataset import DatasetInfo, class_names, input_mean, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
 
 CONFIG_FILE = "config.yaml"
@@ -69,8 +69,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def deploy_size(config: Config, meta: dict | None = None) -> tuple[int, int]:
     """The H, W written into deploy.prototxt (the net is reshaped per image at inference anyway)."""
-    if meta and meta.get("tile"):
-        return int(meta["tile"]), int(meta["tile"])
+    tile = DatasetInfo.from_meta(meta).tile
+    if tile:
+        return tile, tile
     return tuple(config.model.deploy_size)
 
 
@@ -78,7 +79,7 @@ def val_batches(config: Config, meta: dict | None) -> int:
     """Batches per pass over the val split, from the dataset's stored count (1 without a dataset)."""
     if not meta:
         return 1
-    count = int(meta.get("splits", {}).get("val", {}).get("samples", 0))
+    count = DatasetInfo.from_meta(meta).samples("val")
     return max(1, math.ceil(count / config.data.batch_size))
 
 
@@ -226,7 +227,7 @@ def inference_facts(config: Config, meta: dict) -> InferenceFacts:
     model, k = config.model, config.model.num_classes
     return InferenceFacts(
         num_classes=k, classes=class_names(meta, k), ignore_label=config.data.ignore_label,
-        window=meta.get("window"), mean=input_mean(config), scale=float(config.data.scale),
+        window=DatasetInfo.from_meta(meta).window, mean=input_mean(config), scale=float(config.data.scale),
         input_channels=model.input_channels, pad=model.pad, arch=model.arch, stages=model.stages,
         net_stride=model.net_stride, input_multiple=input_multiple(model),
         dataset=None if config.data.root is None else str(config.data.root))

@@ -23,7 +23,7 @@ import numpy as np
 from . import runs
 from .caffe_env import CaffeLogRedirect
 from .config import Config, config_differences, load_config
-from .dataset import describe_input, read_dataset, resolve_config
+from .dataset import DatasetInfo, describe_input, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
 from .metrics import validate
 from .recipes import NORMALIZED, SCRATCH, SCRATCH_MAX_STAGES, SUMMED
@@ -89,12 +89,13 @@ def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tup
 
 
 def _check_batching(config: Config, meta: dict) -> None:
-    sizes = {tuple(s) for split in meta.get("splits", {}).values() for s in split.get("sizes", [])}
-    if config.data.batch_size > 1 and not meta.get("tile") and len(sizes) > 1:
+    info = DatasetInfo.from_meta(meta)
+    sizes = info.sizes
+    if config.data.batch_size > 1 and not info.tile and len(sizes) > 1:
         raise ConfigError(f"data.batch_size is {config.data.batch_size} but {config.data.root} holds images "
                           f"of {len(sizes)} different sizes; use data.batch_size: 1 or import with --tile N")
     for split in ("train", "val"):
-        if int(meta.get("splits", {}).get(split, {}).get("samples", 0)) < 1:
+        if info.samples(split) < 1:
             raise DataError(f"{config.data.root}: the {split} split is empty; re-import with a val split "
                             "(--val-fraction or --val-frames)")
 
@@ -384,7 +385,7 @@ def _restore(solver, state: Path, run_dir: Path, iter_size: int) -> None:
 def _loop(solver, trainer: Trainer, tqdm) -> int:
     c, run_dir = trainer.config, trainer.run_dir
     max_iter, start = c.solver.max_iter, solver.iter
-    k, samples = c.model.num_classes, int(trainer.meta["splits"]["val"]["samples"])
+    k, samples = c.model.num_classes, DatasetInfo.from_meta(trainer.meta).samples("val")
     restore_signals = _install_signal_handlers(trainer)
     last_snapshot = None
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)

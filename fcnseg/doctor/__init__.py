@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..dataset import read_dataset, resolve_config
+from ..dataset import DatasetInfo, Split, read_dataset, resolve_config
 from ..errors import ConfigError, DataError, WeightsError
 from ..geometry import SOURCES
 from .checks_data import check_data, check_housekeeping, check_mean, majority_share
@@ -177,8 +177,8 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
                                 "Import the data with `fcnseg data import`, or fix data.root."))
     net = train_val_net(config)
     solver = solver_param(config, val_batches(config, meta))
-    tile = (meta or {}).get("tile")
-    val = (meta or {}).get("splits", {}).get("val", {}).get("samples")
+    info = DatasetInfo.from_meta(meta)
+    tile, val = info.tile, info.splits.get("val", Split()).samples
     weights = config.init.weights
     findings += diagnose(net, solver, weights=weights, input_channels=config.model.input_channels,
                          image_size=(int(tile), int(tile)) if tile else None, val_samples=val,
