@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import vgg16
+from . import recipes, vgg16
 from .errors import ConfigError
 
 # Which pooling outputs a head fuses: fcn32s none, fcn16s the one before the last, fcn8s two.
@@ -76,13 +76,13 @@ class LossConfig(_Section):
 
 class SolverConfig(_Section):
     type: Literal["SGD", "Nesterov", "Adam"] = "SGD"
-    base_lr: float = Field(1e-10, gt=0)
+    base_lr: float = Field(recipes.SUMMED.base_lr, gt=0)  # the defaults are the reference's summed-loss recipe
     lr_policy: Literal["fixed", "step", "multistep", "poly", "exp", "inv"] = "fixed"
     gamma: Optional[float] = None
     stepsize: Optional[int] = Field(None, ge=1)
     stepvalue: Optional[list[int]] = None
     power: Optional[float] = None
-    momentum: float = Field(0.99, ge=0, lt=1)
+    momentum: float = Field(recipes.SUMMED.momentum, ge=0, lt=1)
     momentum2: float = Field(0.999, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     iter_size: int = Field(1, ge=1)

@@ -8,8 +8,8 @@
 - `SCRATCH`: no pretrained weights. Adam at ~1e-4 on a normalized loss, at most 3 pooling stages, msra
   fillers (measured on the HeLa demo).
 
-Used by doctor (the effective-step check and its advice), train (the messages when a run does not learn
-or diverges) and weights (the from-scratch warning). Imports nothing.
+Used by config (the solver defaults), doctor (the effective-step check and its advice), train (the
+messages when a run does not learn or diverges) and weights (the from-scratch warning). Imports nothing.
 """
 from __future__ import annotations
 

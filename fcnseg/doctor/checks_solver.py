@@ -97,7 +97,7 @@ def check_batch(batch: Optional[int], solver) -> list[Finding]:
     return [Finding(
         "info", "batch-one",
         "Each step sees one image (batch_size 1, iter_size 1). The VGG reference does this on purpose with "
-        "momentum 0.99, which averages ~100 steps; with lower momentum or Adam the steps are noisy.",
+        f"momentum {SUMMED.momentum:g}, which averages ~100 steps; with lower momentum or Adam the steps are noisy.",
         "Raise batch_size (equal-size tiles), or accumulate with iter_size (FCN-AlexNet uses 20).")]
 
 
