@@ -2,6 +2,7 @@
 
 `evaluate(run_dir, data=None, weights=None, split="val")` returns the metrics dict and writes
 eval.json next to the weights' run (RUN_DIR/eval.json, or WEIGHTS.eval.json for outside weights).
+It asks `nets` for the run's net with the TEST phase reading `split`, and scores it with `metrics.validate`.
 """
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ health checks.
 `train(config, run_dir, ...)` is the one entry point. It writes the run folder (see runs.py), checks the
 setup with doctor first, initialises from pretrained weights (weights.py), then steps the solver one
 iteration at a time so it can validate, snapshot, watch the loss and react to signals between steps.
+What it shares with eval lives in building blocks: the val pass (`metrics.validate`), Caffe's log
+(`caffe_env.CaffeLogRedirect`), snapshot names and the resume point (`runs`); its advice when a run does
+not learn quotes `recipes`.
 """
 from __future__ import annotations
 
