@@ -23,12 +23,14 @@ setup:
 	bash scripts/setup.sh
 	touch $(STAMP)
 
-# The whole suite, slow tests (full-size VGG16, real data) included.
+# The linter (configured in pyproject.toml), then the whole suite, slow tests (full-size VGG16, real data) included.
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The main job on real data: HeLa nuclei, frames 0-15 train, 16-19 val, ~15 min of training on 2 cores.

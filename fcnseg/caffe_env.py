@@ -3,12 +3,14 @@
 `import_caffe()` returns the module (glog silenced unless FCNSEG_CAFFE_LOG says otherwise);
 `set_device(gpu)` switches modes after probing, in a child process, that the build has CUDA and the
 device exists: a CPU-only Caffe hit with a GPU call dies with SIGABRT, which Python cannot catch.
+`CaffeLogRedirect(path)` sends Caffe's glog output to a run's caffe.log while Python keeps the terminal.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Optional
 
 from .errors import CaffeUnavailableError
@@ -34,7 +36,8 @@ def caffe_pb2():
     return import_caffe().proto.caffe_pb2
 
 
-_GPU_PROBE = "import os,sys; os.environ['GLOG_minloglevel']='3'; import caffe; caffe.set_device(int(sys.argv[1])); caffe.set_mode_gpu(); print('ok')"
+_GPU_PROBE = ("import os,sys; os.environ['GLOG_minloglevel']='3'; import caffe; "
+              "caffe.set_device(int(sys.argv[1])); caffe.set_mode_gpu(); print('ok')")
 
 
 def gpu_available(device: int) -> tuple[bool, str]:
@@ -64,3 +67,28 @@ def set_device(gpu: Optional[int]):
     caffe.set_device(gpu)
     caffe.set_mode_gpu()
     return caffe
+
+
+class CaffeLogRedirect:
+    """Send file descriptor 2 (where glog writes) to caffe.log while Python's stderr keeps the terminal."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._log = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._old_stderr = sys.stderr
+        sys.stderr = os.fdopen(os.dup(self._saved), "w", buffering=1)
+        os.dup2(self._log, 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        sys.stderr.close()
+        sys.stderr = self._old_stderr
+        os.close(self._log)
+        os.close(self._saved)
+        return False

@@ -13,8 +13,6 @@ the file's bytes, the parsed message and the numpy copies at once.
 from __future__ import annotations
 
 import math
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -23,9 +21,8 @@ import numpy as np
 
 from .caffe_env import caffe_pb2
 from .errors import WeightsError
+from .runs import write_atomic
 
-# The VGG trunk's convolutions by name, conv<stage>_<index>: the layers fcnseg always loads from weights.
-TRUNK_CONV = re.compile(r"conv(\d+)_(\d+)$")
 CONVERT_HINT = "fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o vgg16_1ch.caffemodel"
 # V1 `layers` type enum names -> new-style type names, for the layer types that carry weights.
 V1_TYPES = {"CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "DECONVOLUTION": "Deconvolution"}
@@ -288,20 +285,20 @@ def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[object,
     layer's floats need be in memory. Raises WeightsError when the file cannot be written.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as out:
             out.write(caffe_pb2().NetParameter(name=name).SerializeToString())
             for header, arrays in layers:
                 _write_layer(out, header, arrays)
                 del header, arrays  # free this layer's floats before the next is read
-        tmp.replace(path)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, write)
     except OSError as exc:
         raise WeightsError(f"{path}: cannot write the converted model ({exc.strerror}); "
                            "choose another -o") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path.stat().st_size
 
 

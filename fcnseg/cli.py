@@ -130,7 +130,8 @@ def data_group():
 @click.option("--window-values", default=None, metavar="LO,HI", help="A fixed intensity window instead.")
 @click.option("--tile", type=int, default=None, metavar="N", help="Cut images into NxN tiles (edges padded).")
 @click.option("--tile-overlap", type=int, default=0, show_default=True, metavar="M", help="Overlap of tiles.")
-@click.option("--val-fraction", type=float, default=None, metavar="F", help="Fraction of sources for val (default 0.2).")
+@click.option("--val-fraction", type=float, default=None, metavar="F",
+              help="Fraction of sources for val (default 0.2).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random val split.")
 @click.option("--val", default=None, metavar="LIST",
               help="Val sources by name: frames of a stack (16-19 or 16,17,18,19) or file stems (a,b).")
@@ -143,7 +144,8 @@ def data_group():
 def data_import(images, labels, out_dir, **options):
     """Import images and masks into train/val LMDBs of Caffe Datums.
 
-    Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256 --val 16-19 -o data/hela_ds
+    Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256
+    --val 16-19 -o data/hela_ds
     """
     from .data import ImportOptions, import_dataset  # noqa: PLC0415
 

@@ -15,12 +15,11 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import recipes, vgg16
 from .errors import ConfigError
 
 # Which pooling outputs a head fuses: fcn32s none, fcn16s the one before the last, fcn8s two.
 SKIPS_BY_ARCH = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}
-VGG16_STAGE_CONVS = (2, 2, 3, 3, 3)
-VGG16_STAGE_CHANNELS = (64, 128, 256, 512, 512)
 # Config keys that hold file or folder paths (section, key).
 PATH_KEYS = (("data", "root"), ("init", "weights"))
 
@@ -35,7 +34,7 @@ class ModelConfig(_Section):
     stages: int = Field(5, ge=1, le=5)
     num_classes: Optional[int] = Field(None, ge=2)
     input_channels: int = Field(1, ge=1)
-    fc_channels: int = Field(4096, ge=1)
+    fc_channels: int = Field(vgg16.FC_CHANNELS, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     pad: Union[Literal["minimal"], int] = 100
     deploy_size: list[int] = Field(default_factory=lambda: [512, 512], min_length=2, max_length=2)
@@ -77,13 +76,13 @@ class LossConfig(_Section):
 
 class SolverConfig(_Section):
     type: Literal["SGD", "Nesterov", "Adam"] = "SGD"
-    base_lr: float = Field(1e-10, gt=0)
+    base_lr: float = Field(recipes.SUMMED.base_lr, gt=0)  # the defaults are the reference's summed-loss recipe
     lr_policy: Literal["fixed", "step", "multistep", "poly", "exp", "inv"] = "fixed"
     gamma: Optional[float] = None
     stepsize: Optional[int] = Field(None, ge=1)
     stepvalue: Optional[list[int]] = None
     power: Optional[float] = None
-    momentum: float = Field(0.99, ge=0, lt=1)
+    momentum: float = Field(recipes.SUMMED.momentum, ge=0, lt=1)
     momentum2: float = Field(0.999, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     iter_size: int = Field(1, ge=1)

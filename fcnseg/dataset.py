@@ -2,13 +2,16 @@
 
 Layout: DIR/{train,val}_{images,labels}_lmdb/ and DIR/dataset.yaml. `dataset_paths(root)` gives the
 LMDB paths (placeholders when root is None, so prototxts can be written without data on disk);
-`read_dataset(root)` the parsed dataset.yaml; `resolve_config(config)` fills num_classes and mean from it
-and refuses disagreements. The LMDB records are Caffe Datums: `datum_bytes(array)` encodes one,
-`datum_array(raw)` decodes one. No Caffe needed to import this module; the Datum functions need pycaffe.
+`read_dataset(root)` the parsed dataset.yaml (a dict, as written; `DatasetInfo.from_meta(meta)` is the
+typed view of what later stages read from it: classes, window, mean, tile, per-split samples and sizes);
+`resolve_config(config)` fills num_classes and mean from it and refuses disagreements. The LMDB records
+are Caffe Datums: `datum_bytes(array)` encodes one, `datum_array(raw)` decodes one. No Caffe needed to
+import this module; the Datum functions need pycaffe.
 """
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +24,52 @@ from .errors import ConfigError, DataError
 DATASET_FILE = "dataset.yaml"
 PLACEHOLDER_ROOT = "DATA_ROOT"  # written into prototxts when no data.root is set
 SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of an imported dataset: its sample (tile) count, source names and image sizes (H, W)."""
+
+    samples: Optional[int] = None  # None: not recorded
+    sources: tuple[str, ...] = ()
+    sizes: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the stages after import (train, eval, infer, doctor, make-proto) read from dataset.yaml, typed.
+
+    The file holds more (class pixel counts, tile plan, provenance) for `fcnseg data show`. An absent key
+    reads as None (or no splits, mean 0), as for a definition written without a dataset.
+    """
+
+    num_classes: Optional[int] = None
+    classes: Optional[tuple[str, ...]] = None
+    window: Optional[dict] = None  # None: 8-bit data, used as it is
+    mean: float = 0.0  # the train split's mean on 0-255
+    tile: Optional[int] = None  # None: whole images
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    @classmethod
+    def from_meta(cls, meta: Optional[dict]) -> "DatasetInfo":
+        """The typed view of a parsed dataset.yaml (`read_dataset`); None or {} gives the empty one."""
+        meta = meta or {}
+        splits = {name: Split(None if s.get("samples") is None else int(s["samples"]),
+                              tuple(s.get("sources") or ()), tuple(tuple(x) for x in s.get("sizes") or ()))
+                  for name, s in (meta.get("splits") or {}).items()}
+        return cls(num_classes=None if meta.get("num_classes") is None else int(meta["num_classes"]),
+                   classes=tuple(str(c) for c in meta["classes"]) if meta.get("classes") else None,
+                   window=meta.get("window"), mean=float(meta.get("mean", 0.0)),
+                   tile=int(meta["tile"]) if meta.get("tile") else None, splits=splits)
+
+    def samples(self, split: str) -> int:
+        """Samples (tiles) in `split`, 0 when the split or its count is not recorded."""
+        return self.splits.get(split, Split()).samples or 0
+
+    @property
+    def sizes(self) -> set[tuple[int, ...]]:
+        """The distinct image sizes (H, W) over all splits."""
+        return {size for split in self.splits.values() for size in split.sizes}
 
 
 def dataset_paths(root: Optional[str]) -> dict[str, str]:
@@ -93,7 +142,7 @@ def input_mean_choice(config: Config, meta: Optional[dict] = None) -> tuple[Opti
     else:
         note = ""
     if meta is not None:
-        return float(meta.get("mean", 0.0)), f"train mean of {config.data.root}/{DATASET_FILE}{note}"
+        return DatasetInfo.from_meta(meta).mean, f"train mean of {config.data.root}/{DATASET_FILE}{note}"
     return None, f"0: no dataset to take a mean from{note}"
 
 
@@ -132,7 +181,7 @@ def resolve_config(config: Config) -> Config:
 
 def class_names(meta: dict, num_classes: int) -> list[str]:
     """The dataset's class names (dataset.yaml `classes`), else 'class 0', 'class 1', ..."""
-    return [str(n) for n in meta.get("classes") or [f"class {i}" for i in range(num_classes)]]
+    return list(DatasetInfo.from_meta(meta).classes or [f"class {i}" for i in range(num_classes)])
 
 
 def input_mean(config: Config) -> float:

@@ -2,6 +2,7 @@
 
 `evaluate(run_dir, data=None, weights=None, split="val")` returns the metrics dict and writes
 eval.json next to the weights' run (RUN_DIR/eval.json, or WEIGHTS.eval.json for outside weights).
+It asks `nets` for the run's net with the TEST phase reading `split`, and scores it with `metrics.validate`.
 """
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ from pathlib import Path
 from typing import Optional
 
 from . import runs
-from .dataset import dataset_paths, read_dataset, resolve_config
+from .dataset import DatasetInfo, read_dataset, resolve_config
 from .errors import RunError
 
 
 def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[str] = None,
              split: str = "val") -> tuple[dict, Path]:
     """Metrics of the run's weights on `split` of its dataset (or of `data`). Returns (result, eval path)."""
-    from .caffe_env import import_caffe  # noqa: PLC0415
+    from .caffe_env import CaffeLogRedirect, import_caffe  # noqa: PLC0415
     from .caffemodel import load_trained  # noqa: PLC0415
+    from .metrics import validate  # noqa: PLC0415
     from .nets import fixed_layers, train_val_net  # noqa: PLC0415
-    from .train import CaffeLogRedirect, validate  # noqa: PLC0415
 
     run_dir, config = runs.load_run(run_dir)
     if data is not None:
@@ -33,19 +34,14 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
                        "pass --data DIR where it is now")
     config = resolve_config(config)
     meta = read_dataset(config.data.root)
-    samples = int(meta.get("splits", {}).get(split, {}).get("samples", 0))
+    samples = DatasetInfo.from_meta(meta).samples(split)
     if samples < 1:
         raise RunError(f"{config.data.root}: the {split} split is empty")
     weights_path = Path(weights) if weights else runs.run_weights(run_dir)
     if not weights_path.is_file():
         raise RunError(f"{weights_path}: weights file not found")
 
-    net_param = train_val_net(config)
-    paths = dataset_paths(config.data.root)
-    for layer in net_param.layer:  # point the TEST phase at the requested split
-        if layer.type == "Data" and layer.include and layer.include[0].phase == 1:
-            kind = "images" if layer.name == "data" else "labels"
-            layer.data_param.source = paths[f"{split}_{kind}"]
+    net_param = train_val_net(config, val_split=split)
     proto = run_dir / f".eval.{split}.prototxt"
     runs.write_text_atomic(proto, str(net_param))
     caffe = import_caffe()

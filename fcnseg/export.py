@@ -50,8 +50,8 @@ class ExportResult:
             "the windowed 0-255 image"
         return [f"wrote {self.path} ({self.size_bytes / 2**20:.1f} MB, {self.nodes} nodes, opset {OPSET}) from "
                 f"{self.weights} in {self.seconds:.1f} s",
-                f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; outputs `{SCORES}` (class scores) and "
-                f"`{PROBABILITIES}` (their softmax), 1 x K x H x W"]
+                f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; "
+                f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"]
 
 
 class _Graph:

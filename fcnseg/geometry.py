@@ -1,13 +1,16 @@
 """Coordinate maps of a Caffe NetParameter: where each blob's pixels sit relative to the input.
 
 The same arithmetic as Caffe's python/caffe/coord_map.py, but over a parsed prototxt (caffe_pb2), so it
-serves both `make-proto` (checking its own output) and `doctor` (reading someone else's files).
+serves both `make-proto` (checking its own output with `geometry_problems` before anything is written)
+and `doctor` (reading someone else's files).
 
 A map (scale, shift) says blob coordinate y = scale * x + shift for input coordinate x.
 Convolution/Pooling (kernel k, stride s, pad p): y = (x + p - (k-1)/2) / s.
 Deconvolution: y = s * x + (k-1)/2 - p.  Crop by offset o: y = x - o.
 A Crop of blob A to reference R is valid when scale_A == scale_R, and its offset must be
 shift_A - shift_R (an integer >= 0).
+
+`tile_origins` is the tiling rule shared by import and infer (tiles on the net's pooling grid).
 
 Only the height axis is followed; nets with different height and width geometry (kernel_w, pad_w ...)
 are judged by their height. Where a layer has several mapped bottoms (Eltwise, Concat) the first one
@@ -231,3 +234,33 @@ def trunk_stride(net, input_blob: str = "data") -> Optional[int]:
     scales = [t.map.scale for t in traces.values() if t.upsampling == 1]
     smallest = min(scales, default=Fraction(1))
     return int(1 / smallest) if smallest > 0 and (1 / smallest).denominator == 1 else None
+
+
+def geometry_problems(net, input_blob: str = "data", output: str = "score") -> list[str]:
+    """What is wrong with the geometry of `net` (a NetParameter of one phase), one line each: every Crop
+    whose offsets differ from those the coordinate maps require (or that has none), and an `output` that
+    does not sit on `input_blob` pixel for pixel (scale 1, shift 0). Empty for a sound net.
+
+    Plain arithmetic, no `assert`, so the check holds under `python -O`, where the asserts of Caffe's
+    coord_map (which nets uses to place crops) are gone.
+    """
+    traces, checks = blob_traces(net, input_blob)
+    problems = [f"Crop '{c.layer}': " + (c.problem or f"offsets {c.spatial}, the coordinate maps require {c.offset}")
+                for c in checks if not c.matches]
+    if output not in traces:
+        problems.append(f"no coordinate map from '{input_blob}' to '{output}'")
+    elif traces[output].map != IDENTITY:
+        m = traces[output].map
+        problems.append(f"'{output}' is not aligned with '{input_blob}' (y = {m.scale} x + {m.shift})")
+    return problems
+
+
+def tile_origins(length: int, tile: int, step: int, stride: int) -> list[int]:
+    """Origins of tiles of side `tile`, at most `step` apart, covering 0..length: the one tiling rule of
+    import (`data.tile_starts`, stride = step: the last tile runs past the end and is padded) and infer
+    (stride = the net stride: origins stay on the pooling grid and the last tile is cut off at `length`,
+    up to stride - 1 pixels short). The last origin is the first multiple of `stride` at or beyond
+    length - tile; one tile at 0 when the length fits in it."""
+    if length <= tile:
+        return [0]
+    return list(range(0, length - tile, step)) + [-(-(length - tile) // stride) * stride]

@@ -8,7 +8,8 @@ Shared by `fcnseg data import` and `fcnseg infer`, so both see pixels the same w
   A palette PNG mask is read as its indices, never through its colours.
 - `WindowEstimator` / `compute_window(images)` decide how raw intensities become network input: `None`
   for 8-bit data (passed through unchanged), else a window {low, high, method, percentiles} that
-  `apply_window` maps linearly onto 0-255 (values outside are clipped).
+  `apply_window` maps linearly onto 0-255 (values outside are clipped); `net_input` then subtracts the
+  mean and scales, as the training Data layer does.
 - `PALETTE`, `overlay`, `save_label_png`: one fixed colour per class id for every picture fcnseg draws.
 """
 from __future__ import annotations
@@ -373,6 +374,12 @@ PALETTE: list[tuple[int, int, int]] = (
     + [(255, 255, 255)]
 )
 IGNORE_COLOR = (255, 255, 255)
+
+
+def net_input(gray: np.ndarray, mean: float, scale: float) -> np.ndarray:
+    """(gray - mean) * scale in float32: what Caffe's DataTransformer (transform_param mean_value,
+    scale, written by nets) feeds the net for the windowed 0-255 `gray`; infer computes it here."""
+    return (np.asarray(gray).astype(np.float32) - np.float32(mean)) * np.float32(scale)
 
 
 def overlay(gray: np.ndarray, labels: np.ndarray, alpha: float = 0.5,

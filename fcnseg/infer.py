@@ -19,7 +19,6 @@ then call it per image or frame); `infer` adds files, outputs and the per-image 
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ import numpy as np
 
 from . import runs
 from .errors import ConfigError, DataError, FcnsegError, RunError
-from .images import IMAGE_SUFFIXES, apply_window, overlay, read_stack, save_label_png
+from .geometry import tile_origins
+from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
 
 # Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
 # frame (700 x 1100 = 0.77 Mpx) still runs whole. Memory is what tiling saves: CPU Caffe needs about
@@ -79,7 +79,7 @@ class Predictor:
         gray = apply_window(image, facts.window, source)
         if self.raw_input:
             return gray, (np.asarray(image) if facts.window is not None else gray).astype(np.float32)
-        return gray, (gray.astype(np.float32) - np.float32(facts.mean)) * np.float32(facts.scale)
+        return gray, net_input(gray, facts.mean, facts.scale)
 
 
 def _check_facts(facts: runs.InferenceFacts, where: Path) -> None:
@@ -169,15 +169,6 @@ def tiling_for(shape: tuple[int, int], tile: Optional[int], overlap: Optional[in
         return None
     tiling = make_tiling(tile, overlap, stride)
     return None if max(shape) <= tiling.tile else tiling
-
-
-def tile_origins(length: int, tile: int, step: int, stride: int) -> list[int]:
-    """Origins of tiles of side `tile`, at most `step` apart, covering 0..length; each tile is cut off at
-    `length`. All are multiples of `stride` (given a `step` that is), so the last tile may be up to
-    stride - 1 pixels shorter than `tile`."""
-    if length <= tile:
-        return [0]
-    return list(range(0, length - tile, step)) + [_ceil_to(length - tile, stride)]
 
 
 def softmax(score: np.ndarray) -> np.ndarray:
@@ -297,15 +288,6 @@ def _frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
     return [(f"{path.stem}_{i:0{width}d}", f"{path} (frame {i})", frame) for i, frame in enumerate(stack)]
 
 
-def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
                   with_overlay: bool, with_probs: bool) -> list[Path]:
     """Write <stem>.png (class ids, palette PNG) and, if asked, <stem>_overlay.png and <stem>_probs.npy
@@ -314,14 +296,14 @@ def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
 
     labels = probs.argmax(axis=0).astype(np.uint8)
     paths = [out_dir / f"{stem}.png"]
-    _save_atomic(paths[0], lambda p: save_label_png(p, labels))
+    runs.write_atomic(paths[0], lambda p: save_label_png(p, labels))
     if with_overlay:
         paths.append(out_dir / f"{stem}_overlay.png")
         picture = overlay(gray, labels, OVERLAY_ALPHA, ignore_label=None)
-        _save_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
+        runs.write_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
     if with_probs:
         paths.append(out_dir / f"{stem}_probs.npy")
-        _save_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
+        runs.write_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
     return paths
 
 

@@ -3,6 +3,7 @@
 hist[gt, pred] counts pixels; labels equal to the ignore label (or outside [0, K)) are dropped.
 pixel acc = trace / sum; mean acc = nanmean(diag / rowsum); IU = diag / (rowsum + colsum - diag);
 mean IU = nanmean(IU); fw IU = sum over classes with freq > 0 of freq * IU, freq = rowsum / sum.
+`validate(net, ...)` accumulates that matrix over one pass of a (pycaffe) val net, for train and eval.
 """
 from __future__ import annotations
 
@@ -78,3 +79,35 @@ def format_table(result: dict, class_names: list[str] | None = None) -> str:
                        ("fw_iu", "fw IU")):
         lines.append(f"{label:<{width}}  {fmt(result[key])}")
     return "\n".join(lines)
+
+
+def validate(net, num_classes: int, samples: int, ignore_label: int) -> dict:
+    """One pass over the val split through `net` (a TEST net sharing the training weights).
+
+    Counts exactly `samples` images (the Data layer cycles, so a last partial batch is trimmed), and
+    returns the metrics of one confusion matrix plus the mean loss, the confusion matrix itself and
+    `foreground_prob`: the mean softmax probability of the true class at pixels labelled 1..K-1
+    (None when there are none).
+    """
+    hist = np.zeros((num_classes, num_classes), np.int64)
+    losses, seen = [], 0
+    fg_prob, fg_pixels = 0.0, 0
+    while seen < samples:
+        out = net.forward()
+        score, label = net.blobs["score"].data[:samples - seen], net.blobs["label"].data[:samples - seen, 0]
+        take = score.shape[0]
+        hist += confusion(label, score.argmax(1), num_classes)
+        fg = (label > 0) & (label < num_classes)
+        if fg.any():  # softmax probability of the true class at foreground pixels
+            z = np.exp(score - score.max(1, keepdims=True))
+            true_class = np.take_along_axis(z, label.astype(np.intp)[:, None].clip(0, num_classes - 1), 1)[:, 0]
+            fg_prob += float((true_class / z.sum(1))[fg].sum())
+            fg_pixels += int(fg.sum())
+        losses.append(float(out["loss"]))
+        seen += take
+    result = scores(hist)
+    result["foreground_prob"] = fg_prob / fg_pixels if fg_pixels else None
+    result["loss"] = float(np.mean(losses))
+    result["confusion"] = hist.tolist()
+    result["predicted_classes"] = predicted_classes(hist)
+    return result

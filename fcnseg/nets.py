@@ -12,7 +12,8 @@ caffe_pb2.NetParameter) and `upsampling_plan(model)` (the factors, for reports a
 from __future__ import annotations
 
 from .caffe_env import import_caffe
-from .config import SKIPS_BY_ARCH, VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS, Config, ModelConfig
+from . import vgg16
+from .config import SKIPS_BY_ARCH, Config, ModelConfig
 from .dataset import dataset_paths, input_mean
 from .errors import ConfigError
 
@@ -100,16 +101,16 @@ def vgg_trunk(n, data, model: ModelConfig) -> tuple[dict[int, object], object]:
     L, P = _L(), _P()
     bottom, pools = data, {}
     for stage in range(1, model.stages + 1):
-        for i in range(1, VGG16_STAGE_CONVS[stage - 1] + 1):
+        for i, name in enumerate(vgg16.stage_convs(stage), 1):
             pad = conv1_pad(model) if (stage, i) == (1, 1) else 1
-            bottom = _conv_relu(n, bottom, f"conv{stage}_{i}", f"relu{stage}_{i}",
-                                VGG16_STAGE_CHANNELS[stage - 1], 3, pad, TRUNK_FILLER)
+            bottom = _conv_relu(n, bottom, name, f"relu{stage}_{i}",
+                                vgg16.STAGE_CHANNELS[stage - 1], vgg16.CONV_KERNEL, pad, TRUNK_FILLER)
         pools[stage] = L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=2, stride=2)
         setattr(n, f"pool{stage}", pools[stage])
         bottom = pools[stage]
     fc = bottom
-    for name, relu, drop, kernel, pad in (("fc6", "relu6", "drop6", 7, fc6_pad(model)),
-                                          ("fc7", "relu7", "drop7", 1, 0)):
+    for name, relu, drop, kernel, pad in (("fc6", "relu6", "drop6", vgg16.FC_KERNELS["fc6"], fc6_pad(model)),
+                                          ("fc7", "relu7", "drop7", vgg16.FC_KERNELS["fc7"], 0)):
         fc = _conv_relu(n, fc, name, relu, model.fc_channels, kernel, pad, TRUNK_FILLER)
         if model.dropout > 0:
             setattr(n, drop, L.Dropout(fc, dropout_ratio=model.dropout, in_place=True))
@@ -128,13 +129,26 @@ def _upsample(bottom, k, factor):
 
 
 def _crop(top_from, top_to):
-    """Caffe's coord_map crop of `top_from` to `top_to`; ConfigError when no valid offset exists."""
-    from caffe.coord_map import crop  # noqa: PLC0415 - needs pycaffe
+    """Caffe's coord_map crop of `top_from` to `top_to`; ConfigError when no valid offset exists.
+
+    coord_map's own `crop` checks the offset with `assert`s, which `python -O` drops (a negative offset
+    then reaches protobuf as a traceback); the same three checks are made here as plain conditions.
+    """
+    import numpy as np  # noqa: PLC0415
+    from caffe.coord_map import coord_map_from_to  # noqa: PLC0415 - needs pycaffe
     try:
-        return crop(top_from, top_to)
-    except (AssertionError, RuntimeError) as exc:  # geometry that cannot be cropped
-        raise ConfigError(f"model: the net's geometry cannot be cropped back to the input ({exc}); "
-                          "use the default model.pad") from None
+        axis, scale, shift = coord_map_from_to(top_from, top_to)
+    except (AssertionError, RuntimeError) as exc:  # tops without a common map
+        problem = str(exc)
+    else:
+        problem = (f"scale mismatch on crop (a = {scale})" if not (scale == 1).all()
+                   else f"cannot crop negative offset (b = {shift})" if not (shift <= 0).all()
+                   else f"cannot crop noninteger offset (b = {shift})" if not (np.round(shift) == shift).all()
+                   else None)
+    if problem is not None:
+        raise ConfigError(f"model: the net's geometry cannot be cropped back to the input ({problem}); "
+                          "use the default model.pad")
+    return _L().Crop(top_from, top_to, crop_param=dict(axis=axis + 1, offset=list(-np.round(shift).astype(int))))
 
 
 def _align_skip(n, up, score_pool, stage):
@@ -194,12 +208,11 @@ def _image_transform(config: Config) -> dict:
     return t
 
 
-def _data_layers(config: Config, phase: str):
-    """(image top, label top) of LMDB Data layers for one phase, in their own NetSpec."""
+def _data_layers(config: Config, phase: str, split: str):
+    """(image top, label top) of LMDB Data layers reading `split` in `phase` ("TRAIN" or "TEST")."""
     caffe = import_caffe()
     L, P = caffe.layers, caffe.params
     paths = dataset_paths(config.data.root)
-    split = "train" if phase == "TRAIN" else "val"
     include = dict(phase=getattr(caffe, phase))
     image = L.Data(name="data", include=include, transform_param=_image_transform(config),
                    data_param=dict(source=paths[f"{split}_images"], backend=P.Data.LMDB,
@@ -218,13 +231,16 @@ def _check_complete(config: Config) -> None:
                           f"0..{config.model.num_classes - 1}; use 255")
 
 
-def train_val_net(config: Config):
-    """The training/validation NetParameter: LMDB Data layers per phase, trunk, head, SoftmaxWithLoss."""
+def train_val_net(config: Config, val_split: str = "val"):
+    """The training/validation NetParameter: LMDB Data layers per phase, trunk, head, SoftmaxWithLoss.
+
+    The TRAIN phase reads the dataset's train split, the TEST phase `val_split` (eval scores other splits).
+    """
     _check_complete(config)
     caffe = import_caffe()
     L, P = caffe.layers, caffe.params
     n = caffe.NetSpec()
-    n.data, n.label = _data_layers(config, "TRAIN")
+    n.data, n.label = _data_layers(config, "TRAIN", "train")
     pools, fc7 = vgg_trunk(n, n.data, config.model)
     score = fcn_head(n, n.data, pools, fc7, config.model)
     norm = P.Loss.VALID if config.loss.normalize else P.Loss.NONE
@@ -236,7 +252,7 @@ def train_val_net(config: Config):
     net.name = f"{config.model.arch}-{config.model.stages}stages"
     # The TEST-phase Data layers share the TRAIN ones' names and tops, which one NetSpec cannot hold.
     t = caffe.NetSpec()
-    t.data, t.label = _data_layers(config, "TEST")
+    t.data, t.label = _data_layers(config, "TEST", val_split)
     test_layers = t.to_proto().layer
     merged = list(net.layer[:2]) + list(test_layers) + list(net.layer[2:])
     del net.layer[:]

@@ -3,8 +3,10 @@
 A definition folder (what `fcnseg make-proto` writes) holds the resolved `config.yaml` and the three
 prototxts, plus `inference.yaml` when the dataset is known. A run folder (what `fcnseg train` writes) is a
 definition folder plus caffe.log, metrics.jsonl, plots, snapshots/, best.caffemodel and
-final.caffemodel. Everything is written under a temporary name and renamed, so an interrupted write
-never leaves a half file behind.
+final.caffemodel. Everything is written under a temporary name and renamed (`write_atomic`, the one
+writer every module uses), so an interrupted write never leaves a half file behind. Snapshots are
+snapshots/train_iter_N.{caffemodel,solverstate}; `snapshot_stem` writes and `snapshot_iteration` reads
+those names, here only.
 
 `inference.yaml` holds every fact inference needs besides the deploy net and the weights (classes,
 intensity window, mean, scale, padding ...), copied from the config and the dataset when training
@@ -16,13 +18,13 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import yaml
 
 from . import __version__
 from .config import Config, load_config, read_yaml
-from .dataset import class_names, input_mean, read_dataset, resolve_config
+from .dataset import DatasetInfo, class_names, input_mean, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
 
 CONFIG_FILE = "config.yaml"
@@ -32,21 +34,32 @@ DEPLOY_FILE = "deploy.prototxt"
 METRICS_FILE = "metrics.jsonl"
 CAFFE_LOG = "caffe.log"
 SNAPSHOT_DIR = "snapshots"
+SNAPSHOT_PREFIX = f"{SNAPSHOT_DIR}/train"  # Caffe appends _iter_N.caffemodel / _iter_N.solverstate
 BEST_WEIGHTS = "best.caffemodel"
 FINAL_WEIGHTS = "final.caffemodel"
 EVAL_FILE = "eval.json"
 INFERENCE_FILE = "inference.yaml"
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` for a temporary path next to `path`, then rename it to `path`.
+
+    The temporary name (.NAME.tmpPID.SUFFIX) keeps the suffix, so writers that pick a format from it
+    (matplotlib, numpy, PIL) write the right one. When `write` raises, the exception propagates and
+    neither `path` nor the temporary file is left changed or behind.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
-        tmp.write_bytes(data)
+        write(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -56,8 +69,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def deploy_size(config: Config, meta: dict | None = None) -> tuple[int, int]:
     """The H, W written into deploy.prototxt (the net is reshaped per image at inference anyway)."""
-    if meta and meta.get("tile"):
-        return int(meta["tile"]), int(meta["tile"])
+    tile = DatasetInfo.from_meta(meta).tile
+    if tile:
+        return tile, tile
     return tuple(config.model.deploy_size)
 
 
@@ -65,7 +79,7 @@ def val_batches(config: Config, meta: dict | None) -> int:
     """Batches per pass over the val split, from the dataset's stored count (1 without a dataset)."""
     if not meta:
         return 1
-    count = int(meta.get("splits", {}).get("val", {}).get("samples", 0))
+    count = DatasetInfo.from_meta(meta).samples("val")
     return max(1, math.ceil(count / config.data.batch_size))
 
 
@@ -73,18 +87,26 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
     """Write config.yaml, train_val.prototxt, solver.prototxt and deploy.prototxt into `out_dir`, and
     inference.yaml when the dataset's `meta` (dataset.yaml) is given.
 
-    `config` must be resolved (num_classes known). Returns {file kind: path}. Raises ConfigError for
-    geometry the net cannot support, before anything is written.
+    `config` must be resolved (num_classes known). Both nets are checked with `geometry` (every crop
+    offset, the score aligned with the input) before anything is written. Returns {file kind: path}.
+    Raises ConfigError for geometry the net cannot support.
     """
+    from .geometry import geometry_problems, phase_net  # noqa: PLC0415
     from .nets import deploy_net, train_val_net  # noqa: PLC0415 - these need pycaffe
     from .solver import solver_param  # noqa: PLC0415
 
     out = Path(out_dir)
     h, w = deploy_size(config, meta)
+    train_val, deploy = train_val_net(config), deploy_net(config, h, w)
+    for name, net in ((TRAIN_VAL_FILE, phase_net(train_val, "TRAIN")), (DEPLOY_FILE, deploy)):
+        problems = geometry_problems(net)
+        if problems:
+            raise ConfigError(f"model: the {name} fcnseg built is not aligned with its input "
+                              f"({'; '.join(problems)}); use the default model.pad")
     texts = {
-        TRAIN_VAL_FILE: str(train_val_net(config)),
+        TRAIN_VAL_FILE: str(train_val),
         SOLVER_FILE: str(solver_param(config, val_batches(config, meta), TRAIN_VAL_FILE)),
-        DEPLOY_FILE: str(deploy_net(config, h, w)),
+        DEPLOY_FILE: str(deploy),
         CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False),
     }
     if meta is not None:
@@ -185,7 +207,8 @@ class InferenceFacts:
             window = raw["window"]
             if window is not None:
                 window = {**window, "low": float(window["low"]), "high": float(window["high"])}
-            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]), "classes": [str(c) for c in raw["classes"]],
+            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]),
+                           "classes": [str(c) for c in raw["classes"]],
                            "ignore_label": int(raw["ignore_label"]), "window": window, "mean": float(raw["mean"]),
                            "scale": float(raw["scale"]), "input_channels": int(raw["input_channels"]),
                            "stages": int(raw["stages"]), "net_stride": int(raw["net_stride"]),
@@ -204,7 +227,7 @@ def inference_facts(config: Config, meta: dict) -> InferenceFacts:
     model, k = config.model, config.model.num_classes
     return InferenceFacts(
         num_classes=k, classes=class_names(meta, k), ignore_label=config.data.ignore_label,
-        window=meta.get("window"), mean=input_mean(config), scale=float(config.data.scale),
+        window=DatasetInfo.from_meta(meta).window, mean=input_mean(config), scale=float(config.data.scale),
         input_channels=model.input_channels, pad=model.pad, arch=model.arch, stages=model.stages,
         net_stride=model.net_stride, input_multiple=input_multiple(model),
         dataset=None if config.data.root is None else str(config.data.root))
@@ -243,15 +266,38 @@ def load_run(run_dir: str | Path) -> tuple[Path, Config]:
     return run_dir, load_config(run_dir / CONFIG_FILE)
 
 
+def snapshot_stem(iteration: int) -> str:
+    """The file stem Caffe gives the snapshot of `iteration` under SNAPSHOT_PREFIX (train_iter_N)."""
+    return f"{Path(SNAPSHOT_PREFIX).name}_iter_{iteration}"
+
+
+def snapshot_iteration(path: str | Path) -> Optional[int]:
+    """The iteration in a snapshot's name (…_iter_N.caffemodel / .solverstate), None for other names."""
+    _, sep, number = Path(path).stem.rpartition("_iter_")
+    return int(number) if sep and number.isdigit() else None
+
+
+def newest_snapshot(run_dir: Path, suffix: str) -> Optional[Path]:
+    """The snapshot with the highest iteration in run_dir/snapshots ending in `suffix` (".caffemodel" or
+    ".solverstate"; complete ones only, the partial ones live in a hidden subfolder), or None."""
+    found = [(it, p) for p in (Path(run_dir) / SNAPSHOT_DIR).glob(f"*_iter_*{suffix}")
+             if (it := snapshot_iteration(p)) is not None]
+    return max(found)[1] if found else None
+
+
+def newest_solverstate(run_dir: Path) -> Optional[Path]:
+    """The solverstate with the highest iteration in run_dir/snapshots (what --resume continues from)."""
+    return newest_snapshot(run_dir, ".solverstate")
+
+
 def run_weights(run_dir: Path) -> Path:
     """best.caffemodel, else final.caffemodel, else the newest snapshot; RunError when none exist."""
     for name in (BEST_WEIGHTS, FINAL_WEIGHTS):
         if (run_dir / name).is_file():
             return run_dir / name
-    snaps = sorted((run_dir / SNAPSHOT_DIR).glob("*_iter_*.caffemodel"),
-                   key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]))
-    if snaps:
-        return snaps[-1]
+    snap = newest_snapshot(run_dir, ".caffemodel")
+    if snap is not None:
+        return snap
     raise RunError(f"{run_dir}: no weights (best.caffemodel, final.caffemodel or snapshots/); "
                    "train first, or pass --weights")
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from .caffe_env import caffe_pb2
 from .config import Config
-
-TRAIN_VAL_FILE = "train_val.prototxt"
-SNAPSHOT_PREFIX = "snapshots/train"
+from .runs import SNAPSHOT_PREFIX, TRAIN_VAL_FILE
 
 
 def solver_param(config: Config, val_batches: int = 1, net_path: str = TRAIN_VAL_FILE):

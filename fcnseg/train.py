@@ -4,6 +4,9 @@ health checks.
 `train(config, run_dir, ...)` is the one entry point. It writes the run folder (see runs.py), checks the
 setup with doctor first, initialises from pretrained weights (weights.py), then steps the solver one
 iteration at a time so it can validate, snapshot, watch the loss and react to signals between steps.
+What it shares with eval lives in building blocks: the val pass (`metrics.validate`), Caffe's log
+(`caffe_env.CaffeLogRedirect`), snapshot names and the resume point (`runs`); its advice when a run does
+not learn quotes `recipes`.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from typing import Optional
 import numpy as np
 
 from . import runs
+from .caffe_env import CaffeLogRedirect
 from .config import Config, config_differences, load_config
-from .dataset import describe_input, read_dataset, resolve_config
+from .dataset import DatasetInfo, describe_input, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
-from .metrics import confusion, predicted_classes, scores
+from .metrics import validate
+from .recipes import NORMALIZED, SCRATCH, SCRATCH_MAX_STAGES, SUMMED
 
 EXIT_NAN = 1
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -87,53 +92,15 @@ def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tup
 
 
 def _check_batching(config: Config, meta: dict) -> None:
-    sizes = {tuple(s) for split in meta.get("splits", {}).values() for s in split.get("sizes", [])}
-    if config.data.batch_size > 1 and not meta.get("tile") and len(sizes) > 1:
+    info = DatasetInfo.from_meta(meta)
+    sizes = info.sizes
+    if config.data.batch_size > 1 and not info.tile and len(sizes) > 1:
         raise ConfigError(f"data.batch_size is {config.data.batch_size} but {config.data.root} holds images "
                           f"of {len(sizes)} different sizes; use data.batch_size: 1 or import with --tile N")
     for split in ("train", "val"):
-        if int(meta.get("splits", {}).get(split, {}).get("samples", 0)) < 1:
+        if info.samples(split) < 1:
             raise DataError(f"{config.data.root}: the {split} split is empty; re-import with a val split "
                             "(--val-fraction or --val-frames)")
-
-
-def newest_solverstate(run_dir: Path) -> Optional[Path]:
-    """The solverstate with the highest iteration in run_dir/snapshots (complete ones only)."""
-    snaps = run_dir / runs.SNAPSHOT_DIR
-    states = []
-    for p in snaps.glob("*_iter_*.solverstate"):
-        try:
-            states.append((int(p.stem.rsplit("_iter_", 1)[1]), p))
-        except ValueError:
-            continue
-    return max(states)[1] if states else None
-
-
-# ---------------------------------------------------------------- Caffe's own log into caffe.log
-
-class CaffeLogRedirect:
-    """Send file descriptor 2 (where glog writes) to caffe.log while Python's stderr keeps the terminal."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        self._log = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._old_stderr = sys.stderr
-        sys.stderr = os.fdopen(os.dup(self._saved), "w", buffering=1)
-        os.dup2(self._log, 2)
-        return self
-
-    def __exit__(self, *exc):
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
-        sys.stderr.close()
-        sys.stderr = self._old_stderr
-        os.close(self._log)
-        os.close(self._saved)
-        return False
 
 
 # ---------------------------------------------------------------- the training loop
@@ -186,42 +153,8 @@ def plot_history(history: History, run_dir: Path) -> None:
 
 
 def _save_fig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
-
-
-def validate(net, num_classes: int, samples: int, ignore_label: int) -> dict:
-    """One pass over the val split through `net` (a TEST net sharing the training weights).
-
-    Counts exactly `samples` images (the Data layer cycles, so a last partial batch is trimmed), and
-    returns the metrics of one confusion matrix plus the mean loss, the confusion matrix itself and
-    `foreground_prob`: the mean softmax probability of the true class at pixels labelled 1..K-1
-    (None when there are none).
-    """
-    hist = np.zeros((num_classes, num_classes), np.int64)
-    losses, seen = [], 0
-    fg_prob, fg_pixels = 0.0, 0
-    while seen < samples:
-        out = net.forward()
-        score, label = net.blobs["score"].data[:samples - seen], net.blobs["label"].data[:samples - seen, 0]
-        take = score.shape[0]
-        hist += confusion(label, score.argmax(1), num_classes)
-        fg = (label > 0) & (label < num_classes)
-        if fg.any():  # softmax probability of the true class at foreground pixels
-            z = np.exp(score - score.max(1, keepdims=True))
-            true_class = np.take_along_axis(z, label.astype(np.intp)[:, None].clip(0, num_classes - 1), 1)[:, 0]
-            fg_prob += float((true_class / z.sum(1))[fg].sum())
-            fg_pixels += int(fg.sum())
-        losses.append(float(out["loss"]))
-        seen += take
-    result = scores(hist)
-    result["foreground_prob"] = fg_prob / fg_pixels if fg_pixels else None
-    result["loss"] = float(np.mean(losses))
-    result["confusion"] = hist.tolist()
-    result["predicted_classes"] = predicted_classes(hist)
-    return result
+    runs.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90))
 
 
 def _solver_file(run_dir: Path, config: Config, meta: dict) -> Path:
@@ -263,7 +196,7 @@ class Trainer:
         partial = self.run_dir / runs.SNAPSHOT_DIR / ".partial"
         partial.mkdir(parents=True, exist_ok=True)
         solver.snapshot()
-        stem = f"train_iter_{solver.iter}"
+        stem = runs.snapshot_stem(solver.iter)
         model, state = partial / f"{stem}.caffemodel", partial / f"{stem}.solverstate"
         final_dir = self.run_dir / runs.SNAPSHOT_DIR
         model.replace(final_dir / model.name)
@@ -271,9 +204,7 @@ class Trainer:
         return final_dir / state.name
 
     def save_weights(self, net, name: str) -> None:
-        tmp = self.run_dir / f".{name}.tmp"
-        net.save(str(tmp))
-        tmp.replace(self.run_dir / name)
+        runs.write_atomic(self.run_dir / name, lambda tmp: net.save(str(tmp)))
 
     # -- health
     def check_loss(self, it: int, loss: float) -> None:
@@ -344,13 +275,13 @@ def one_class_verdict(train_losses: list[tuple[int, float]], foreground_probs: l
     return "not learned yet", f"{loss_text}: still falling{fg}"
 
 
-LIKELY_CAUSES = """Likely causes:
+LIKELY_CAUSES = f"""Likely causes:
   - no pretrained weights: VGG-depth nets trained from scratch with the reference recipe do not learn;
     convert ImageNet VGG16 with `fcnseg weights convert` and set init.weights, or use a shallower net
-    (model.stages 3) with Adam (see configs/demo_hela.yaml);
+    (model.stages {SCRATCH_MAX_STAGES}) with {SCRATCH.solver} (see configs/demo_hela.yaml);
   - learning rate against loss normalisation: loss.normalize false sums the loss over every pixel, so
-    base_lr must be tiny (1e-10 for ~500x500 images); with normalize true use ~1e-4 (Adam) or
-    1e-3..1e-2 with momentum 0.9;
+    base_lr must be tiny ({SUMMED.lr} for ~500x500 images); with normalize true use ~{SCRATCH.lr} ({SCRATCH.solver}) or
+    1e-3..1e-2 with momentum {NORMALIZED.momentum:g};
   - labels: foreground stored as 255 is Caffe's ignore label; check with `fcnseg data show` and
     `fcnseg doctor --config CONFIG --data-check`."""
 
@@ -392,7 +323,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         config.init.weights = weights
     unresolved = config
     config, meta, write = prepare_run(config, run_dir, resume, force)
-    state = newest_solverstate(run_dir) if resume else None
+    state = runs.newest_solverstate(run_dir) if resume else None
     if resume and state is None:
         raise RunError(f"{run_dir}: no snapshot to resume from (snapshots/*.solverstate); "
                        "start it again without --resume into a new --out")
@@ -457,7 +388,7 @@ def _restore(solver, state: Path, run_dir: Path, iter_size: int) -> None:
 def _loop(solver, trainer: Trainer, tqdm) -> int:
     c, run_dir = trainer.config, trainer.run_dir
     max_iter, start = c.solver.max_iter, solver.iter
-    k, samples = c.model.num_classes, int(trainer.meta["splits"]["val"]["samples"])
+    k, samples = c.model.num_classes, DatasetInfo.from_meta(trainer.meta).samples("val")
     restore_signals = _install_signal_handlers(trainer)
     last_snapshot = None
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
@@ -502,7 +433,7 @@ def _loop(solver, trainer: Trainer, tqdm) -> int:
                 break
         bar.close()
         if trainer.stop_signal is not None:
-            if last_snapshot is None or not last_snapshot.name.endswith(f"_iter_{solver.iter}.solverstate"):
+            if last_snapshot is None or runs.snapshot_iteration(last_snapshot) != solver.iter:
                 last_snapshot = trainer.snapshot(solver)
             plot_history(trainer.history, run_dir)
             name = signal.Signals(trainer.stop_signal).name

@@ -28,13 +28,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import vgg16
 from .caffemodel import load_blob, read_caffemodel_index, shape_text
-from .config import VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS
 from .errors import WeightsError
 
-VGG16_CONVS = tuple(f"conv{s}_{i}" for s, n in enumerate(VGG16_STAGE_CONVS, 1) for i in range(1, n + 1))
-# VGG16's fc6 reads pool5 as 512 x 7 x 7 (224 x 224 input, stride 32).
-FC6_KERNEL = 7
+FC6_KERNEL = vgg16.FC_KERNELS["fc6"]  # VGG16's fc6 reads pool5 as 512 x 7 x 7
 
 PTH_HINT = ("convert it to safetensors where torch is installed: python -c \"import torch; "
             "from safetensors.torch import save_file; save_file(torch.load('{path}', weights_only=True), "
@@ -144,7 +142,8 @@ def _natural_key(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _state_dict_layers(path: Path, tensors: dict[str, tuple[tuple[int, ...], Callable[[], np.ndarray]]]) -> list[SourceLayer]:
+def _state_dict_layers(path: Path,
+                       tensors: dict[str, tuple[tuple[int, ...], Callable[[], np.ndarray]]]) -> list[SourceLayer]:
     """Layers of a PyTorch state dict {key: (shape, read)}: X.weight (4-D conv or 2-D linear) with X.bias."""
     bn = [k for k in tensors if k.endswith(("running_mean", "running_var"))]
     if bn:
@@ -417,8 +416,9 @@ def _read_onnx(path: Path) -> SourceModel:
     convention, reason = _onnx_convention(model, layers)
     notes = [f"exported by {model.producer_name or 'an unknown tool'} {model.producer_version}".rstrip()]
     if first_dense is not None:
-        notes.append(f"the first dense layer reads the feature map as {'H x W x C' if flatten == 'hwc' else 'C x H x W'}"
-                     f" ({'a Transpose to NHWC precedes the flatten' if flatten == 'hwc' else 'no Transpose before the flatten'})")
+        order = "H x W x C" if flatten == "hwc" else "C x H x W"
+        why = "a Transpose to NHWC precedes the flatten" if flatten == "hwc" else "no Transpose before the flatten"
+        notes.append(f"the first dense layer reads the feature map as {order} ({why})")
     return SourceModel(path, "ONNX", layers, flatten, convention, reason, notes)
 
 
@@ -507,7 +507,7 @@ def _onnx_convention(model, layers) -> tuple[Optional[str], str]:
 
 @dataclass
 class Vgg16Match:
-    """Which layers of a SourceModel are VGG16's: convs[i] is conv<s>_<j> in VGG16_CONVS order."""
+    """Which layers of a SourceModel are VGG16's: convs[i] is conv<s>_<j> in vgg16.CONVS order."""
 
     convs: list[SourceLayer]
     fc6: Optional[SourceLayer]
@@ -520,9 +520,9 @@ class Vgg16Match:
 def vgg16_conv_shapes(in_channels: int, divisor: int = 1) -> list[tuple[int, int, int, int]]:
     """VGG16's 13 convolution weight shapes (O, I, 3, 3), widths divided by `divisor`."""
     shapes, channels = [], in_channels
-    for n, width in zip(VGG16_STAGE_CONVS, VGG16_STAGE_CHANNELS):
+    for n, width in zip(vgg16.STAGE_CONVS, vgg16.STAGE_CHANNELS):
         for _ in range(n):
-            shapes.append((width // divisor, channels, 3, 3))
+            shapes.append((width // divisor, channels, vgg16.CONV_KERNEL, vgg16.CONV_KERNEL))
             channels = width // divisor
     return shapes
 
@@ -540,9 +540,9 @@ def match_vgg16(model: SourceModel) -> Vgg16Match:
         raise WeightsError(f"{model.path}: no convolution weights found ({model.format}); is this a VGG16 model?")
     first = convs[0].shape
     out1, in1 = first[0], first[1]
-    divisor = VGG16_STAGE_CHANNELS[0] // out1 if out1 and VGG16_STAGE_CHANNELS[0] % out1 == 0 else 0
+    divisor = vgg16.STAGE_CHANNELS[0] // out1 if out1 and vgg16.STAGE_CHANNELS[0] % out1 == 0 else 0
     expected = vgg16_conv_shapes(in1 if in1 in (1, 3) else 3, divisor or 1)
-    for i, (name, want) in enumerate(zip(VGG16_CONVS, expected)):
+    for i, (name, want) in enumerate(zip(vgg16.CONVS, expected)):
         if i >= len(convs):
             raise WeightsError(f"{model.path}: only {len(convs)} convolutions, VGG16 has 13 ({name}, "
                                f"{shape_text(want)}, is missing); this is not VGG16")

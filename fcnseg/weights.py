@@ -30,16 +30,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .caffe_env import caffe_pb2
-from .caffemodel import (CONVERT_HINT, TRUNK_CONV, V1_TYPES, LayerRecord, load_blob, read_caffemodel_index,
+from . import vgg16
+from .caffemodel import (CONVERT_HINT, V1_TYPES, LayerRecord, load_blob, read_caffemodel_index,
                          recorded_gray_mean, shape_text, write_caffemodel)
-from .config import VGG16_STAGE_CHANNELS, VGG16_STAGE_CONVS, Config
+from .config import Config
+from .recipes import SCRATCH
 from .conventions import CAFFE, CONVENTIONS, VGG16_MEAN_BGR, InputConvention, fold_into_conv1
 from .errors import WeightsError
 from .runs import expected_input
-from .weight_formats import (VGG16_CONVS, SourceModel, Vgg16Match, detect_format, fc6_as_convolution, match_vgg16,
+from .weight_formats import (SourceModel, Vgg16Match, detect_format, fc6_as_convolution, match_vgg16,
                              read_weights)
 
-FC_LAYERS = ("fc6", "fc7")
 # How far (grey levels on 0-255) the net's input mean may sit from what pretrained weights expect before
 # train and doctor warn: a few levels shift conv1_1's response by less than its bias noise.
 MEAN_TOLERANCE = 3.0
@@ -61,9 +62,8 @@ class DefinitionLayer:
 
 def vgg16_definition() -> list[DefinitionLayer]:
     """The built-in VGG16 parameter layers: conv1_1 ... conv5_3 (3x3), fc6, fc7, fc8; any channel counts."""
-    convs = [DefinitionLayer(f"conv{s}_{i}", "Convolution", kernel=3)
-             for s, n in enumerate(VGG16_STAGE_CONVS, 1) for i in range(1, n + 1)]
-    return convs + [DefinitionLayer(fc, "InnerProduct") for fc in ("fc6", "fc7", "fc8")]
+    convs = [DefinitionLayer(name, "Convolution", kernel=vgg16.CONV_KERNEL) for name in vgg16.CONVS]
+    return convs + [DefinitionLayer(fc, "InnerProduct") for fc in (*vgg16.FC_LAYERS, vgg16.CLASSIFIER)]
 
 
 def definition_from_prototxt(path: str | Path) -> list[DefinitionLayer]:
@@ -104,7 +104,7 @@ class _Step:
 def _plan_conversion(src: Path, index: dict[str, LayerRecord], definition: list[DefinitionLayer],
                      where: str) -> tuple[list[_Step], list[str]]:
     """Check the source against the definition before anything is written. Returns (steps, dropped)."""
-    trunk = [d for d in definition if TRUNK_CONV.match(d.name) or d.name in FC_LAYERS]
+    trunk = [d for d in definition if vgg16.TRUNK_CONV.match(d.name) or d.name in vgg16.FC_LAYERS]
     if not trunk or trunk[0].name != "conv1_1":
         raise WeightsError(f"{where}: the definition does not start with conv1_1; pass a VGG16 deploy prototxt")
     steps, prev_out = [], None
@@ -286,7 +286,7 @@ def _conv_header(name: str, bottom: str, num_output: int, kernel: int, pad: int)
 def _foreign_layers(match: Vgg16Match, flatten: str, convention: InputConvention, gray_mean: float):
     """(header, arrays) of conv1_1 ... conv5_3 [, fc6, fc7], read and converted one layer at a time."""
     bottom = "data"
-    for name, layer in zip(VGG16_CONVS, match.convs):
+    for name, layer in zip(vgg16.CONVS, match.convs):
         weight, bias = layer.read()
         bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
         header = _conv_header(name, bottom, weight.shape[0], 3, 1)
@@ -294,11 +294,12 @@ def _foreign_layers(match: Vgg16Match, flatten: str, convention: InputConvention
             weight, bias = fold_into_conv1(weight, bias, convention, gray_mean)
             header.transform_param.mean_value.append(gray_mean)  # the input this trunk expects: gray - M
         yield header, [weight, bias]
-        bottom = f"pool{name[4]}" if name.endswith(f"_{VGG16_STAGE_CONVS[int(name[4]) - 1]}") else name
+        bottom = f"pool{name[4]}" if vgg16.last_conv_of_stage(name) else name
     if match.fc6 is None:
         return
     channels = match.convs[-1].shape[0]
-    for name, layer, kernel in (("fc6", match.fc6, 7), ("fc7", match.fc7, 1)):
+    for name, layer in zip(vgg16.FC_LAYERS, (match.fc6, match.fc7)):
+        kernel = vgg16.FC_KERNELS[name]
         weight, bias = layer.read()
         out = weight.shape[0]
         weight = fc6_as_convolution(weight, channels, flatten) if name == "fc6" else weight.reshape(out, out, 1, 1)
@@ -309,22 +310,24 @@ def _foreign_layers(match: Vgg16Match, flatten: str, convention: InputConvention
 
 def _foreign_lines(model: SourceModel, match: Vgg16Match) -> list[str]:
     lines = []
-    for name, layer in zip(VGG16_CONVS, match.convs):
+    for name, layer in zip(vgg16.CONVS, match.convs):
         out = (layer.shape[0], 1) + layer.shape[2:] if name == "conv1_1" else layer.shape
         lines.append(f"{name} <- {layer.name}: {layer.origin + ', ' if layer.origin else ''}"
                      f"{shape_text(layer.shape)} -> {shape_text(out)}"
                      + (" (input convention folded in, one gray channel)" if name == "conv1_1" else ""))
     if match.fc6 is not None:
         c = match.convs[-1].shape[0]
-        order = "C x 7 x 7" if model.flatten == "chw" or match.fc6.kind == "conv" else "7 x 7 x C, reordered"
+        k = vgg16.FC_KERNELS["fc6"]
+        order = f"C x {k} x {k}" if model.flatten == "chw" or match.fc6.kind == "conv" else f"{k} x {k} x C, reordered"
         fc = match.fc6.shape[0]
         lines.append(f"fc6 <- {match.fc6.name}: {match.fc6.origin + ', ' if match.fc6.origin else ''}"
-                     f"{shape_text(match.fc6.shape)} ({order}) -> Convolution {shape_text((fc, c, 7, 7))}")
+                     f"{shape_text(match.fc6.shape)} ({order}) -> Convolution {shape_text((fc, c, k, k))}")
         lines.append(f"fc7 <- {match.fc7.name}: {match.fc7.origin + ', ' if match.fc7.origin else ''}"
                      f"{shape_text(match.fc7.shape)} -> Convolution {shape_text((fc, fc, 1, 1))}")
     else:
         lines.append(f"fc6, fc7: {match.top}")
-    lines += [f"{layer.name}: dropped ({shape_text(layer.shape)}, not part of the VGG16 trunk)" for layer in match.unused]
+    lines += [f"{layer.name}: dropped ({shape_text(layer.shape)}, not part of the VGG16 trunk)"
+              for layer in match.unused]
     return lines
 
 
@@ -379,7 +382,7 @@ def inspect_weights(path: str | Path) -> list[str]:
             match, refusal = match_vgg16(model), None
         except WeightsError as exc:
             match, refusal = None, str(exc)
-        names = {id(layer): name for name, layer in zip(VGG16_CONVS, match.convs)} if match else {}
+        names = {id(layer): name for name, layer in zip(vgg16.CONVS, match.convs)} if match else {}
         if match and match.fc6 is not None:
             names.update({id(match.fc6): "fc6", id(match.fc7): "fc7"})
         lines = [f"{model.path}: {model.format}, {len(model.layers)} layers with weights"]
@@ -405,7 +408,7 @@ def inspect_weights(path: str | Path) -> list[str]:
 def _initialise_summary(model: SourceModel, match: Optional[Vgg16Match], refusal: Optional[str]) -> str:
     if match is None:
         if model.format == "Caffe caffemodel":  # e.g. a trained FCN of fewer stages: loaded by layer name
-            named = [l.name for l in model.layers if TRUNK_CONV.match(l.name) or l.name in FC_LAYERS
+            named = [l.name for l in model.layers if vgg16.TRUNK_CONV.match(l.name) or l.name in vgg16.FC_LAYERS
                      or l.name.startswith("score")]
             if named and "conv1_1" in named:
                 first = next(l for l in model.layers if l.name == "conv1_1")
@@ -497,7 +500,7 @@ def net_fillers(config: Config) -> dict[str, list[tuple[str, bool]]]:
 
 
 def _file_stages(index: dict[str, LayerRecord]) -> int:
-    return max((int(m.group(1)) for m in map(TRUNK_CONV.match, index) if m), default=0)
+    return max((int(m.group(1)) for m in map(vgg16.TRUNK_CONV.match, index) if m), default=0)
 
 
 def _trunk_conv_error(path, name: str, rec: Optional[LayerRecord], shapes, config: Config) -> WeightsError:
@@ -545,7 +548,7 @@ def _fc_reason(name: str, rec: Optional[LayerRecord], index, config: Config, fc6
     stages, file_stages = config.model.stages, _file_stages(index)
     if stages < file_stages:
         return (f"model.stages {stages} < {file_stages}: fc6 reads pool{stages} "
-                f"({VGG16_STAGE_CHANNELS[stages - 1]} channels), not the pool{file_stages} features it was "
+                f"({vgg16.STAGE_CHANNELS[stages - 1]} channels), not the pool{file_stages} features it was "
                 "trained on")
     file_out = rec.blob_shape(0)[0]
     if config.model.fc_channels != file_out:
@@ -593,11 +596,11 @@ def initialize(net, config: Config, weights_path: str | Path | None = None) -> l
         rec = index.get(name)
         if all(fixed for _, fixed in fillers.get(name, [("", False)])):
             keep[name] = "fixed"
-        elif TRUNK_CONV.match(name):
+        elif vgg16.TRUNK_CONV.match(name):
             if not _fits(rec, shapes, fc=False):
                 raise _trunk_conv_error(path, name, rec, shapes, config)
             keep[name] = None
-        elif name in FC_LAYERS:
+        elif name in vgg16.FC_LAYERS:
             # fc7 without ImageNet fc6 would read features it never saw; stages < the file's can still
             # fit fc6's shape by accident (pool4 has pool5's 512 channels).
             fc6_missing = name == "fc7" and keep.get("fc6") is not None
@@ -643,9 +646,9 @@ def scratch_warning(config: Config) -> str:
     text = (f"warning: init.weights is null: training from scratch (msra/He fillers, score layers at 0). "
             f"The FCN reference never does this: it fine-tunes ImageNet VGG16 and calls training its VGG-depth "
             f"nets from scratch 'not feasible'. This net has {m.stages} stage(s), "
-            f"{sum(VGG16_STAGE_CONVS[:m.stages]) + 2} convolutions before the classifier")
+            f"{sum(vgg16.STAGE_CONVS[:m.stages]) + 2} convolutions before the classifier")
     if s.base_lr < 1e-6:
         text += (f"; with base_lr {s.base_lr:g} (the reference's fine-tuning rate for a summed loss) random "
                  "weights barely move")
     return text + (f". Convert VGG16 ({CONVERT_HINT}) and set init.weights, or train from scratch with "
-                   "fewer model.stages, loss.normalize: true and Adam around 1e-4.")
+                   f"fewer model.stages, loss.normalize: true and {SCRATCH.solver} around {SCRATCH.lr}.")

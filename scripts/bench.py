@@ -31,10 +31,10 @@ import numpy as np
 os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fcnseg.caffe_env import import_caffe  # noqa: E402
-from fcnseg.config import load_config  # noqa: E402
-from fcnseg.nets import deploy_net, fcn_head, vgg_trunk  # noqa: E402
-from fcnseg.solver import solver_param  # noqa: E402
+from fcnseg.caffe_env import import_caffe
+from fcnseg.config import load_config
+from fcnseg.nets import fcn_head, vgg_trunk
+from fcnseg.solver import solver_param
 
 
 def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -97,7 +97,8 @@ def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
     macs = forward_macs(solver.net)
     conv1 = solver.net.blobs["conv1_1"].data.shape
     layers = layer_times(solver.net) if LAYER_TIMES else {}
-    return {**({"layer_seconds": layers} if layers else {}), "pad": config.model.pad, "forward_ms": round(fwd * 1e3, 1), "train_iter_s": round(step, 3),
+    return {**({"layer_seconds": layers} if layers else {}), "pad": config.model.pad,
+            "forward_ms": round(fwd * 1e3, 1), "train_iter_s": round(step, 3),
             "forward_gmac": round(macs / 1e9, 2), "train_gflop": round(6 * macs / 1e9, 1),
             "train_gflops_per_s": round(6 * macs / step / 1e9, 1), "conv1_1_hw": list(conv1[2:]),
             "peak_rss_mib": peak_rss_mib()}

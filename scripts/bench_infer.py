@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fcnseg.images import read_stack  # noqa: E402
-from fcnseg.infer import load_onnx_predictor, load_predictor, make_tiling, predict  # noqa: E402
+from fcnseg.images import read_stack
+from fcnseg.infer import load_onnx_predictor, load_predictor, make_tiling, predict
 
 
 def ms_per_megapixel(predictor, x, tiling, repeats: int) -> float:

@@ -5,10 +5,8 @@ Exits 0 and prints one line per check when everything works; exits 1 naming the 
 Each check that could hit a Caffe CHECK (which aborts the process) runs in a child process, so a broken
 build is reported with its reason instead of killing the caller silently.
 """
-import os
 import subprocess
 import sys
-import tempfile
 
 CHILD = r'''
 import os, sys, tempfile

@@ -133,7 +133,7 @@ def test_upsampling_does_not_learn(tmp_path):
                                         "solver": {"base_lr": 0.1, "momentum": 0.9}}))
     from fcnseg.runs import write_definition
     import os
-    paths = write_definition(c, tmp_path / "run")
+    write_definition(c, tmp_path / "run")
     cwd = os.getcwd()
     os.chdir(tmp_path / "run")
     try:

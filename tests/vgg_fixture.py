@@ -16,16 +16,15 @@ import numpy as np
 
 from fcnseg.caffe_env import caffe_pb2
 from fcnseg.caffemodel import field_prefix
-
-VGG16_WIDTHS = (64, 128, 256, 512, 512)
-STAGE_CONVS = (2, 2, 3, 3, 3)
+from fcnseg.vgg16 import FC_CHANNELS, STAGE_CONVS
+from fcnseg.vgg16 import STAGE_CHANNELS as VGG16_WIDTHS
 NARROW_WIDTHS = tuple(w // 16 for w in VGG16_WIDTHS)
 
 
 @dataclass(frozen=True)
 class Vgg16Spec:
     widths: tuple[int, ...] = VGG16_WIDTHS
-    fc: int = 4096
+    fc: int = FC_CHANNELS
     classes: int = 1000
     v1: bool = True  # V1 `layers` + legacy blob dims (the ImageNet release) vs new `layer` + shapes
     fcn_shaped: bool = False  # fc6/fc7 already Convolution, fc8 replaced by score_fr (21 classes)

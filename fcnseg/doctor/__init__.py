@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..dataset import read_dataset, resolve_config
+from ..dataset import DatasetInfo, Split, read_dataset, resolve_config
 from ..errors import ConfigError, DataError, WeightsError
 from ..geometry import SOURCES
 from .checks_data import check_data, check_housekeeping, check_mean, majority_share
@@ -37,8 +37,8 @@ from .report import _by_severity, findings_json, format_findings, has_errors
 from .sources import _Source, caffemodel_shapes, read_net, read_solver
 
 
-__all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "diagnose_log", "read_log", "findings_json",
-           "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "_Net",
+__all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "diagnose_log", "read_log",
+           "findings_json", "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "_Net",
            "_expected_shape"]
 
 def diagnose(net, solver=None, *, weights: Optional[str | Path] = None, input_channels: Optional[int] = None,
@@ -177,8 +177,8 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
                                 "Import the data with `fcnseg data import`, or fix data.root."))
     net = train_val_net(config)
     solver = solver_param(config, val_batches(config, meta))
-    tile = (meta or {}).get("tile")
-    val = (meta or {}).get("splits", {}).get("val", {}).get("samples")
+    info = DatasetInfo.from_meta(meta)
+    tile, val = info.tile, info.splits.get("val", Split()).samples
     weights = config.init.weights
     findings += diagnose(net, solver, weights=weights, input_channels=config.model.input_channels,
                          image_size=(int(tile), int(tile)) if tile else None, val_samples=val,
@@ -213,8 +213,8 @@ def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver
 
     With `train_val` (and `solver`, `weights`), K, the loss normalisation and the image size come from the
     net, each curve finding names the prototxt findings that most likely explain it, and those findings
-    follow; with `data_check` the val labels also say which class a stuck accuracy stands for. Returns curve findings first (errors first), then the prototxt's. Raises ConfigError for a
-    missing or unreadable log or prototxt.
+    follow; with `data_check` the val labels also say which class a stuck accuracy stands for. Returns curve
+    findings first (errors first), then the prototxt's. Raises ConfigError for a missing or unreadable log or prototxt.
     """
     curve = read_log(log)
     if train_val is None:

@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from ..caffemodel import CONVERT_HINT, TRUNK_CONV
+from .. import vgg16
+from ..caffemodel import CONVERT_HINT
+from ..recipes import SCRATCH
 from ..geometry import conv_geometry
 from .facts import (ADAPTIVE_SOLVERS, NORMALISATION, SCALED_FILLERS, SCRATCH_MAX_STRIDE, VGG_DEPTH, Finding, _Net,
                     _feeds_relu, _hidden_layers, _is_upsampling, _learns, _log2, _names, _plural, _same_shape,
@@ -141,7 +143,7 @@ def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool)
     fix = (f"Convert ImageNet VGG16 to {_plural(chans, 'input channel') if chans else 'your input channels'} "
            f"with `{CONVERT_HINT}` and pass it (--weights, or init.weights in the config). "
            "From scratch, stay where it is known to work: at most 3 pooling stages, msra fillers on every "
-           "layer, Adam at 1e-4 on a normalized loss (configs/seed_reduced_1ch.yaml).")
+           f"layer, {SCRATCH.solver} at {SCRATCH.lr} on a normalized loss (configs/seed_reduced_1ch.yaml).")
     if reasons:
         return [Finding(
             "error", "from-scratch",
@@ -155,7 +157,7 @@ def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool)
             f"No pretrained weights: {len(hidden)} learning layers ({names}) train from scratch with "
             f"{solver_type}. The from-scratch setup measured to learn at this depth used Adam (HeLa demo: "
             "3 stages, msra fillers, Adam 2e-4, val mean IU 0.91).",
-            "Use type: \"Adam\" with base_lr 1e-4 on a normalized loss, or pretrained weights (" +
+            f"Use type: \"{SCRATCH.solver}\" with base_lr {SCRATCH.lr} on a normalized loss, or pretrained weights (" +
             f"`{CONVERT_HINT}`).", names)]
     return [Finding(
         "info", "from-scratch",
@@ -208,7 +210,7 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
                     "RGB and corrects the bias for the mean).", layer.name))
             continue
         want = _expected_shape(n, layer)
-        if loader == "fcnseg" and not TRUNK_CONV.match(layer.name):
+        if loader == "fcnseg" and not vgg16.TRUNK_CONV.match(layer.name):
             continue
         if want is not None and not _same_shape(got, want):
             mismatched.append(f"'{layer.name}' is {_shape_text(got)} in the weights but {_shape_text(want)} "

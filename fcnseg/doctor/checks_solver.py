@@ -1,11 +1,11 @@
 """Checks on the solver: effective step against the recipe the loss normalisation implies, batch of one."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from ..caffe_env import caffe_pb2
-from .facts import (ALEXNET_STEP, REFERENCE_PIXELS, STAGE_LR_FACTOR, STAGE_STEP_LOW, STEP_ERROR, STEP_SMALL_ERROR,
+from ..recipes import NORMALIZED, REFERENCE_PIXELS, STAGE_LR_FACTOR, SUMMED, sci
+from .facts import (ALEXNET_STEP, STAGE_STEP_LOW, STEP_ERROR, STEP_SMALL_ERROR,
                     STEP_SMALL_WARNING, STEP_WARNING, VGG_STEP, Finding, _Net, _sci, _times, loss_heads)
 
 def _loss_mode(loss) -> str:
@@ -40,7 +40,7 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
     if summed:
         heads = loss_heads(n)
         stage = heads[0].skips if heads else 0
-        recipe_lr = 1e-10
+        recipe_lr = SUMMED.base_lr
         pixels = image_size[0] * image_size[1] if image_size else REFERENCE_PIXELS
         per = pixels * ((batch or 1) if mode == "NONE" else 1)
         size = f"{image_size[0]}×{image_size[1]}" if image_size else "~500×500 (assumed; image size unknown)"
@@ -49,23 +49,26 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
         ratio = step * per / VGG_STEP
         loss_text = (f"a loss summed over pixels (normalization {mode}), so every gradient is ~{per:,} times a "
                      f"pixel's for {size} images")
-        ref = "the VGG reference for a summed loss (1e-10 at 0.99 on ~500×500 images)"
-        mix = (f" An lr of {lr:g} belongs with a normalized loss (FCN-AlexNet: 1e-4), not a summed one."
+        ref = f"the VGG reference for a summed loss ({SUMMED.lr} at {SUMMED.momentum:g} on ~500×500 images)"
+        mix = (f" An lr of {lr:g} belongs with a normalized loss (FCN-AlexNet: {NORMALIZED.lr}), not a summed one."
                if lr >= 1e-6 else "")
     else:
-        stage, recipe_lr, per = 0, 1e-4, 1
+        stage, recipe_lr, per = 0, NORMALIZED.base_lr, 1
         ratio = step / ALEXNET_STEP
         loss_text = f"a normalized loss (averaged over pixels, normalization {mode})"
-        ref = "the FCN-AlexNet reference for a normalized loss (1e-4 at 0.9 = 1e-3)"
-        mix = (" Momentum 0.99 belongs to the VGG recipe, whose loss is summed over pixels and whose lr is "
-               "1e-10." if m >= 0.99 else "")
+        ref = (f"the FCN-AlexNet reference for a normalized loss ({NORMALIZED.lr} at {NORMALIZED.momentum:g} = "
+               f"{sci(NORMALIZED.step)})")
+        mix = (f" Momentum {SUMMED.momentum:g} belongs to the VGG recipe, whose loss is summed over pixels and whose "
+               f"lr is {SUMMED.lr}." if m >= SUMMED.momentum else "")
     if STEP_WARNING > ratio >= STEP_SMALL_WARNING * (1 - 1e-6):  # "beyond 100x" is strictly beyond
         return []
-    ideal = (f"base_lr ≈ {_sci(recipe_lr * REFERENCE_PIXELS / per)} with momentum 0.99 (normalize: false, as "
-             "the VGG reference)" if summed else "base_lr 1e-4 with momentum 0.9 (FCN-AlexNet)")
-    other = ("or switch to a normalized loss (normalization: VALID) with base_lr 1e-4, momentum 0.9"
-             if summed else "or sum the loss (normalize: false) with base_lr ≈ 1e-10 × 250000 / (pixels per "
-             "image), momentum 0.99 (the VGG recipe)")
+    ideal = (f"base_lr ≈ {_sci(recipe_lr * REFERENCE_PIXELS / per)} with momentum {SUMMED.momentum:g} "
+             "(normalize: false, as the VGG reference)" if summed
+             else f"base_lr {NORMALIZED.lr} with momentum {NORMALIZED.momentum:g} (FCN-AlexNet)")
+    other = (f"or switch to a normalized loss (normalization: VALID) with base_lr {NORMALIZED.lr}, momentum "
+             f"{NORMALIZED.momentum:g}" if summed
+             else f"or sum the loss (normalize: false) with base_lr ≈ {SUMMED.lr} × {REFERENCE_PIXELS} / (pixels "
+             f"per image), momentum {SUMMED.momentum:g} (the VGG recipe)")
     howmuch = f"{_times(ratio)} the step of" if ratio >= 1 else f"1/{_times(1 / ratio)[:-1]} of the step of"
     message = (f"{kind} at base_lr {lr:g}, momentum {m:g} takes effective steps lr/(1−momentum) = "
                f"{_sci(step)} on {loss_text}: {howmuch} {ref}.{mix}")
@@ -94,7 +97,7 @@ def check_batch(batch: Optional[int], solver) -> list[Finding]:
     return [Finding(
         "info", "batch-one",
         "Each step sees one image (batch_size 1, iter_size 1). The VGG reference does this on purpose with "
-        "momentum 0.99, which averages ~100 steps; with lower momentum or Adam the steps are noisy.",
+        f"momentum {SUMMED.momentum:g}, which averages ~100 steps; with lower momentum or Adam the steps are noisy.",
         "Raise batch_size (equal-size tiles), or accumulate with iter_size (FCN-AlexNet uses 20).")]
 
 

@@ -9,7 +9,7 @@ Thresholds (each is explained where it is used):
   envelope measured on the HeLa demo (msra, Adam 1e-4 to 2e-4: val mean IU 0.87 to 0.91). Inside it: a
   warning with a non-adaptive solver, else info.
 - Effective step lr / (1 - momentum), per pixel: times the pixels a summed loss adds up. Compared with
-  the reference for the loss in use (normalized: FCN-AlexNet 1e-4 at 0.9 = 1e-3; summed: VGG 1e-10 at
+  the reference for the loss in use (fcnseg/recipes.py; normalized: FCN-AlexNet 1e-4 at 0.9 = 1e-3; summed: VGG 1e-10 at
   0.99 over ~500x500 pixels = 2.5e-3): >= 8x is an error, >= 3x a warning (overshoot); beyond 100x too
   small a warning, 10^4x an error, except the reference's staged fine-tuning steps (1e-12 for 16s, 1e-14
   for 8s): nothing in a net with those skips, info in one without.
@@ -22,17 +22,16 @@ from fractions import Fraction
 from typing import Optional, Sequence
 
 from ..geometry import PASS_THROUGH, SOURCES, blob_traces, conv_geometry, phase_net, trunk_stride
+from ..recipes import NORMALIZED, REFERENCE_PIXELS, SCRATCH_MAX_STAGES, SUMMED
 
 SEVERITIES = ("error", "warning", "info")
 VGG_DEPTH = 8                      # learning layers under ReLU; the seed has 8, FCN-AlexNet 7
-SCRATCH_MAX_STRIDE = 8             # 3 pooling stages: the from-scratch setup measured to learn
+SCRATCH_MAX_STRIDE = 2 ** SCRATCH_MAX_STAGES  # 3 pooling stages: the from-scratch setup measured to learn
 SCALED_FILLERS = {"msra", "xavier"}
 ADAPTIVE_SOLVERS = {"Adam", "AdaGrad", "RMSProp", "AdaDelta"}
 NORMALISATION = {"BatchNorm", "MVN"}
-REFERENCE_PIXELS = 500 * 500       # the VGG recipe's lr was tuned on PASCAL VOC images, ~500x500
-ALEXNET_STEP = 1e-4 / (1 - 0.9)    # normalized loss: effective step per pixel-averaged gradient
-VGG_STEP = 1e-10 / (1 - 0.99) * REFERENCE_PIXELS  # summed loss: per-pixel equivalent, 2.5e-3
-STAGE_LR_FACTOR = 0.01            # the reference divides lr by 100 per skip stage: 1e-10, 1e-12, 1e-14
+ALEXNET_STEP = NORMALIZED.step    # normalized loss: effective step per pixel-averaged gradient, 1e-3
+VGG_STEP = SUMMED.step * REFERENCE_PIXELS  # summed loss: per-pixel equivalent, 2.5e-3
 STEP_ERROR, STEP_WARNING = 8.0, 3.0               # too large: measured overshoot
 STEP_SMALL_WARNING, STEP_SMALL_ERROR = 1e-2, 1e-4  # too small: 100x / 10^4x below the recipe
 STAGE_STEP_LOW = 0.1  # a staged 16s/8s step down to 1/10 of the reference's (e.g. 1e-12 on 256² tiles) is its recipe

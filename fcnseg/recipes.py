@@ -1,0 +1,51 @@
+"""The training recipes fcnseg knows to work: the one place their numbers are written.
+
+- `SUMMED`: the FCN reference's VGG recipe. The loss is summed over every pixel (loss.normalize false),
+  so base_lr is tiny, 1e-10 at momentum 0.99, tuned on PASCAL VOC images of ~500 x 500
+  (`REFERENCE_PIXELS`). Each skip stage added by staged fine-tuning divides it by 100
+  (`STAGE_LR_FACTOR`: 16s at 1e-12, 8s at 1e-14).
+- `NORMALIZED`: the FCN-AlexNet reference. The loss is averaged over pixels, 1e-4 at momentum 0.9.
+- `SCRATCH`: no pretrained weights. Adam at ~1e-4 on a normalized loss, at most 3 pooling stages, msra
+  fillers (measured on the HeLa demo).
+
+Used by config (the solver defaults), doctor (the effective-step check and its advice), train (the
+messages when a run does not learn or diverges) and weights (the from-scratch warning). Imports nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFERENCE_PIXELS = 500 * 500  # the VGG recipe's lr was tuned on PASCAL VOC images, ~500x500
+STAGE_LR_FACTOR = 0.01  # the reference divides lr by 100 per skip stage: 1e-10, 1e-12, 1e-14
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A solver setting known to train: `solver` type at `base_lr` and `momentum`, on a loss normalized
+    over pixels or summed (`normalize`)."""
+
+    solver: str
+    base_lr: float
+    momentum: float
+    normalize: bool
+
+    @property
+    def step(self) -> float:
+        """The effective step lr / (1 - momentum) (per pixel-averaged gradient for a normalized loss)."""
+        return self.base_lr / (1 - self.momentum)
+
+    @property
+    def lr(self) -> str:
+        """base_lr as people write it: 1e-10, 1e-4."""
+        return sci(self.base_lr)
+
+
+def sci(x: float) -> str:
+    """A one-digit power-of-ten text, as learning rates are written: 1e-10, 1e-4, 2e-4."""
+    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+SUMMED = Recipe("SGD", 1e-10, 0.99, normalize=False)
+NORMALIZED = Recipe("SGD", 1e-4, 0.9, normalize=True)
+SCRATCH = Recipe("Adam", 1e-4, 0.9, normalize=True)
+SCRATCH_MAX_STAGES = 3  # pooling stages (stride 8) measured to learn from scratch
