@@ -251,6 +251,14 @@ class InferResult:
     seconds: float = 0.0
     megapixels: float = 0.0
 
+    def record(self, frame: "FrameOutcome") -> None:
+        """Count one labelled image or frame."""
+        self.written += frame.written
+        self.images += 1
+        self.tiled += frame.tiled
+        self.seconds += frame.seconds
+        self.megapixels += frame.megapixels
+
     @property
     def exit_code(self) -> int:
         """0 when every input was labelled, 2 when none was, 1 when some of a batch failed."""
@@ -285,7 +293,7 @@ def list_inputs(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def _frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
+def read_frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
     """(output stem, name for messages, 2-D image) per frame: <stem> for a single image,
     <stem>_<frame, 3 digits> for each frame of a stack. Raises DataError for an unreadable file."""
     if path.is_dir():
@@ -325,6 +333,34 @@ def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
     return paths
 
 
+@dataclass
+class FrameOutcome:
+    """What labelling one image or frame wrote, and the time spent in the net."""
+
+    written: list[Path]
+    tiled: bool
+    seconds: float
+    megapixels: float
+
+
+def label_and_save(predictor: Predictor, image: np.ndarray, where: str, out_dir: Path, stem: str,
+                   options: InferOptions) -> FrameOutcome:
+    """Label one raw 2-D image (`label_image`) and write its outputs as <stem>* into `out_dir`
+    (`write_outputs`). Raises DataError naming `where` for a bad image."""
+    import time  # noqa: PLC0415
+
+    start = time.perf_counter()
+    gray, probs, tiled = label_image(predictor, image, where, options.tile, options.tile_overlap)
+    seconds = time.perf_counter() - start
+    written = write_outputs(out_dir, stem, gray, probs, options.overlay, options.probs)
+    return FrameOutcome(written, tiled, seconds, gray.size / 1e6)
+
+
+def failure_message(exc: FcnsegError, where: str) -> str:
+    """The one line listing a bad input: the error's message, prefixed with `where` unless it names it."""
+    return str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+
+
 def open_predictor(run_dir: Optional[str | Path], options: InferOptions) -> Predictor:
     """The ONNX model `options.onnx` if given, else the run's Caffe net with `options.weights`."""
     if options.onnx is not None:
@@ -351,8 +387,6 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     value range) is passed to `report` with its name and skipped; the result lists it, and its
     `exit_code` says whether none or only some failed.
     """
-    import time  # noqa: PLC0415
-
     from tqdm import tqdm  # noqa: PLC0415
 
     options = options or InferOptions()
@@ -368,7 +402,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     claimed: dict[str, str] = {}
 
     def fail(exc: FcnsegError, where: str) -> None:
-        message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+        message = failure_message(exc, where)
         result.failures.append(message)
         with tqdm.external_write_mode(file=sys.stderr):
             report(f"error: {message}")
@@ -376,7 +410,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     with tqdm(total=len(files), desc="infer", unit="img", file=sys.stderr, leave=False, disable=None) as bar:
         for path in files:
             try:
-                frames = _frames(path, options.to_gray)
+                frames = read_frames(path, options.to_gray)
             except FcnsegError as exc:
                 fail(exc, str(path))
                 frames = []
@@ -391,13 +425,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
                     if (out / f"{stem}.png").resolve() == path.resolve():
                         raise DataError(f"{where}: its output would overwrite the input itself; choose another -o")
                     claimed[stem] = where
-                    start = time.perf_counter()
-                    gray, probs, tiled = label_image(predictor, image, where, options.tile, options.tile_overlap)
-                    result.seconds += time.perf_counter() - start
-                    result.megapixels += gray.size / 1e6
-                    result.written += write_outputs(out, stem, gray, probs, options.overlay, options.probs)
-                    result.images += 1
-                    result.tiled += tiled
+                    result.record(label_and_save(predictor, image, where, out, stem, options))
                 except FcnsegError as exc:
                     fail(exc, where)
                 bar.update()

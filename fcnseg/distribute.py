@@ -1,0 +1,361 @@
+"""`fcnseg infer --workers N | --scheduler ADDRESS`: the same inference, spread over Dask workers.
+
+The inputs, outputs, tiling and messages are `infer`'s; only who does the work changes. The client
+(the `fcnseg` process) plans and records; each task runs on a worker and is one input file (a single
+image is labelled there and then; a stack answers with its frame count) or one frame of a stack. Tasks
+carry paths, frame indices and `InferOptions`, never arrays or nets: each worker process opens the net
+once (`worker_predictor`, cached per process) and keeps the last stack it read, so the frames of one
+stack cost one read per worker. The worker that labels a frame writes its files (`infer.write_outputs`:
+temporary names, renamed when complete), so a killed job leaves only whole files.
+
+Workers are single-threaded processes: Caffe's state (net, mode, device) is per process, and BLAS/OpenMP
+are held to one thread per worker (`SINGLE_THREAD_ENV`) so N workers use N cores and no more.
+
+Restartable: OUT/MANIFEST_FILE (JSON lines, appended by the client only) records the weights' SHA-256,
+the options that change outputs, each input's size, mtime and frame count, and each output completed. A
+rerun with the same weights and options skips every output the manifest lists and whose files exist;
+anything else (other weights, other options, a changed input) is labelled again.
+
+A worker that dies (killed, out of memory) loses its tasks; the scheduler gives them to another worker
+(Dask's `distributed.scheduler.allowed-failures`, WORKER_DEATHS_ALLOWED here). A bad input is not
+retried: the task returns its message, listed at the end as `infer` does, with the same exit codes.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .errors import ConfigError, DataError, FcnsegError
+from .infer import (FrameOutcome, InferOptions, InferResult, Predictor, failure_message, label_and_save,
+                    list_inputs, make_tiling, open_predictor, read_frames)
+
+MANIFEST_FILE = "infer-manifest.jsonl"
+# Set in every worker process before it imports numpy or Caffe: one core per worker.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+WORKER_DEATHS_ALLOWED = 3  # a task whose workers died this many times fails as KilledWorker
+
+
+# ---- the cluster ----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def connect(workers: Optional[int] = None, scheduler: Optional[str] = None) -> Iterator:
+    """A dask.distributed Client: on a new local cluster of `workers` single-threaded worker processes,
+    or on the running scheduler at `scheduler` (tcp://host:port, or a scheduler JSON file). Closed (and
+    the local cluster shut down) on exit. Raises ConfigError when neither or both are given, or the
+    scheduler cannot be reached."""
+    import dask  # noqa: PLC0415
+    from distributed import Client, LocalCluster  # noqa: PLC0415
+
+    if (workers is None) == (scheduler is None):
+        raise ConfigError("give either --workers N or --scheduler ADDRESS")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: give at least 1 worker")
+    with dask.config.set({"distributed.scheduler.allowed-failures": WORKER_DEATHS_ALLOWED}):
+        if scheduler is not None:
+            is_file = Path(scheduler).is_file()
+            try:
+                client = Client(scheduler_file=scheduler) if is_file else Client(scheduler, timeout="30s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ConfigError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({exc}); "
+                                  "start one (dask scheduler) or check the address") from None
+            with client:
+                yield client
+            return
+        # The environment is set in each worker before it starts, so BLAS reads it when it loads.
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", env=dict(SINGLE_THREAD_ENV))
+        with cluster, Client(cluster) as client:
+            yield client
+
+
+# ---- what runs on a worker ------------------------------------------------------------------------------
+
+_PREDICTOR: dict[tuple, tuple[Predictor, str]] = {}  # the net this worker process opened, by model
+_STACK: dict[tuple, list] = {}  # the last file this worker read, by path, size, mtime
+
+
+def _model_key(run_dir: Optional[str], options: InferOptions) -> tuple:
+    return (run_dir, options.weights, options.onnx, options.gpu)
+
+
+def worker_predictor(run_dir: Optional[str], options: InferOptions) -> tuple[Predictor, str]:
+    """(the net, the SHA-256 of its weights file), opened once per worker process and model and then
+    reused (`infer.open_predictor`; raises what it raises)."""
+    key = _model_key(run_dir, options)
+    if key not in _PREDICTOR:
+        _PREDICTOR.clear()
+        predictor = open_predictor(run_dir, options)
+        _PREDICTOR[key] = predictor, file_sha256(predictor.weights)
+    return _PREDICTOR[key]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _cached_frames(path: Path, to_gray: bool) -> list:
+    key = (str(path.resolve()), *_stat(path), to_gray) if path.is_file() else (str(path), to_gray)
+    if key not in _STACK:
+        _STACK.clear()
+        _STACK[key] = read_frames(path, to_gray)
+    return _STACK[key]
+
+
+@dataclass
+class TaskResult:
+    """What one task sends back: an outcome, a bad input's message, or (for a stack's file task) the
+    stack's frame stems and names."""
+
+    path: str
+    frame: Optional[int]
+    outcome: Optional[FrameOutcome] = None
+    failure: Optional[str] = None
+    frames: list[tuple[str, str]] = field(default_factory=list)  # (stem, name) per frame of a stack
+
+
+def probe_model(run_dir: Optional[str], options: InferOptions) -> tuple[str, str, int]:
+    """(weights path, its SHA-256, net stride) after opening the net on a worker; raises the
+    FcnsegError that `infer` would, before any image is read."""
+    predictor, digest = worker_predictor(run_dir, options)
+    return str(predictor.weights), digest, predictor.stride
+
+
+def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir: str) -> TaskResult:
+    """Task for one input file: a single image is labelled and written; a stack returns its frames'
+    (stem, name) for `label_frame` tasks; a bad file returns its message."""
+    try:
+        frames = _cached_frames(Path(path), options.to_gray)
+        if len(frames) > 1:
+            return TaskResult(path, None, frames=[(stem, where) for stem, where, _ in frames])
+        stem, where, image = frames[0]
+        predictor, _ = worker_predictor(run_dir, options)
+        return TaskResult(path, None, label_and_save(predictor, image, where, Path(out_dir), stem, options))
+    except FcnsegError as exc:
+        return TaskResult(path, None, failure=failure_message(exc, path))
+
+
+def label_frame(path: str, frame: int, run_dir: Optional[str], options: InferOptions,
+                out_dir: str) -> TaskResult:
+    """Task for frame `frame` of the stack `path`: labelled and written, or its message."""
+    try:
+        stem, where, image = _cached_frames(Path(path), options.to_gray)[frame]
+        predictor, _ = worker_predictor(run_dir, options)
+        return TaskResult(path, frame, label_and_save(predictor, image, where, Path(out_dir), stem, options))
+    except FcnsegError as exc:
+        return TaskResult(path, frame, failure=failure_message(exc, f"{path} (frame {frame})"))
+    except IndexError:
+        return TaskResult(path, frame, failure=f"{path}: has no frame {frame} any more; run again")
+
+
+# ---- the manifest ---------------------------------------------------------------------------------------
+
+def _output_names(stem: str, options: InferOptions) -> list[str]:
+    return [f"{stem}.png"] + [f"{stem}_overlay.png"] * options.overlay + [f"{stem}_probs.npy"] * options.probs
+
+
+class Manifest:
+    """OUT/MANIFEST_FILE: what a previous run of the same model and options completed.
+
+    Line 1 is the header (weights SHA-256 and the options that change outputs); then `file` lines (an
+    input's size, mtime and frame stems when planned) and `done` lines (an output completed). Lines are
+    appended as results arrive; a torn last line (a killed client) is ignored. A different header starts
+    a new manifest.
+    """
+
+    def __init__(self, out_dir: Path, weights_sha256: str, options: InferOptions):
+        self.path = out_dir / MANIFEST_FILE
+        self.header = {"weights_sha256": weights_sha256,
+                       "options": {k: v for k, v in asdict(options).items() if k in
+                                   ("overlay", "probs", "tile", "tile_overlap", "to_gray")}}
+        self.files: dict[str, dict] = {}  # input -> {"size", "mtime_ns", "frames": [[stem, name], ...]}
+        self.done: set[tuple[str, Optional[int]]] = set()
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        if records and records[0] == {"header": self.header}:
+            for record in records[1:]:
+                if "file" in record:
+                    self.files[record["file"]] = record
+                    self.done = {d for d in self.done if d[0] != record["file"]}
+                elif "done" in record:
+                    self.done.add((record["done"], record["frame"]))
+            self._handle = open(self.path, "a")
+        else:
+            self._handle = open(self.path, "w")
+            self._append({"header": self.header})
+
+    def _append(self, record: dict) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def known_frames(self, path: Path) -> Optional[list[tuple[str, str]]]:
+        """The (stem, name) frames recorded for `path` when its size and mtime are unchanged, else None."""
+        record = self.files.get(str(path))
+        if record is None or not path.is_file() or [record["size"], record["mtime_ns"]] != list(_stat(path)):
+            return None
+        return [tuple(f) for f in record["frames"]]
+
+    def record_file(self, path: Path, frames: list[tuple[str, str]]) -> None:
+        size, mtime = _stat(path)
+        record = {"file": str(path), "size": size, "mtime_ns": mtime, "frames": [list(f) for f in frames]}
+        if self.files.get(str(path)) != record:
+            self.files[str(path)] = record
+            self.done = {d for d in self.done if d[0] != str(path)}
+            self._append(record)
+
+    def is_done(self, path: Path, frame: Optional[int], stem: str, out_dir: Path, options: InferOptions) -> bool:
+        return (str(path), frame) in self.done and all((out_dir / n).is_file() for n in _output_names(stem, options))
+
+    def record_done(self, path: str, frame: Optional[int]) -> None:
+        self.done.add((path, frame))
+        self._append({"done": path, "frame": frame})
+
+
+# ---- the client -----------------------------------------------------------------------------------------
+
+@dataclass
+class DistributedResult(InferResult):
+    """InferResult plus the outputs skipped because a previous run completed them."""
+
+    skipped: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        if not self.failures:
+            return 0
+        return 2 if self.images + self.skipped == 0 else 1
+
+    def lines(self) -> list[str]:
+        out = super().lines()
+        if self.skipped:
+            out.insert(1, f"skipped {self.skipped} image(s) already labelled ({MANIFEST_FILE})")
+        return out
+
+
+def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str | Path,
+                     options: Optional[InferOptions] = None,
+                     report: Callable[[str], None] = print) -> DistributedResult:
+    """`infer.infer` with every image and frame a task on the Dask `client`'s workers.
+
+    Run-level problems raise FcnsegError before any image is read (the net is opened on one worker
+    first). Outputs listed in OUT/MANIFEST_FILE as completed by the same weights and options are
+    skipped. A bad input is passed to `report` and listed in the result; `seconds` sums the workers'
+    time in the net. Raises distributed's KilledWorker when a task's workers keep dying.
+    """
+    from distributed import as_completed  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    options = options or InferOptions()
+    run = None if run_dir is None else str(Path(run_dir).resolve())
+    if options.onnx is not None:
+        options = InferOptions(**{**asdict(options), "onnx": str(Path(options.onnx).resolve())})
+    if options.weights is not None:
+        options = InferOptions(**{**asdict(options), "weights": str(Path(options.weights).resolve())})
+    weights, digest, stride = client.submit(probe_model, run, options, pure=False).result()
+    if options.tile != 0:
+        make_tiling(options.tile, options.tile_overlap, stride)  # refuse bad options up front
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    result = DistributedResult(Path(out_dir), Path(weights))
+    manifest = Manifest(out, digest, options)
+    claimed: dict[str, str] = {}
+    files = [p.resolve() if p.exists() else p for p in list_inputs(inputs)]
+    pending = as_completed()
+
+    def fail(message: str) -> None:
+        result.failures.append(message)
+        with tqdm.external_write_mode(file=sys.stderr):
+            report(f"error: {message}")
+
+    def claim(path: Path, stem: str, where: str) -> bool:
+        """Whether `stem` may be written for `where` (as `infer` checks), else a failure."""
+        if stem in claimed:
+            fail(f"{where}: its output {stem}.png would overwrite that of {claimed[stem]}; rename one of them")
+            return False
+        if (out / f"{stem}.png").resolve() == path.resolve():
+            fail(f"{where}: its output would overwrite the input itself; choose another -o")
+            return False
+        claimed[stem] = where
+        return True
+
+    def submit_frames(path: Path, frames: list[tuple[str, str]], bar) -> None:
+        if len(frames) > 1:
+            bar.total += len(frames) - 1
+            bar.refresh()
+        for i, (stem, where) in enumerate(frames):
+            frame = i if len(frames) > 1 else None
+            if not claim(path, stem, where):
+                bar.update()
+            elif manifest.is_done(path, frame, stem, out, options):
+                result.skipped += 1
+                bar.update()
+            else:
+                pending.add(client.submit(label_frame if frame is not None else label_file,
+                                          *([str(path), frame] if frame is not None else [str(path)]),
+                                          run, options, str(out), pure=False))
+
+    try:
+        with tqdm(total=len(files), desc="infer", unit="img", file=sys.stderr, leave=False,
+                  disable=None) as bar:
+            for path in files:
+                known = manifest.known_frames(path)
+                if known is not None:
+                    submit_frames(path, known, bar)
+                elif claim(path, path.stem, str(path)):  # as a single image, until it says it is a stack
+                    pending.add(client.submit(label_file, str(path), run, options, str(out), pure=False))
+                else:
+                    bar.update()
+            for future in pending:
+                task: TaskResult = future.result()
+                path = Path(task.path)
+                if task.frames:  # a stack's file task: its frames become tasks
+                    del claimed[path.stem]
+                    manifest.record_file(path, task.frames)
+                    submit_frames(path, task.frames, bar)
+                    continue
+                if task.failure is not None:
+                    fail(task.failure)
+                else:
+                    if task.frame is None:
+                        manifest.record_file(path, [(path.stem, task.path)])
+                    result.record(task.outcome)
+                    manifest.record_done(task.path, task.frame)
+                bar.update()
+    finally:
+        manifest.close()
+    return result
+
+
+def infer_distributed(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str | Path,
+                      options: Optional[InferOptions] = None, workers: Optional[int] = None,
+                      scheduler: Optional[str] = None,
+                      report: Callable[[str], None] = print) -> DistributedResult:
+    """`infer_on_cluster` on a local cluster of `workers` processes or the scheduler at `scheduler`
+    (see `connect`)."""
+    with connect(workers, scheduler) as client:
+        return infer_on_cluster(client, run_dir, inputs, out_dir, options, report)
