@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .errors import ConfigError, DataError, FcnsegError
-from .infer import (FrameOutcome, InferOptions, InferResult, Predictor, failure_message, label_and_save,
-                    list_inputs, make_tiling, open_predictor, read_frames)
+import numpy as np
+
+from .infer import (FrameOutcome, InferOptions, InferResult, Predictor, Tiling, ceil_to, failure_message,
+                    label_and_save, list_inputs, make_tiling, open_predictor, probabilities, read_frames,
+                    save_atomic, tile_origins, tiling_for, write_labels)
 
 MANIFEST_FILE = "infer-manifest.jsonl"
 # Set in every worker process before it imports numpy or Caffe: one core per worker.
@@ -140,6 +143,13 @@ def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir
     """Task for one input file: a single image is labelled and written; a stack returns its frames'
     (stem, name) for `label_frame` tasks; a bad file returns its message."""
     try:
+        lazy = open_lazily(Path(path))
+        if lazy is not None:
+            predictor, _ = worker_predictor(run_dir, options)
+            tiling = tiling_for(lazy.shape, options.tile, options.tile_overlap, predictor.stride)
+            if tiling is not None and max(ceil_to(n, predictor.multiple) for n in lazy.shape) > tiling.tile:
+                return TaskResult(path, None, label_streamed(predictor, lazy, path, tiling, Path(out_dir),
+                                                             Path(path).stem, options))
         frames = _cached_frames(Path(path), options.to_gray)
         if len(frames) > 1:
             return TaskResult(path, None, frames=[(stem, where) for stem, where, _ in frames])
@@ -161,6 +171,97 @@ def label_frame(path: str, frame: int, run_dir: Optional[str], options: InferOpt
         return TaskResult(path, frame, failure=failure_message(exc, f"{path} (frame {frame})"))
     except IndexError:
         return TaskResult(path, frame, failure=f"{path}: has no frame {frame} any more; run again")
+
+
+# ---- large images, tile by tile -------------------------------------------------------------------------
+
+def open_lazily(path: Path) -> Optional[np.ndarray]:
+    """A read-only memory map of a single 2-D integer image, read from disk only where it is indexed:
+    a 2-D `.npy`, or a TIFF whose only series is Y x X and stored uncompressed. None for anything else
+    (compressed, a stack, colour, floats that need their NaN check): that is read whole as usual."""
+    import tifffile  # noqa: PLC0415
+
+    try:
+        if path.suffix.lower() == ".npy":
+            image = np.load(path, mmap_mode="r", allow_pickle=False)
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                if len(tif.series) != 1 or tif.series[0].axes != "YX":
+                    return None
+            image = tifffile.memmap(path, mode="r")
+        else:
+            return None
+    except (ValueError, OSError, tifffile.TiffFileError):
+        return None
+    return image if image.ndim == 2 and image.dtype.kind in "ui" else None
+
+
+def _reflected(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices start..stop-1 into an axis of `length`, mirrored past its end as np.pad's 'reflect'."""
+    index = np.arange(start, stop)
+    return np.where(index < length, index, 2 * (length - 1) - index)
+
+
+def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: Tiling, out_dir: Path,
+                   stem: str, options: InferOptions) -> FrameOutcome:
+    """`label_and_save` for a large 2-D `image` (a memory map, `open_lazily`) that is never read
+    whole: the tiles of `infer.predict`'s grid are read, run and averaged one row of tiles at a time,
+    and the rows no later tile reaches are finished (labels, and <stem>_probs.npy filled in place under
+    a temporary name). Memory is the labels (1 byte a pixel, plus 1 for --overlay) and one row of tiles'
+    probabilities, not the whole image's. The outputs are byte-identical to `label_and_save`'s: the
+    same tiles, the same sums in the same order. Raises DataError naming `where` for bad values."""
+    import time  # noqa: PLC0415
+
+    start = time.perf_counter()
+    h, w = image.shape
+    k, side = predictor.num_classes, tiling.tile
+    ph, pw = ceil_to(h, predictor.multiple), ceil_to(w, predictor.multiple)
+    rows = tile_origins(ph, side, tiling.step, predictor.stride)
+    cols = tile_origins(pw, side, tiling.step, predictor.stride)
+    labels = np.empty((h, w), np.uint8)
+    gray = np.empty((h, w), np.uint8) if options.overlay else None
+    total = np.zeros((k, side, pw), np.float32)  # padded rows top .. top + side
+    count = np.zeros((side, pw), np.float32)
+
+    def run_tiles(probs_out: Optional[np.ndarray]) -> None:
+        top = 0
+
+        def finish(stop: int) -> None:  # padded rows top..stop are complete: label them, slide the band up
+            nonlocal top
+            n, real = stop - top, max(0, min(stop, h) - top)
+            done = (total[:, :n] / count[:n])[:, :real, :w]
+            labels[top:top + real] = done.argmax(axis=0)
+            if probs_out is not None:
+                probs_out[:, top:top + real] = done.astype(np.float16)
+            if gray is not None:
+                gray[top:top + real] = predictor.network_input(np.asarray(image[top:top + real]), where)[0]
+            total[:, :side - n] = total[:, n:].copy()
+            total[:, side - n:] = 0
+            count[:side - n] = count[n:].copy()
+            count[side - n:] = 0
+            top = stop
+
+        for y in rows:
+            finish(y)
+            y_index = _reflected(y, min(y + side, ph), h)
+            for x0 in cols:
+                block = np.asarray(image[np.ix_(y_index, _reflected(x0, min(x0 + side, pw), w))])
+                tile_probs = probabilities(predictor, predictor.network_input(block, where)[1])
+                total[:, :block.shape[0], x0:x0 + block.shape[1]] += tile_probs
+                count[:block.shape[0], x0:x0 + block.shape[1]] += 1
+        finish(ph)
+        if probs_out is not None:
+            probs_out.flush()
+
+    probs_path = out_dir / f"{stem}_probs.npy"
+    if options.probs:
+        save_atomic(probs_path, lambda tmp: run_tiles(
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(k, h, w))))
+    else:
+        run_tiles(None)
+    seconds = time.perf_counter() - start
+    written = write_labels(out_dir, stem, gray, labels, options.overlay)
+    return FrameOutcome(written + [probs_path] * options.probs, True, seconds, h * w / 1e6)
 
 
 # ---- the manifest ---------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@ class Tiling:
         return self.tile - self.overlap
 
 
-def _ceil_to(n: int, m: int) -> int:
+def ceil_to(n: int, m: int) -> int:
+    """The smallest multiple of `m` that is >= `n`."""
     return -(-n // m) * m
 
 
@@ -152,7 +153,7 @@ def make_tiling(tile: Optional[int], overlap: Optional[int], stride: int) -> Til
     """Tiles of side `tile` (default DEFAULT_TILE) rounded up to a multiple of `stride`, overlapping by at
     least `overlap` (default a quarter tile) so that the step between them is a multiple of `stride`.
     Raises ConfigError when the overlap leaves no step."""
-    side = _ceil_to(max(tile or DEFAULT_TILE, stride), stride)
+    side = ceil_to(max(tile or DEFAULT_TILE, stride), stride)
     wanted = side // DEFAULT_OVERLAP_FRACTION if overlap is None else overlap
     step = (side - wanted) // stride * stride
     if step < stride:
@@ -177,7 +178,7 @@ def tile_origins(length: int, tile: int, step: int, stride: int) -> list[int]:
     stride - 1 pixels shorter than `tile`."""
     if length <= tile:
         return [0]
-    return list(range(0, length - tile, step)) + [_ceil_to(length - tile, stride)]
+    return list(range(0, length - tile, step)) + [ceil_to(length - tile, stride)]
 
 
 def softmax(score: np.ndarray) -> np.ndarray:
@@ -187,7 +188,9 @@ def softmax(score: np.ndarray) -> np.ndarray:
     return e
 
 
-def _probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+def probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """Softmax of the net's score for one net input `x` (no padding, no tiling); RunError when the
+    net's score is not the size of its input."""
     score = predictor.score(x)
     if score.shape[1:] != x.shape:  # the net crops its score to its input: anything else is a broken net
         raise RunError(f"{predictor.weights}: the net's score is {score.shape[1]}x{score.shape[2]} for a "
@@ -206,17 +209,17 @@ def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None
     """
     h, w = x.shape
     m, s = predictor.multiple, predictor.stride
-    ph, pw = _ceil_to(h, m), _ceil_to(w, m)
+    ph, pw = ceil_to(h, m), ceil_to(w, m)
     if (ph, pw) != (h, w):
         x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
     if tiling is None or (ph <= tiling.tile and pw <= tiling.tile):
-        return np.ascontiguousarray(_probabilities(predictor, x)[:, :h, :w])
+        return np.ascontiguousarray(probabilities(predictor, x)[:, :h, :w])
     total = np.zeros((predictor.num_classes, ph, pw), np.float32)
     count = np.zeros((ph, pw), np.float32)
     for y in tile_origins(ph, tiling.tile, tiling.step, s):
         for x0 in tile_origins(pw, tiling.tile, tiling.step, s):
             window = (slice(y, min(y + tiling.tile, ph)), slice(x0, min(x0 + tiling.tile, pw)))
-            total[(slice(None),) + window] += _probabilities(predictor, x[window])
+            total[(slice(None),) + window] += probabilities(predictor, x[window])
             count[window] += 1
     total /= count
     return np.ascontiguousarray(total[:, :h, :w])
@@ -305,7 +308,9 @@ def read_frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
     return [(f"{path.stem}_{i:0{width}d}", f"{path} (frame {i})", frame) for i, frame in enumerate(stack)]
 
 
-def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def save_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` with a temporary name next to `path`, then rename it to `path` (removed if
+    `write` fails), so `path` is either absent or complete."""
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         write(tmp)
@@ -314,22 +319,28 @@ def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_labels(out_dir: Path, stem: str, gray: np.ndarray, labels: np.ndarray, with_overlay: bool) -> list[Path]:
+    """Write <stem>.png (class ids `labels`, palette PNG) and, if asked, <stem>_overlay.png (the labels
+    over `gray`, the windowed image) into `out_dir`. Returns the paths written."""
+    from PIL import Image  # noqa: PLC0415
+
+    paths = [out_dir / f"{stem}.png"]
+    save_atomic(paths[0], lambda p: save_label_png(p, labels))
+    if with_overlay:
+        paths.append(out_dir / f"{stem}_overlay.png")
+        picture = overlay(gray, labels, OVERLAY_ALPHA, ignore_label=None)
+        save_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
+    return paths
+
+
 def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
                   with_overlay: bool, with_probs: bool) -> list[Path]:
     """Write <stem>.png (class ids, palette PNG) and, if asked, <stem>_overlay.png and <stem>_probs.npy
     (float16, K x H x W) into `out_dir`. Returns the paths written."""
-    from PIL import Image  # noqa: PLC0415
-
-    labels = probs.argmax(axis=0).astype(np.uint8)
-    paths = [out_dir / f"{stem}.png"]
-    _save_atomic(paths[0], lambda p: save_label_png(p, labels))
-    if with_overlay:
-        paths.append(out_dir / f"{stem}_overlay.png")
-        picture = overlay(gray, labels, OVERLAY_ALPHA, ignore_label=None)
-        _save_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
+    paths = write_labels(out_dir, stem, gray, probs.argmax(axis=0).astype(np.uint8), with_overlay)
     if with_probs:
         paths.append(out_dir / f"{stem}_probs.npy")
-        _save_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
+        save_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
     return paths
 
 

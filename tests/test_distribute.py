@@ -151,3 +151,37 @@ def test_workers_and_scheduler_exclude_each_other(run, inputs, tmp_path, capsys)
     with pytest.raises(ConfigError, match="--workers or --scheduler|either"):
         with connect():
             pass
+
+
+# ---- large images, tile by tile ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_large_image_streams_tile_by_tile_with_identical_outputs(run, tmp_path, suffix):
+    from fcnseg import distribute
+    from fcnseg.infer import label_and_save, load_predictor, read_frames
+
+    raw = raw_image(203, 341, seed=5)
+    path = tmp_path / f"big{suffix}"
+    tifffile.imwrite(path, raw) if suffix == ".tif" else np.save(path, raw)
+    assert isinstance(distribute.open_lazily(path), np.memmap)
+    options = InferOptions(overlay=True, probs=True, tile=64)
+    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
+    whole.mkdir()
+    streamed.mkdir()
+    predictor = load_predictor(run)
+    expected = label_and_save(predictor, read_frames(path, False)[0][2], str(path), whole, "big", options)
+    distribute._STACK.clear()
+    task = distribute.label_file(str(path), str(run), options, str(streamed))
+    assert task.failure is None and task.outcome.tiled
+    assert not distribute._STACK  # never read whole
+    assert [p.name for p in task.outcome.written] == [p.name for p in expected.written]
+    assert contents(streamed) == contents(whole)
+
+
+def test_compressed_or_stacked_tiffs_are_read_whole(tmp_path):
+    from fcnseg.distribute import open_lazily
+
+    tifffile.imwrite(tmp_path / "zip.tif", raw_image(50, 60), compression="zlib")
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([raw_image(50, 60)] * 2), photometric="minisblack")
+    np.save(tmp_path / "float.npy", raw_image(50, 60).astype(np.float32))
+    assert [open_lazily(tmp_path / n) for n in ("zip.tif", "stack.tif", "float.npy")] == [None, None, None]
