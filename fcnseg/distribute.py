@@ -16,6 +16,10 @@ the options that change outputs, each input's size, mtime and frame count, and e
 rerun with the same weights and options skips every output the manifest lists and whose files exist;
 anything else (other weights, other options, a changed input) is labelled again.
 
+A large single image (a 2-D integer TIFF stored uncompressed, or a 2-D `.npy`) that `infer` would tile
+is memory-mapped and labelled tile by tile on `infer`'s own tile grid (`label_streamed`): it is never
+read whole, its probabilities are written as rows of tiles complete, and the outputs are the same bytes.
+
 A worker that dies (killed, out of memory) loses its tasks; the scheduler gives them to another worker
 (Dask's `distributed.scheduler.allowed-failures`, WORKER_DEATHS_ALLOWED here). A bad input is not
 retried: the task returns its message, listed at the end as `infer` does, with the same exit codes.
@@ -62,6 +66,9 @@ def connect(workers: Optional[int] = None, scheduler: Optional[str] = None) -> I
     with dask.config.set({"distributed.scheduler.allowed-failures": WORKER_DEATHS_ALLOWED}):
         if scheduler is not None:
             is_file = Path(scheduler).is_file()
+            if not is_file and scheduler.endswith(".json"):
+                raise ConfigError(f"--scheduler {scheduler}: scheduler file not found; give the file that "
+                                  "`dask scheduler --scheduler-file` wrote, or tcp://host:port")
             try:
                 client = Client(scheduler_file=scheduler) if is_file else Client(scheduler, timeout="30s")
             except (OSError, TimeoutError, ValueError) as exc:

@@ -185,3 +185,17 @@ def test_compressed_or_stacked_tiffs_are_read_whole(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([raw_image(50, 60)] * 2), photometric="minisblack")
     np.save(tmp_path / "float.npy", raw_image(50, 60).astype(np.float32))
     assert [open_lazily(tmp_path / n) for n in ("zip.tif", "stack.tif", "float.npy")] == [None, None, None]
+
+
+def test_scheduler_joins_a_running_cluster(run, inputs, reference, tmp_path, capsys):
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
+                                  env=dict(SINGLE_THREAD_ENV)) as cluster:
+        code = main(["infer", "--run", run, inputs, "-o", tmp_path, "--overlay", "--probs",
+                     "--scheduler", cluster.scheduler_address])
+    assert code == 0 and "labelled 8 image(s)" in capsys.readouterr().out
+    assert contents(tmp_path) == reference
+
+
+def test_missing_scheduler_file_exits_2(run, inputs, tmp_path, capsys):
+    assert main(["infer", "--run", run, inputs, "-o", tmp_path, "--scheduler", tmp_path / "sched.json"]) == 2
+    assert "sched.json: scheduler file not found" in capsys.readouterr().err
