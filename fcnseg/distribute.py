@@ -349,15 +349,23 @@ class DistributedResult(InferResult):
     """InferResult plus the outputs skipped because a previous run completed them."""
 
     skipped: int = 0
+    workers: int = 0
+    wall_seconds: float = 0.0  # from the first task submitted to the last result
 
     @property
     def exit_code(self) -> int:
+        """As InferResult's, counting skipped outputs as labelled."""
         if not self.failures:
             return 0
         return 2 if self.images + self.skipped == 0 else 1
 
     def lines(self) -> list[str]:
+        """InferResult's summary (its time is the workers' time in the net, summed), the skipped
+        outputs and the images per second on the cluster."""
         out = super().lines()
+        if self.images and self.wall_seconds:
+            out.insert(1, f"{self.images / self.wall_seconds:.3f} images/s on {self.workers} worker(s) "
+                          f"({self.wall_seconds:.1f} s)")
         if self.skipped:
             out.insert(1, f"skipped {self.skipped} image(s) already labelled ({MANIFEST_FILE})")
         return out
@@ -371,9 +379,12 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
     Run-level problems raise FcnsegError before any image is read (the net is opened on one worker
     first). Outputs listed in OUT/MANIFEST_FILE as completed by the same weights and options are
     skipped. A bad input is passed to `report` and listed in the result; `seconds` sums the workers'
-    time in the net. Raises distributed's KilledWorker when a task's workers keep dying.
+    time in the net. A task whose workers keep dying (WORKER_DEATHS_ALLOWED + 1 of them) is listed
+    as a failure too.
     """
-    from distributed import as_completed  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from distributed import KilledWorker, as_completed  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
     options = options or InferOptions()
@@ -394,6 +405,8 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
     claimed: dict[str, str] = {}
     files = [p.resolve() if p.exists() else p for p in list_inputs(inputs)]
     pending = as_completed()
+    names: dict[str, str] = {}  # task key -> the input (frame) it labels
+    start = time.perf_counter()
 
     def fail(message: str) -> None:
         result.failures.append(message)
@@ -411,6 +424,14 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
         claimed[stem] = where
         return True
 
+    def submit(path: Path, frame: Optional[int], where: str) -> None:
+        if frame is None:
+            future = client.submit(label_file, str(path), run, options, str(out), pure=False)
+        else:
+            future = client.submit(label_frame, str(path), frame, run, options, str(out), pure=False)
+        names[future.key] = where
+        pending.add(future)
+
     def submit_frames(path: Path, frames: list[tuple[str, str]], bar) -> None:
         if len(frames) > 1:
             bar.total += len(frames) - 1
@@ -423,9 +444,7 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
                 result.skipped += 1
                 bar.update()
             else:
-                pending.add(client.submit(label_frame if frame is not None else label_file,
-                                          *([str(path), frame] if frame is not None else [str(path)]),
-                                          run, options, str(out), pure=False))
+                submit(path, frame, where)
 
     try:
         with tqdm(total=len(files), desc="infer", unit="img", file=sys.stderr, leave=False,
@@ -435,10 +454,16 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
                 if known is not None:
                     submit_frames(path, known, bar)
                 elif claim(path, path.stem, str(path)):  # as a single image, until it says it is a stack
-                    pending.add(client.submit(label_file, str(path), run, options, str(out), pure=False))
+                    submit(path, None, str(path))
                 else:
                     bar.update()
             for future in pending:
+                if isinstance(future.exception(), KilledWorker):  # a task whose workers kept dying
+                    where = names[future.key]
+                    fail(f"{where}: {WORKER_DEATHS_ALLOWED + 1} workers died running it (out of memory? "
+                         "give workers more memory, or tile it smaller with --tile)")
+                    bar.update()
+                    continue
                 task: TaskResult = future.result()
                 path = Path(task.path)
                 if task.frames:  # a stack's file task: its frames become tasks
@@ -456,6 +481,8 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
                 bar.update()
     finally:
         manifest.close()
+    result.wall_seconds = time.perf_counter() - start
+    result.workers = len(client.scheduler_info()["workers"])
     return result
 
 

@@ -101,16 +101,18 @@ def test_other_options_or_changed_input_are_labelled_again(run, client, inputs, 
 
 
 class KillOnce(distributed.WorkerPlugin):
-    """Test hook: the first worker to start a labelling task kills its own process (SIGKILL), once
-    (the marker file says it happened), as an out-of-memory kill or a lost node would."""
+    """Test hook: the first worker to start a task `task` (label_frame, label_file) kills its own
+    process (SIGKILL), as an out-of-memory kill or a lost node would; once (the marker file says it
+    happened), or every time with `always`."""
 
-    def __init__(self, marker: str):
-        self.marker = marker
+    def __init__(self, marker: str, task: str = "label_frame", always: bool = False):
+        self.marker, self.task, self.always = marker, task, always
 
     def transition(self, key, start, finish, **kwargs):
         name = key if isinstance(key, str) else str(key)
-        if finish == "executing" and name.startswith("label_frame") and not os.path.exists(self.marker):
-            Path(self.marker).write_text(str(os.getpid()))
+        if finish == "executing" and name.startswith(self.task) and (self.always or not os.path.exists(self.marker)):
+            with open(self.marker, "a") as f:
+                f.write(f"{os.getpid()}\n")
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -199,3 +201,16 @@ def test_scheduler_joins_a_running_cluster(run, inputs, reference, tmp_path, cap
 def test_missing_scheduler_file_exits_2(run, inputs, tmp_path, capsys):
     assert main(["infer", "--run", run, inputs, "-o", tmp_path, "--scheduler", tmp_path / "sched.json"]) == 2
     assert "sched.json: scheduler file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # four worker restarts (~20 s)
+def test_an_input_whose_workers_keep_dying_is_listed_as_failed(run, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "deadly.tif", raw_image(30, 40))
+    marker = tmp_path / "killed"
+    with connect(workers=1) as client:
+        client.register_plugin(KillOnce(str(marker), task="label_file", always=True))
+        result = infer_on_cluster(client, run, [tmp_path / "deadly.tif"], tmp_path / "out", report=print)
+    assert len(marker.read_text().split()) == 4  # WORKER_DEATHS_ALLOWED + 1
+    assert result.exit_code == 2
+    assert result.failures == [f"{tmp_path / 'deadly.tif'}: 4 workers died running it (out of memory? give "
+                               "workers more memory, or tile it smaller with --tile)"]
