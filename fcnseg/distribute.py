@@ -293,7 +293,8 @@ class Manifest:
                                    ("overlay", "probs", "tile", "tile_overlap", "to_gray")}}
         self.files: dict[str, dict] = {}  # input -> {"size", "mtime_ns", "frames": [[stem, name], ...]}
         self.done: set[tuple[str, Optional[int]]] = set()
-        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        text = self.path.read_text() if self.path.is_file() else ""
+        lines = text.splitlines()
         records = []
         for line in lines:
             try:
@@ -308,6 +309,8 @@ class Manifest:
                 elif "done" in record:
                     self.done.add((record["done"], record["frame"]))
             self._handle = open(self.path, "a")
+            if not text.endswith("\n"):
+                self._handle.write("\n")  # end the torn line, so the next record stands on its own
         else:
             self._handle = open(self.path, "w")
             self._append({"header": self.header})

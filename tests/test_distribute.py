@@ -92,6 +92,11 @@ def test_other_options_or_changed_input_are_labelled_again(run, client, inputs, 
     tifffile.imwrite(folder / "b.tif", raw_image(30, 40, seed=2))
     out = tmp_path / "out"
     assert infer_on_cluster(client, run, [folder], out, InferOptions(), report=print).images == 2
+    with open(out / MANIFEST_FILE, "a") as f:
+        f.write('{"done": "')  # a client killed mid-line
+    assert infer_on_cluster(client, run, [folder], out, InferOptions(), report=print).skipped == 2
+    (out / "a.png").unlink()
+    assert infer_on_cluster(client, run, [folder], out, InferOptions(), report=print).images == 1
     assert infer_on_cluster(client, run, [folder], out, InferOptions(), report=print).skipped == 2
     assert infer_on_cluster(client, run, [folder], out, InferOptions(probs=True), report=print).images == 2
     tifffile.imwrite(folder / "b.tif", raw_image(30, 40, seed=3))  # same size, new mtime
