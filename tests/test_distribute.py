@@ -219,3 +219,19 @@ def test_an_input_whose_workers_keep_dying_is_listed_as_failed(run, tmp_path, ca
     assert result.exit_code == 2
     assert result.failures == [f"{tmp_path / 'deadly.tif'}: 4 workers died running it (out of memory? give "
                                "workers more memory, or tile it smaller with --tile)"]
+
+
+def test_onnx_model_on_the_cluster_is_byte_identical(run, client, inputs, tmp_path):
+    from fcnseg.export import export_onnx
+
+    model = tmp_path / "model.onnx"
+    export_onnx(run, model)
+    single = tmp_path / "single"
+    env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "fcnseg.cli", "infer", "--onnx", str(model), str(inputs),
+                           "-o", str(single), "--probs"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    options = InferOptions(probs=True, onnx=str(model))
+    result = infer_on_cluster(client, None, [inputs], tmp_path / "cluster", options, report=print)
+    assert (result.exit_code, result.images) == (0, 8)
+    assert contents(tmp_path / "cluster") == contents(single)
