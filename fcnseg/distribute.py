@@ -463,8 +463,8 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
             for future in pending:
                 if isinstance(future.exception(), KilledWorker):  # a task whose workers kept dying
                     where = names[future.key]
-                    fail(f"{where}: {WORKER_DEATHS_ALLOWED + 1} workers died running it (out of memory? "
-                         "give workers more memory, or tile it smaller with --tile)")
+                    fail(f"{where}: every worker that ran it died (Dask KilledWorker); out of memory? "
+                         "give workers more memory, or tile it smaller with --tile")
                     bar.update()
                     continue
                 task: TaskResult = future.result()
