@@ -21,23 +21,23 @@ is memory-mapped and labelled tile by tile on `infer`'s own tile grid (`label_st
 read whole, its probabilities are written as rows of tiles complete, and the outputs are the same bytes.
 
 A worker that dies (killed, out of memory) loses its tasks; the scheduler gives them to another worker
-(Dask's `distributed.scheduler.allowed-failures`, WORKER_DEATHS_ALLOWED here). A bad input is not
-retried: the task returns its message, listed at the end as `infer` does, with the same exit codes.
+(Dask's `distributed.scheduler.allowed-failures`, WORKER_DEATHS_ALLOWED here), and a task that outlives
+that many workers is listed as failed. A bad input is not retried: the task returns its message, listed
+at the end as `infer` does, with the same exit codes.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import ConfigError, DataError, FcnsegError
 import numpy as np
 
+from .errors import ConfigError, DataError, FcnsegError
 from .infer import (FrameOutcome, InferOptions, InferResult, Predictor, Tiling, ceil_to, failure_message,
                     label_and_save, list_inputs, make_tiling, open_predictor, probabilities, read_frames,
                     save_atomic, tile_origins, tiling_for, write_labels)
@@ -45,7 +45,7 @@ from .infer import (FrameOutcome, InferOptions, InferResult, Predictor, Tiling, 
 MANIFEST_FILE = "infer-manifest.jsonl"
 # Set in every worker process before it imports numpy or Caffe: one core per worker.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-WORKER_DEATHS_ALLOWED = 3  # a task whose workers died this many times fails as KilledWorker
+WORKER_DEATHS_ALLOWED = 3  # a task is retried after this many worker deaths; one more fails it
 
 
 # ---- the cluster ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from conftest import REPO, make_run, raw_image
+
 from fcnseg.cli import main
 from fcnseg.distribute import MANIFEST_FILE, SINGLE_THREAD_ENV, connect, infer_on_cluster
 from fcnseg.errors import ConfigError, RunError
@@ -51,7 +52,7 @@ def reference(run, inputs, tmp_path_factory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("single")
     env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "fcnseg.cli", "infer", "--run", str(run), str(inputs),
-                           "-o", str(out), "--overlay", "--probs"], env=env, capture_output=True, text=True)
+                           "-o", str(out), "--overlay", "--probs"], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "labelled 8 image(s)" in done.stdout
     return contents(out)
@@ -230,7 +231,7 @@ def test_onnx_model_on_the_cluster_is_byte_identical(run, client, inputs, tmp_pa
     single = tmp_path / "single"
     env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "fcnseg.cli", "infer", "--onnx", str(model), str(inputs),
-                           "-o", str(single), "--probs"], env=env, capture_output=True, text=True)
+                           "-o", str(single), "--probs"], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     options = InferOptions(probs=True, onnx=str(model))
     result = infer_on_cluster(client, None, [inputs], tmp_path / "cluster", options, report=print)
