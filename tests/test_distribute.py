@@ -11,7 +11,6 @@ import pytest
 import tifffile
 
 from conftest import REPO, make_run, raw_image
-
 from fcnseg.cli import main
 from fcnseg.distribute import MANIFEST_FILE, SINGLE_THREAD_ENV, connect, infer_on_cluster
 from fcnseg.errors import ConfigError, RunError
