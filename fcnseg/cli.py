@@ -305,13 +305,18 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
 @click.option("--to-gray", is_flag=True, help="Convert RGB(A) images to gray (BT.601 luma) instead of refusing them.")
 @click.option("--gpu", type=int, default=None, metavar="N", help="Run on GPU N (needs a CUDA Caffe).")
 @click.option("--cpu", "use_cpu", is_flag=True, help="Run on the CPU (the default).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Spread the images and frames over a local Dask cluster of N single-threaded worker processes.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Spread them over the Dask cluster at ADDRESS (tcp://host:port or a scheduler JSON file).")
 def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile, tile_overlap, to_gray, gpu,
-              use_cpu):
+              use_cpu, workers, scheduler):
     """Label IMAGE... (files, folders, multi-page TIFFs) with a trained run or an exported ONNX model.
     Exit 1 if some inputs failed, 2 if all did.
 
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --onnx demo.onnx data/hela_raw/hela_images.tif -o out --overlay
+    Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --workers 2
     """
     from .infer import InferOptions, infer  # noqa: PLC0415
 
@@ -321,8 +326,16 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
         raise click.UsageError("give either --run RUN or --onnx MODEL.onnx")
     if onnx_path is not None and weights is not None:
         raise click.UsageError("--weights goes with --run; an ONNX model holds its weights (export with --weights)")
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("--workers and --scheduler exclude each other")
     options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path)
-    result = infer(run_dir, list(images), out_dir, options, report=lambda line: click.echo(line, err=True))
+    report = lambda line: click.echo(line, err=True)  # noqa: E731
+    if workers is None and scheduler is None:
+        result = infer(run_dir, list(images), out_dir, options, report=report)
+    else:
+        from .distribute import infer_distributed  # noqa: PLC0415
+
+        result = infer_distributed(run_dir, list(images), out_dir, options, workers, scheduler, report)
     for line in result.lines():
         click.echo(line)
     raise SystemExit(result.exit_code)

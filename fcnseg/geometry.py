@@ -255,6 +255,11 @@ def geometry_problems(net, input_blob: str = "data", output: str = "score") -> l
     return problems
 
 
+def ceil_to(n: int, m: int) -> int:
+    """The smallest multiple of `m` that is >= `n`."""
+    return -(-n // m) * m
+
+
 def tile_origins(length: int, tile: int, step: int, stride: int) -> list[int]:
     """Origins of tiles of side `tile`, at most `step` apart, covering 0..length: the one tiling rule of
     import (`data.tile_starts`, stride = step: the last tile runs past the end and is padded) and infer
@@ -263,4 +268,4 @@ def tile_origins(length: int, tile: int, step: int, stride: int) -> list[int]:
     length - tile; one tile at 0 when the length fits in it."""
     if length <= tile:
         return [0]
-    return list(range(0, length - tile, step)) + [-(-(length - tile) // stride) * stride]
+    return list(range(0, length - tile, step)) + [ceil_to(length - tile, stride)]

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import runs
 from .errors import ConfigError, DataError, FcnsegError, RunError
-from .geometry import tile_origins
+from .geometry import ceil_to, tile_origins
 from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
 
 # Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
@@ -144,15 +144,11 @@ class Tiling:
         return self.tile - self.overlap
 
 
-def _ceil_to(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
 def make_tiling(tile: Optional[int], overlap: Optional[int], stride: int) -> Tiling:
     """Tiles of side `tile` (default DEFAULT_TILE) rounded up to a multiple of `stride`, overlapping by at
     least `overlap` (default a quarter tile) so that the step between them is a multiple of `stride`.
     Raises ConfigError when the overlap leaves no step."""
-    side = _ceil_to(max(tile or DEFAULT_TILE, stride), stride)
+    side = ceil_to(max(tile or DEFAULT_TILE, stride), stride)
     wanted = side // DEFAULT_OVERLAP_FRACTION if overlap is None else overlap
     step = (side - wanted) // stride * stride
     if step < stride:
@@ -178,7 +174,9 @@ def softmax(score: np.ndarray) -> np.ndarray:
     return e
 
 
-def _probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+def probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """Softmax of the net's score for one net input `x` (no padding, no tiling); RunError when the
+    net's score is not the size of its input."""
     score = predictor.score(x)
     if score.shape[1:] != x.shape:  # the net crops its score to its input: anything else is a broken net
         raise RunError(f"{predictor.weights}: the net's score is {score.shape[1]}x{score.shape[2]} for a "
@@ -197,17 +195,17 @@ def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None
     """
     h, w = x.shape
     m, s = predictor.multiple, predictor.stride
-    ph, pw = _ceil_to(h, m), _ceil_to(w, m)
+    ph, pw = ceil_to(h, m), ceil_to(w, m)
     if (ph, pw) != (h, w):
         x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
     if tiling is None or (ph <= tiling.tile and pw <= tiling.tile):
-        return np.ascontiguousarray(_probabilities(predictor, x)[:, :h, :w])
+        return np.ascontiguousarray(probabilities(predictor, x)[:, :h, :w])
     total = np.zeros((predictor.num_classes, ph, pw), np.float32)
     count = np.zeros((ph, pw), np.float32)
     for y in tile_origins(ph, tiling.tile, tiling.step, s):
         for x0 in tile_origins(pw, tiling.tile, tiling.step, s):
             window = (slice(y, min(y + tiling.tile, ph)), slice(x0, min(x0 + tiling.tile, pw)))
-            total[(slice(None),) + window] += _probabilities(predictor, x[window])
+            total[(slice(None),) + window] += probabilities(predictor, x[window])
             count[window] += 1
     total /= count
     return np.ascontiguousarray(total[:, :h, :w])
@@ -241,6 +239,14 @@ class InferResult:
     failures: list[str] = field(default_factory=list)  # one message per bad input, naming it
     seconds: float = 0.0
     megapixels: float = 0.0
+
+    def record(self, frame: "FrameOutcome") -> None:
+        """Count one labelled image or frame."""
+        self.written += frame.written
+        self.images += 1
+        self.tiled += frame.tiled
+        self.seconds += frame.seconds
+        self.megapixels += frame.megapixels
 
     @property
     def exit_code(self) -> int:
@@ -276,7 +282,7 @@ def list_inputs(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def _frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
+def read_frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
     """(output stem, name for messages, 2-D image) per frame: <stem> for a single image,
     <stem>_<frame, 3 digits> for each frame of a stack. Raises DataError for an unreadable file."""
     if path.is_dir():
@@ -288,23 +294,57 @@ def _frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
     return [(f"{path.stem}_{i:0{width}d}", f"{path} (frame {i})", frame) for i, frame in enumerate(stack)]
 
 
-def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
-                  with_overlay: bool, with_probs: bool) -> list[Path]:
-    """Write <stem>.png (class ids, palette PNG) and, if asked, <stem>_overlay.png and <stem>_probs.npy
-    (float16, K x H x W) into `out_dir`. Returns the paths written."""
+def write_labels(out_dir: Path, stem: str, gray: np.ndarray, labels: np.ndarray, with_overlay: bool) -> list[Path]:
+    """Write <stem>.png (class ids `labels`, palette PNG) and, if asked, <stem>_overlay.png (the labels
+    over `gray`, the windowed image) into `out_dir`. Returns the paths written."""
     from PIL import Image  # noqa: PLC0415
 
-    labels = probs.argmax(axis=0).astype(np.uint8)
     paths = [out_dir / f"{stem}.png"]
     runs.write_atomic(paths[0], lambda p: save_label_png(p, labels))
     if with_overlay:
         paths.append(out_dir / f"{stem}_overlay.png")
         picture = overlay(gray, labels, OVERLAY_ALPHA, ignore_label=None)
         runs.write_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
+    return paths
+
+
+def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
+                  with_overlay: bool, with_probs: bool) -> list[Path]:
+    """Write <stem>.png (class ids, palette PNG) and, if asked, <stem>_overlay.png and <stem>_probs.npy
+    (float16, K x H x W) into `out_dir`. Returns the paths written."""
+    paths = write_labels(out_dir, stem, gray, probs.argmax(axis=0).astype(np.uint8), with_overlay)
     if with_probs:
         paths.append(out_dir / f"{stem}_probs.npy")
         runs.write_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
     return paths
+
+
+@dataclass
+class FrameOutcome:
+    """What labelling one image or frame wrote, and the time spent in the net."""
+
+    written: list[Path]
+    tiled: bool
+    seconds: float
+    megapixels: float
+
+
+def label_and_save(predictor: Predictor, image: np.ndarray, where: str, out_dir: Path, stem: str,
+                   options: InferOptions) -> FrameOutcome:
+    """Label one raw 2-D image (`label_image`) and write its outputs as <stem>* into `out_dir`
+    (`write_outputs`). Raises DataError naming `where` for a bad image."""
+    import time  # noqa: PLC0415
+
+    start = time.perf_counter()
+    gray, probs, tiled = label_image(predictor, image, where, options.tile, options.tile_overlap)
+    seconds = time.perf_counter() - start
+    written = write_outputs(out_dir, stem, gray, probs, options.overlay, options.probs)
+    return FrameOutcome(written, tiled, seconds, gray.size / 1e6)
+
+
+def failure_message(exc: FcnsegError, where: str) -> str:
+    """The one line listing a bad input: the error's message, prefixed with `where` unless it names it."""
+    return str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
 
 
 def open_predictor(run_dir: Optional[str | Path], options: InferOptions) -> Predictor:
@@ -333,8 +373,6 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     value range) is passed to `report` with its name and skipped; the result lists it, and its
     `exit_code` says whether none or only some failed.
     """
-    import time  # noqa: PLC0415
-
     from tqdm import tqdm  # noqa: PLC0415
 
     options = options or InferOptions()
@@ -350,7 +388,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     claimed: dict[str, str] = {}
 
     def fail(exc: FcnsegError, where: str) -> None:
-        message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+        message = failure_message(exc, where)
         result.failures.append(message)
         with tqdm.external_write_mode(file=sys.stderr):
             report(f"error: {message}")
@@ -358,7 +396,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     with tqdm(total=len(files), desc="infer", unit="img", file=sys.stderr, leave=False, disable=None) as bar:
         for path in files:
             try:
-                frames = _frames(path, options.to_gray)
+                frames = read_frames(path, options.to_gray)
             except FcnsegError as exc:
                 fail(exc, str(path))
                 frames = []
@@ -373,13 +411,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
                     if (out / f"{stem}.png").resolve() == path.resolve():
                         raise DataError(f"{where}: its output would overwrite the input itself; choose another -o")
                     claimed[stem] = where
-                    start = time.perf_counter()
-                    gray, probs, tiled = label_image(predictor, image, where, options.tile, options.tile_overlap)
-                    result.seconds += time.perf_counter() - start
-                    result.megapixels += gray.size / 1e6
-                    result.written += write_outputs(out, stem, gray, probs, options.overlay, options.probs)
-                    result.images += 1
-                    result.tiled += tiled
+                    result.record(label_and_save(predictor, image, where, out, stem, options))
                 except FcnsegError as exc:
                     fail(exc, where)
                 bar.update()

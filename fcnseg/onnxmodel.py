@@ -15,6 +15,7 @@ mean, scale, ...), plus `input`, `source_run`, `weights` and `fcnseg_version` (t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -54,7 +55,9 @@ def read_metadata(props: dict[str, str], where: str) -> tuple[InferenceFacts, bo
 def open_session(path: str | Path, gpu: Optional[int] = None):
     """(onnxruntime InferenceSession, facts, raw_input) for an exported model.
 
-    CPU unless `gpu` is given (then onnxruntime's CUDA provider on that device). RunError for a missing
+    CPU unless `gpu` is given (then onnxruntime's CUDA provider on that device), with OMP_NUM_THREADS
+    threads when that is set (as Caffe's OpenMP; onnxruntime's own default is every core, which N
+    single-threaded Dask workers must not each take). RunError for a missing
     or unreadable file, a model without fcnseg metadata, or a GPU onnxruntime cannot use here.
     """
     import onnxruntime as ort  # noqa: PLC0415
@@ -70,6 +73,9 @@ def open_session(path: str | Path, gpu: Optional[int] = None):
         providers = [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit():
+        options.intra_op_num_threads = int(threads)
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
