@@ -4,6 +4,9 @@ The expected case is worked out independently of the probe: whether the imported
 CUDA runtime (its bytes name libcudart), and whether the dynamic loader can find an NVIDIA driver.
 """
 import ctypes.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,17 @@ def test_set_device_refuses_a_negative_index_and_an_unusable_gpu():
         set_device(-1)
     with pytest.raises(CaffeUnavailableError, match=r"^--gpu 99: .*run on the CPU with --cpu"):
         set_device(99)
+
+
+def test_gpu_check_script_without_a_usable_gpu_exits_1_naming_the_reason(tmp_path):
+    ok, reason = gpu_available(0)
+    if ok:
+        pytest.skip("GPU 0 works here: scripts/gpu_check.sh is the check to run (README, 'GPU')")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["ok"] is False and report["nets"] == {}
+    assert report["probe"] == reason
+    assert json.loads(proc.stdout) == report
