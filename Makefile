@@ -2,7 +2,9 @@
 VENV      := .venv
 PY        := $(VENV)/bin/python
 FCNSEG    := $(VENV)/bin/fcnseg
-STAMP     := $(VENV)/.setup-done
+# CAFFE=cuda: the pycaffe with CUDA kernels (README, "GPU"); the default cpu is what CI uses.
+CAFFE     ?= cpu
+STAMP     := $(VENV)/.setup-done-$(CAFFE)
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast demo demo-bacteria otsu clean-venv
@@ -15,12 +17,15 @@ BACT_DATA := data/bacteria
 BACT_RUN  := runs/demo-bacteria
 
 # Set-up is re-run when a file it depends on changes; scripts/setup.sh itself is idempotent.
-$(STAMP): scripts/setup.sh scripts/install_caffe.sh scripts/check_caffe.py pyproject.toml $(wildcard scripts/caffe_patches/*.patch)
-	bash scripts/setup.sh
+# The stamp names the Caffe variant the venv points at; setting up the other variant removes it.
+$(STAMP): scripts/setup.sh scripts/install_caffe.sh scripts/check_caffe.py pyproject.toml $(wildcard scripts/caffe_patches/*.patch scripts/caffe_patches/cuda/*.patch)
+	FCNSEG_CAFFE=$(CAFFE) bash scripts/setup.sh
+	rm -f $(VENV)/.setup-done*
 	touch $@
 
 setup:
-	bash scripts/setup.sh
+	FCNSEG_CAFFE=$(CAFFE) bash scripts/setup.sh
+	rm -f $(VENV)/.setup-done*
 	touch $(STAMP)
 
 # The linter (configured in pyproject.toml), then the whole suite, slow tests (full-size VGG16, real data) included.

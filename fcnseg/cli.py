@@ -92,7 +92,8 @@ def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, force,
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="Weights to score (default: the run's best, else final, else newest snapshot).")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
-def eval_cmd(run_dir, data_root, weights, split):
+@click.option("--gpu", type=int, default=None, metavar="N", help="Run on GPU N (needs a CUDA Caffe).")
+def eval_cmd(run_dir, data_root, weights, split, gpu):
     """Score a run's weights: per-class IU, pixel acc, mean acc, mean IU, fw IU.
 
     Example: fcnseg eval runs/demo
@@ -100,7 +101,7 @@ def eval_cmd(run_dir, data_root, weights, split):
     from .evaluate import evaluate  # noqa: PLC0415
     from .metrics import format_table  # noqa: PLC0415
 
-    result, path = evaluate(run_dir, data_root, weights, split)
+    result, path = evaluate(run_dir, data_root, weights, split, gpu)
     click.echo(f"{split} split of {result['data']} ({result['samples']} images), weights {result['weights']}")
     click.echo(format_table(result))
     click.echo(f"wrote {path}")

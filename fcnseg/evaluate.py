@@ -16,9 +16,12 @@ from .errors import RunError
 
 
 def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[str] = None,
-             split: str = "val") -> tuple[dict, Path]:
-    """Metrics of the run's weights on `split` of its dataset (or of `data`). Returns (result, eval path)."""
-    from .caffe_env import CaffeLogRedirect, import_caffe  # noqa: PLC0415
+             split: str = "val", gpu: Optional[int] = None) -> tuple[dict, Path]:
+    """Metrics of the run's weights on `split` of its dataset (or of `data`). Returns (result, eval path).
+
+    On the CPU, or GPU `gpu`; CaffeUnavailableError (before anything is written) for a GPU Caffe cannot use.
+    """
+    from .caffe_env import CaffeLogRedirect, require_gpu, set_device  # noqa: PLC0415
     from .caffemodel import load_trained  # noqa: PLC0415
     from .metrics import validate  # noqa: PLC0415
     from .nets import fixed_layers, train_val_net  # noqa: PLC0415
@@ -40,12 +43,12 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
     weights_path = Path(weights) if weights else runs.run_weights(run_dir)
     if not weights_path.is_file():
         raise RunError(f"{weights_path}: weights file not found")
+    require_gpu(gpu)
 
     net_param = train_val_net(config, val_split=split)
     proto = run_dir / f".eval.{split}.prototxt"
     runs.write_text_atomic(proto, str(net_param))
-    caffe = import_caffe()
-    caffe.set_mode_cpu()
+    caffe = set_device(gpu)
     with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
         net = caffe.Net(str(proto), caffe.TEST)
         load_trained(net, weights_path, fixed_layers(config.model))

@@ -328,11 +328,12 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         raise RunError(f"{run_dir}: no snapshot to resume from (snapshots/*.solverstate); "
                        "start it again without --resume into a new --out")
     _run_doctor(config, force, out)  # before anything is written: a refused setup leaves no run folder
+    from .caffe_env import require_gpu, set_device  # noqa: PLC0415
+    require_gpu(gpu)  # likewise an unusable --gpu
     if write:
         runs.write_definition(config, run_dir, meta)
 
     os.environ.setdefault("GLOG_minloglevel", "0")  # Caffe's log goes to caffe.log, in full
-    from .caffe_env import set_device  # noqa: PLC0415
     with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
         caffe = set_device(gpu)
         if config.solver.random_seed is not None:

@@ -69,10 +69,13 @@ def forward_macs(net) -> int:
     return total
 
 
-def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
-    """Forward ms and training-iteration seconds of `config` on random input of size x size."""
+def input_solver(config, size: int, batch: int, workdir: Path, base_lr: float = 1e-12):
+    """An SGD solver over `config`'s net with Input layers (data, label) filled with seeded random values.
+
+    Writes its prototxts into `workdir`; the caller picks the mode (CPU/GPU) before calling. Returns
+    (solver, net prototxt path).
+    """
     caffe = import_caffe()
-    caffe.set_mode_cpu()
     caffe.set_random_seed(0)
     n = caffe.NetSpec()
     c = config.model.input_channels
@@ -84,13 +87,20 @@ def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
     net_path = workdir / f"bench_{config.model.pad}.prototxt"
     net_path.write_text(str(n.to_proto()))
     sp = solver_param(config, 1, str(net_path))
-    sp.base_lr, sp.type = 1e-12, "SGD"
+    sp.base_lr, sp.type = base_lr, "SGD"
     sp_path = workdir / f"bench_{config.model.pad}_solver.prototxt"
     sp_path.write_text(str(sp))
     solver = caffe.get_solver(str(sp_path))
     rng = np.random.default_rng(0)
     solver.net.blobs["data"].data[...] = rng.uniform(-1, 1, solver.net.blobs["data"].data.shape)
     solver.net.blobs["label"].data[...] = rng.integers(0, config.model.num_classes, (batch, 1, size, size))
+    return solver, net_path
+
+
+def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
+    """Forward ms and training-iteration seconds of `config` on random input of size x size."""
+    import_caffe().set_mode_cpu()
+    solver, _ = input_solver(config, size, batch, workdir)
     solver.step(1)  # warm-up (allocations)
     fwd = min(_timed(solver.net.forward) for _ in range(iters))
     step = min(_timed(lambda: solver.step(1)) for _ in range(iters))

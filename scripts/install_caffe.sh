@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build pycaffe (CPU) from the PyPI sdist brocolli-caffe==9.0.2 into a cache outside the repository,
-# prove the result works, and print the folder that must go on sys.path.
+# Build pycaffe (CPU, or CUDA + CPU) from the PyPI sdist brocolli-caffe==9.0.2 into a cache outside the
+# repository, prove the result works, and print the folder that must go on sys.path.
 #
 # Usage: scripts/install_caffe.sh PYTHON [--print-key]
 #   --print-key  print the cache key of this recipe and exit (nothing is built)
@@ -9,6 +9,12 @@
 # Environment:
 #   FCNSEG_CACHE  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/fcnseg)
 #   FCNSEG_JOBS   parallel compile jobs (default: number of cores)
+#   FCNSEG_CAFFE  cpu (default) or cuda: cuda also compiles Caffe's CUDA kernels with a CUDA 13 toolkit
+#                 made of PyPI's NVIDIA wheels (installed into $FCNSEG_CACHE/cuda-toolkit/KEY, no driver or
+#                 GPU needed to build), applies caffe_patches/cuda/*.patch too, and links cuBLAS, cuRAND and
+#                 the CUDA runtime. The result runs in CPU mode on machines without a GPU as well.
+#   FCNSEG_CUDA_ARCHS  CMake CUDA architectures of the cuda build (default: SASS for sm_75 80 86 89 90
+#                 and PTX of sm_90, which newer GPUs JIT-compile)
 # Output: the last line on stdout is the python folder holding the importable `caffe` package.
 # Exit: 0 when the cached or fresh build passed scripts/check_caffe.py, 1 otherwise.
 set -euo pipefail
@@ -17,6 +23,12 @@ PY=${1:?usage: install_caffe.sh PYTHON}
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${FCNSEG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fcnseg}
 JOBS=${FCNSEG_JOBS:-$(nproc)}
+VARIANT=${FCNSEG_CAFFE:-cpu}
+case "$VARIANT" in cpu|cuda) ;; *) echo "[install_caffe] ERROR: FCNSEG_CAFFE must be cpu or cuda, not '$VARIANT'" >&2; exit 1;; esac
+# CUDA 13.0 wheels: the level of the 580 drivers seen on GPU machines (a newer runtime needs a newer driver).
+CUDA_WHEELS="nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96
+nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35"
+CUDA_ARCHS=${FCNSEG_CUDA_ARCHS:-75-real;80-real;86-real;89-real;90-real;90-virtual}
 
 SDIST_NAME=brocolli-caffe
 SDIST_VERSION=9.0.2
@@ -52,8 +64,17 @@ boost=$(dpkg-query -W -f='${Version}' libboost-python-dev 2>/dev/null || true)
 openblas=$(dpkg-query -W -f='${Version}' libopenblas-dev 2>/dev/null || true)
 cxxflags=$OPT_FLAGS $DEFINES
 libs=$LINK_LIBS
-patches=$(cd "$PATCH_DIR" 2>/dev/null && find . -name '*.patch' -type f | sort | xargs -r sha256sum | sha256sum | cut -c1-16)"
+patches=$(cd "$PATCH_DIR" 2>/dev/null && find . -maxdepth 1 -name '*.patch' -type f | sort | xargs -r sha256sum | sha256sum | cut -c1-16)"
+if [ "$VARIANT" = cuda ]; then
+  CUDA_KEY=$(printf '%s' "$CUDA_WHEELS" | sha256sum | cut -c1-16)
+  RECIPE="$RECIPE
+variant=cuda
+cuda_wheels=$(echo $CUDA_WHEELS)
+cuda_archs=$CUDA_ARCHS
+cuda_patches=$(cd "$PATCH_DIR/cuda" && find . -maxdepth 1 -name '*.patch' -type f | sort | xargs -r sha256sum | sha256sum | cut -c1-16)"
+fi
 KEY=$(printf '%s' "$RECIPE" | sha256sum | cut -c1-16)
+[ "$VARIANT" = cuda ] && KEY=cuda-$KEY
 PREFIX=$CACHE/caffe/$KEY
 CAFFE_PY=$PREFIX/python
 
@@ -82,11 +103,42 @@ fi
 echo "$SDIST_SHA256  $TARBALL" | sha256sum -c --status \
   || die "$TARBALL does not have sha256 $SDIST_SHA256; delete it and rerun"
 
+# ---- cuda: the toolkit from PyPI's NVIDIA wheels, laid out as one root FindCUDAToolkit accepts ---------
+CMAKE_CUDA_ARGS=()
+if [ "$VARIANT" = cuda ]; then
+  TK_HOME=$CACHE/cuda-toolkit/$CUDA_KEY
+  TK=$TK_HOME/nvidia/cu13
+  if [ ! -f "$TK_HOME/OK" ]; then
+    log "installing the CUDA 13 toolkit wheels into $TK_HOME"
+    mkdir -p "$CACHE/cuda-toolkit"
+    TK_WORK=$(mktemp -d "$CACHE/cuda-toolkit/.build-$CUDA_KEY.XXXXXX")
+    # One pip call: separate --target installs into one folder silently skip what already exists.
+    "$PY" -m pip install -q --no-deps --target "$TK_WORK" $CUDA_WHEELS >&2 \
+      || { rm -rf "$TK_WORK"; die "pip could not install the CUDA wheels: $(echo $CUDA_WHEELS)"; }
+    T=$TK_WORK/nvidia/cu13
+    [ -x "$T/bin/nvcc" ] && [ -x "$T/nvvm/bin/cicc" ] || { rm -rf "$TK_WORK"; die "the CUDA wheels lack nvcc or cicc under $T"; }
+    ln -sfn lib "$T/lib64"   # nvcc.profile and FindCUDAToolkit look in lib64
+    # The wheels carry only the versioned runtime names; the linker wants the plain ones.
+    for so in cudart:13 cublas:13 cublasLt:13 curand:10; do
+      ln -sfn "lib${so%%:*}.so.${so##*:}" "$T/lib/lib${so%%:*}.so"
+    done
+    touch "$TK_WORK/OK"
+    rm -rf "$TK_HOME"
+    mv "$TK_WORK" "$TK_HOME"
+  fi
+  "$TK/bin/nvcc" --version | tail -n 2 >&2
+  # Same defines and include dirs as the C++ sources: the .cu files share their headers.
+  CMAKE_CUDA_ARGS=(-DCPU_ONLY=OFF -DCMAKE_CUDA_COMPILER="$TK/bin/nvcc" -DCUDAToolkit_ROOT="$TK"
+                   -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" -DCMAKE_CUDA_RUNTIME_LIBRARY=Shared
+                   -DCMAKE_BUILD_RPATH="$TK/lib")
+fi
+
 # ---- build in a scratch folder, publish by rename ---------------------------------------------------
 mkdir -p "$CACHE/caffe"
 WORK=$(mktemp -d "$CACHE/caffe/.build-$KEY.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-log "building pycaffe in $WORK ($JOBS jobs; about 13 minutes on 2 cores)"
+# FCNSEG_KEEP_BUILD=1 keeps the scratch folder of a failed build (to read its logs or resume make there).
+if [ -n "${FCNSEG_KEEP_BUILD:-}" ]; then trap '[ -f "$PREFIX/OK" ] && rm -rf "$WORK"' EXIT; else trap 'rm -rf "$WORK"' EXIT; fi
+log "building pycaffe ($VARIANT) in $WORK ($JOBS jobs; cpu: about 13 minutes on 2 cores)"
 tar -xzf "$TARBALL" -C "$WORK"
 SRC=$WORK/$SDIST_NAME-$SDIST_VERSION
 for p in "$PATCH_DIR"/*.patch; do
@@ -94,6 +146,12 @@ for p in "$PATCH_DIR"/*.patch; do
   log "applying $(basename "$p")"
   patch -d "$SRC" -p1 --quiet < "$p" || die "patch $p does not apply"
 done
+if [ "$VARIANT" = cuda ]; then
+  for p in "$PATCH_DIR"/cuda/*.patch; do
+    log "applying cuda/$(basename "$p")"
+    patch -d "$SRC" -p1 --quiet < "$p" || die "patch $p does not apply"
+  done
+fi
 # The fork links Anaconda's library names; Debian names them differently and lacks -llmdb.
 sed -i "s|-lboost_python -lhdf5_hl -lhdf5|$LINK_LIBS|" "$SRC/python/CMakeLists.txt"
 grep -q -- "-llmdb" "$SRC/python/CMakeLists.txt" || die "could not patch the link line of python/CMakeLists.txt"
@@ -102,7 +160,9 @@ mkdir -p "$SRC/build"
 ( cd "$SRC/build" &&
   cmake .. -DCMAKE_BUILD_TYPE=Release \
         -DANACONDA_HOME="$PY_PREFIX" -DPYTHON_VERSION="python$PY_VER" \
-        -DCMAKE_CXX_FLAGS="$CXX_FLAGS -I$SRC/src" >"$WORK/cmake.log" 2>&1 ) \
+        -DCMAKE_CXX_FLAGS="$CXX_FLAGS -I$SRC/src" \
+        -DCMAKE_CUDA_FLAGS="-O3 -DNDEBUG $DEFINES -I/usr/include/hdf5/serial -I$NUMPY_INC -I$PY_INC -I$SRC/src" \
+        "${CMAKE_CUDA_ARGS[@]}" >"$WORK/cmake.log" 2>&1 ) \
   || { tail -n 30 "$WORK/cmake.log" >&2; die "cmake configure failed (log above)"; }
 ( cd "$SRC/build" && make -j"$JOBS" pycaffe >"$WORK/make.log" 2>&1 ) \
   || { grep -m 20 -B2 -A5 'error' "$WORK/make.log" >&2 || tail -n 40 "$WORK/make.log" >&2; die "compilation failed (errors above)"; }

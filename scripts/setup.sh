@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian build dependencies, .venv, pycaffe (cached build), fcnseg editable.
 # A second run takes seconds. Usage: scripts/setup.sh   (run from anywhere; acts on the repository)
+# FCNSEG_CAFFE=cuda points .venv at the CUDA pycaffe instead of the CPU one (built once, cached; README "GPU").
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -53,4 +54,4 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
 fi
 "$VPY" -c 'import os; os.environ["GLOG_minloglevel"]="2"; import caffe, fcnseg' \
   || { echo "setup: fcnseg or caffe does not import in $VENV" >&2; exit 1; }
-log "ready: $VENV (pycaffe from $CAFFE_PY)"
+log "ready: $VENV (${FCNSEG_CAFFE:-cpu} pycaffe from $CAFFE_PY)"

@@ -2,12 +2,20 @@
 
 scripts/caffe_patches/ thread im2col/col2im and ReLU with OpenMP; these checks prove the patched
 loops compute exactly what the serial ones did (multi-channel inputs, padding, stride, and the
-backward pass that goes through col2im).
+backward pass that goes through col2im). The recipe's cache keys: the CUDA variant has its own, and
+its patches never change the CPU one.
 """
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 caffe = pytest.importorskip("caffe")
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def conv_reference(x, w, b, pad, stride):
@@ -66,3 +74,28 @@ layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "relu" }}
     dx = dxp[:, :, pad:pad + h, pad:pad + w]
     np.testing.assert_allclose(net.params["conv"][0].diff, dw, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(net.blobs["data"].diff, dx, rtol=1e-3, atol=1e-3)
+
+
+
+def _install_key(tmp_path, variant, scripts=None):
+    """`install_caffe.sh PY --print-key` for FCNSEG_CAFFE=variant (nothing is built), from `scripts`."""
+    script = Path(scripts or SCRIPTS) / "install_caffe.sh"
+    env = {**os.environ, "FCNSEG_CAFFE": variant, "FCNSEG_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(["bash", str(script), sys.executable, "--print-key"], env=env, capture_output=True,
+                          text=True)
+
+
+def test_cuda_build_has_its_own_cache_key_and_cpu_key_ignores_cuda_patches(tmp_path):
+    cpu, cuda = _install_key(tmp_path, "cpu"), _install_key(tmp_path, "cuda")
+    assert cpu.returncode == 0 and cuda.returncode == 0, cpu.stderr + cuda.stderr
+    cpu_key, cuda_key = cpu.stdout.strip(), cuda.stdout.strip()
+    assert len(cpu_key) == 16 and cuda_key.startswith("cuda-") and cuda_key[5:] != cpu_key
+    # One more cuda patch: the cuda key changes, the CPU key (and so the CPU cache) does not.
+    copy = tmp_path / "scripts"
+    shutil.copytree(SCRIPTS, copy)
+    (copy / "caffe_patches" / "cuda" / "0199-extra.patch").write_text("--- a/x\n+++ b/x\n")
+    assert _install_key(tmp_path, "cpu", copy).stdout.strip() == cpu_key
+    assert _install_key(tmp_path, "cuda", copy).stdout.strip() not in ("", cuda_key)
+    bad = _install_key(tmp_path, "rocm")
+    assert bad.returncode == 1
+    assert "FCNSEG_CAFFE must be cpu or cuda, not 'rocm'" in bad.stderr

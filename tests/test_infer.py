@@ -255,12 +255,13 @@ def test_overlap_without_step_exits_2(run, images, tmp_path, capsys):
     assert "--tile-overlap" in capsys.readouterr().err
 
 
-def test_gpu_on_cpu_only_build_exits_2(run, images, tmp_path, capsys):
+def test_gpu_that_cannot_run_exits_2_with_the_probe_reason(run, images, tmp_path, capsys):
     from fcnseg.caffe_env import gpu_available
-    if gpu_available(0)[0]:
-        pytest.skip("this Caffe has a usable GPU")
-    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path, "--gpu", "0"]) == 2
-    assert "--gpu 0" in capsys.readouterr().err
+    ok, reason = gpu_available(99)  # no machine has GPU 99: CPU-only build, no driver, or no device 99
+    assert not ok
+    assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path / "out", "--gpu", "99"]) == 2
+    assert "--gpu 99: " + reason in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 # ---- a run folder is portable ----------------------------------------------------------------------------

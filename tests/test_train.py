@@ -90,6 +90,11 @@ def test_eval_prints_table_and_writes_eval_json(tmp_path, data, capsys):
     assert result["mean_iu"] == pytest.approx(best, abs=1e-6)  # same weights, same data, same metric
     assert main(["eval", run, "--split", "train"]) == 0
     assert json.loads((run / "eval.json").read_text())["samples"] == 8
+    from fcnseg.caffe_env import gpu_available
+    capsys.readouterr()
+    assert main(["eval", run, "--gpu", "99"]) == 2  # no machine has GPU 99; the probe says why
+    assert "--gpu 99: " + gpu_available(99)[1] in capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["samples"] == 8  # untouched
 
 
 def test_resume_continues_numbering_and_matches_uninterrupted(tmp_path):
@@ -224,10 +229,15 @@ layer { name: "default" type: "Convolution" bottom: "a" top: "b" convolution_par
     assert zero_weight_layers(caffe.Net(str(proto), caffe.TEST)) == ["default"]
 
 
-def test_gpu_on_cpu_only_build_exits_2(tmp_path, data, capsys):
-    rc = main(["train", write_cfg(tmp_path / "c.yaml", data), "--out", tmp_path / "run", "--gpu", "0"])
+def test_gpu_that_cannot_run_exits_2_with_the_probe_reason(tmp_path, data, capsys):
+    from fcnseg.caffe_env import gpu_available
+    ok, reason = gpu_available(99)  # no machine has 100 GPUs: CPU-only build, no driver or no device 99
+    assert not ok
+    rc = main(["train", write_cfg(tmp_path / "c.yaml", data), "--out", tmp_path / "run", "--gpu", "99"])
     assert rc == 2
-    assert "CPU-only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--gpu 99: " + reason in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_folder_is_refused(tmp_path, data, capsys):
