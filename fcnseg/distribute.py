@@ -28,7 +28,6 @@ at the end as `infer` does, with the same exit codes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -103,17 +102,8 @@ def worker_predictor(run_dir: Optional[str], options: InferOptions) -> tuple[Pre
     if key not in _PREDICTOR:
         _PREDICTOR.clear()
         predictor = open_predictor(run_dir, options)
-        _PREDICTOR[key] = predictor, file_sha256(predictor.weights)
+        _PREDICTOR[key] = predictor, runs.file_sha256(predictor.weights)
     return _PREDICTOR[key]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stat(path: Path) -> tuple[int, int]:

@@ -14,6 +14,7 @@ starts, so a run folder works on its own: moved, copied, or with its dataset del
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -65,6 +66,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, then rename."""
     write_bytes_atomic(path, text.encode())
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 16 MiB blocks: a 553 MB caffemodel stays out of memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def deploy_size(config: Config, meta: dict | None = None) -> tuple[int, int]:

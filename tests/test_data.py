@@ -491,12 +491,18 @@ def source_tiles(images, masks, window, frames, tile=32):
     return out
 
 
-def test_empty_tiles_keeps_every_foreground_tile_and_the_given_share_of_empty_ones(tmp_path, capsys):
+def import_sparse(tmp_path, capsys, *options):
+    """Import `sparse_stack` in 32-pixel tiles, frames 4-7 as val, with `options` into tmp_path/D.
+    Returns (dataset.yaml as a dict, the import's stdout, the source images, the source masks)."""
     img, mask, images, masks = sparse_stack(tmp_path / "src")
     rc, stdout, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--tile", 32,
-                          "--val", 4, "--empty-tiles", 0.5, "--no-augment", "-o", tmp_path / "D")
+                          "--val", 4, *options, "-o", tmp_path / "D")
     assert rc == 0, err
-    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    return yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text()), stdout, images, masks
+
+
+def test_empty_tiles_keeps_every_foreground_tile_and_the_given_share_of_empty_ones(tmp_path, capsys):
+    meta, stdout, images, masks = import_sparse(tmp_path, capsys, "--empty-tiles", 0.5, "--no-augment")
     # frames 0-3 in 4 tiles each: 2 hold foreground, 14 are empty, half of those (7) are kept
     assert meta["train_tiles"] == {"foreground": 2, "empty": 14, "empty_kept": 7, "empty_fraction": 0.5,
                                    "augment": False, "copies": 1, "chosen": "given", "sparse_classes": ["class 1"]}
@@ -516,11 +522,7 @@ def test_empty_tiles_keeps_every_foreground_tile_and_the_given_share_of_empty_on
 
 
 def test_augment_stores_each_tile_in_its_8_flips_and_rotations_with_its_labels(tmp_path, capsys):
-    img, mask, images, masks = sparse_stack(tmp_path / "src")
-    rc, _, err = run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "--tile", 32,
-                     "--val", 4, "--empty-tiles", 0, "--augment", "-o", tmp_path / "D")
-    assert rc == 0, err
-    meta = yaml.safe_load((tmp_path / "D" / "dataset.yaml").read_text())
+    meta, _, images, masks = import_sparse(tmp_path, capsys, "--empty-tiles", 0, "--augment")
     assert meta["train_tiles"]["copies"] == 8 and meta["splits"]["train"]["samples"] == 16
     stored = [(i.tobytes(), l.tobytes()) for i, l in zip(read_datums(tmp_path / "D" / "train_images_lmdb"),
                                                          read_datums(tmp_path / "D" / "train_labels_lmdb"))]
