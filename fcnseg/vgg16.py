@@ -22,6 +22,25 @@ CLASSIFIER = "fc8"  # the ImageNet classifier, never transplanted into an FCN
 # The trunk's convolutions by name, conv<stage>_<index>: the layers fcnseg always loads from weights.
 TRUNK_CONV = re.compile(r"conv(\d+)_(\d+)$")
 
+# How `fcnseg train` transplants pretrained weights into a net, layer by layer (`transplant_rule`).
+REQUIRED, FC, OPTIONAL = "required", "fc", "optional"
+
+
+def transplant_rule(name: str) -> str:
+    """The transplant policy for the net's learnable layer `name`, stated once for weights.initialize (which
+    applies it) and doctor (which checks a net against it):
+
+    REQUIRED  trunk convolutions (conv<s>_<i>): loaded with equal shapes, else training is refused;
+    FC        fc6/fc7: loaded when the file's layer fits (an ImageNet InnerProduct O x (C*k*k) is the
+              convolution O x C x k x k), else they keep their fillers and the report says why;
+    OPTIONAL  every other layer (score*, skips): loaded only when the file has it with equal shapes.
+
+    Fixed layers (lr_mult 0: bilinear upsampling) are never loaded, whatever their name.
+    """
+    if TRUNK_CONV.match(name):
+        return REQUIRED
+    return FC if name in FC_LAYERS else OPTIONAL
+
 
 def stage_convs(stage: int) -> list[str]:
     """Names of the convolutions of `stage` (1-5), in order: conv<stage>_1 ... conv<stage>_<n>."""

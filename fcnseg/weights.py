@@ -568,11 +568,10 @@ def _absent_reason(name: str, index: dict[str, LayerRecord]) -> str:
 def initialize(net, config: Config, weights_path: str | Path | None = None) -> list[TransplantRow]:
     """Load the caffemodel `weights_path` (default `config.init.weights`) into pycaffe `net` by layer name.
 
-    Trunk convolutions (conv*_*) must load: a missing layer or a shape mismatch raises WeightsError
-    (a 3-channel conv1_1 in a 1-channel net says to run `fcnseg weights convert`), and nothing is
-    copied. fc6/fc7 load when the file's shapes fit (an InnerProduct is reshaped into the convolution);
-    when model.stages or model.fc_channels rule them out they keep their fillers, with the reason.
-    Other layers (score*) load only when the file holds them with the same shapes; fixed layers
+    Applies `vgg16.transplant_rule` to every layer, checking all before copying any: a REQUIRED layer
+    (trunk convolution) that is missing or mismatched raises WeightsError and nothing is copied (a
+    3-channel conv1_1 in a 1-channel net says to run `fcnseg weights convert`); an FC layer that does not
+    fit, or that model.stages / model.fc_channels rule out, keeps its filler with the reason; fixed layers
     (lr_mult 0: upscore*, scale_pool*) are never loaded. With no weights every blob keeps its filler
     (print `scratch_warning(config)`). Returns one TransplantRow per parameter blob of `net`.
     """
@@ -594,13 +593,14 @@ def initialize(net, config: Config, weights_path: str | Path | None = None) -> l
     for name, blobs in params.items():  # everything is checked before anything is copied
         shapes = [tuple(b.data.shape) for b in blobs]
         rec = index.get(name)
+        rule = vgg16.transplant_rule(name)
         if all(fixed for _, fixed in fillers.get(name, [("", False)])):
             keep[name] = "fixed"
-        elif vgg16.TRUNK_CONV.match(name):
+        elif rule == vgg16.REQUIRED:
             if not _fits(rec, shapes, fc=False):
                 raise _trunk_conv_error(path, name, rec, shapes, config)
             keep[name] = None
-        elif name in vgg16.FC_LAYERS:
+        elif rule == vgg16.FC:
             # fc7 without ImageNet fc6 would read features it never saw; stages < the file's can still
             # fit fc6's shape by accident (pool4 has pool5's 512 channels).
             fc6_missing = name == "fc7" and keep.get("fc6") is not None

@@ -53,13 +53,20 @@ def diagnose(net, solver=None, *, weights: Optional[str | Path] = None, input_ch
     who copies `weights` into the net: "caffe" (caffe train --weights) or "fcnseg" (fcnseg train).
     Returns the findings, errors first. Never raises for problems in the files: they become findings.
     """
+    return _diagnose(_Net.build(net), solver, weights=weights, input_channels=input_channels,
+                     image_size=image_size, val_samples=val_samples, data_check=data_check, base_dirs=base_dirs,
+                     check_snapshot_dir=check_snapshot_dir, loader=loader)
+
+
+def _diagnose(n: _Net, solver, *, weights, input_channels, image_size, val_samples, data_check, base_dirs,
+              check_snapshot_dir, loader) -> list[Finding]:
+    """`diagnose` on the facts `n` of the net, built once by the caller (channels still unknown)."""
     base_dirs = tuple(Path(b) for b in base_dirs)
     weights = Path(weights) if weights else None
-    probe = _Net.build(net, None)
     sources = {phase: tuple(_Source.peek(layer, base_dirs) if layer is not None else None
-                            for layer in probe.data_layers(phase)) for phase in ("TRAIN", "TEST")}
+                            for layer in n.data_layers(phase)) for phase in ("TRAIN", "TEST")}
     first = sources["TRAIN"][0].first if sources["TRAIN"][0] is not None else None
-    n = _Net.build(net, input_channels or (first[0] if first else None) or _declared_channels(probe))
+    n.with_input_channels(input_channels or (first[0] if first else None) or _declared_channels(n))
     image_size = image_size or _declared_size(n) or (tuple(first[1:]) if first else None)
     image_layer, _ = n.data_layers("TRAIN")
     batch = image_layer.data_param.batch_size if image_layer is not None else _declared_batch(n)
@@ -145,12 +152,18 @@ def diagnose_files(train_val: str | Path, solver: Optional[str | Path] = None,
     Relative paths inside the files are looked up from the current folder, then from the prototxt's.
     Raises ConfigError when a prototxt is missing or malformed (naming the file and line).
     """
-    net = read_net(train_val)
+    return _diagnose_files(_Net.build(read_net(train_val)), train_val, solver, weights, data_check)
+
+
+def _diagnose_files(n: _Net, train_val: str | Path, solver: Optional[str | Path], weights: Optional[str | Path],
+                    data_check: bool) -> list[Finding]:
+    """`diagnose_files` on the facts `n` of the net read from `train_val`."""
     solver_param = read_solver(solver) if solver is not None else None
     bases = [Path("."), Path(train_val).parent]
     if solver is not None:
         bases.append(Path(solver).parent)
-    return diagnose(net, solver_param, weights=weights, data_check=data_check, base_dirs=bases)
+    return _diagnose(n, solver_param, weights=weights, input_channels=None, image_size=None, val_samples=None,
+                     data_check=data_check, base_dirs=bases, check_snapshot_dir=True, loader="caffe")
 
 
 def diagnose_config(config, data_check: bool = False) -> list[Finding]:
@@ -219,10 +232,10 @@ def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver
     curve = read_log(log)
     if train_val is None:
         return _by_severity(curve_findings(curve))
-    n = _Net.build(read_net(train_val), None)
+    n = _Net.build(read_net(train_val))
+    net_findings = _diagnose_files(n, train_val, solver, weights, data_check)
     size = _declared_size(n)
     summed = _loss_mode(n.loss) in ("BATCH_SIZE", "NONE") if n.loss is not None else None
-    net_findings = diagnose_files(train_val, solver, weights, data_check)
     majority = None
     if data_check:  # reading every val label is what --data-check is for
         _, label = n.data_layers("TEST")

@@ -170,8 +170,8 @@ def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool)
 def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, loader: str) -> list[Finding]:
     """Finding 5 (weights given): unreadable weights, no shared layers, conv1_1 channels, other shapes.
 
-    `loader` "caffe" (caffe train --weights: every same-named blob must match) or "fcnseg" (fcnseg train:
-    trunk convolutions must match; fc6/fc7 are reshaped or keep their fillers, other layers keep theirs).
+    `loader` "caffe" (caffe train --weights: every same-named blob must match) or "fcnseg" (fcnseg train,
+    `vgg16.transplant_rule`: only the REQUIRED layers must match; the others keep their fillers).
     """
     aborts = ("Caffe aborts with 'shape mismatch' when it copies" if loader == "caffe"
               else "fcnseg train refuses to load")
@@ -210,7 +210,7 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
                     "RGB and corrects the bias for the mean).", layer.name))
             continue
         want = _expected_shape(n, layer)
-        if loader == "fcnseg" and not vgg16.TRUNK_CONV.match(layer.name):
+        if loader == "fcnseg" and vgg16.transplant_rule(layer.name) != vgg16.REQUIRED:
             continue
         if want is not None and not _same_shape(got, want):
             mismatched.append(f"'{layer.name}' is {_shape_text(got)} in the weights but {_shape_text(want)} "

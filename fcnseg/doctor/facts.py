@@ -83,18 +83,25 @@ class _Net:
     producers: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cls, net, input_channels: Optional[int]) -> "_Net":
+    def build(cls, net, input_channels: Optional[int] = None) -> "_Net":
+        """The facts of NetParameter `net`: its phases, input, loss, coordinate traces and stride (one walk
+        of the graph each), and the channels of every blob given `input_channels` (None: unknown)."""
         n = cls(net, phase_net(net, "TRAIN"), phase_net(net, "TEST"))
         n.input_blob = _input_blob(n.train)
         losses = [layer for layer in n.train.layer if layer.type == "SoftmaxWithLoss"]
         n.loss = losses[0] if losses else None
         n.traces, n.crops = blob_traces(n.train, n.input_blob)
         n.stride = trunk_stride(n.train, n.input_blob)
-        n.channels, n.producers = _channels(n.train, n.input_blob, input_channels)
-        score = n.loss.bottom[0] if n.loss is not None else ("score" if "score" in n.channels else None)
-        n.num_classes = n.channels.get(score)
-        n.score_layer = _origin(n, score)
-        return n
+        return n.with_input_channels(input_channels)
+
+    def with_input_channels(self, input_channels: Optional[int]) -> "_Net":
+        """These facts with the blob channels (and so K and the score layer) for `input_channels`; the
+        geometry is not walked again. Returns self (changed)."""
+        self.channels, self.producers = _channels(self.train, self.input_blob, input_channels)
+        score = self.loss.bottom[0] if self.loss is not None else ("score" if "score" in self.channels else None)
+        self.num_classes = self.channels.get(score)
+        self.score_layer = _origin(self, score)
+        return self
 
     @property
     def ignore_label(self) -> Optional[int]:
