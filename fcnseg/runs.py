@@ -230,6 +230,27 @@ class InferenceFacts:
         return facts
 
 
+# How far (grey levels on 0-255) the net's input mean may sit from what pretrained weights expect before
+# train and doctor warn: a few levels shift conv1_1's response by less than its bias noise.
+MEAN_TOLERANCE = 3.0
+
+
+def input_mean_mismatch(config: Config, path: str | Path) -> Optional[str]:
+    """A one-line warning when the net's input ((image - data.mean) * data.scale of the resolved
+    `config`) is more than MEAN_TOLERANCE grey levels (or any scale) away from what the weights at
+    `path` expect (`expected_input`); None when it matches or the weights do not say."""
+    expected = expected_input(path)
+    if expected is None:
+        return None
+    mean, scale = input_mean(config), config.data.scale
+    if abs(mean - expected.mean) <= MEAN_TOLERANCE and math.isclose(scale, expected.scale, rel_tol=1e-6):
+        return None
+    return (f"{path} expects input (gray - {expected.mean:.6g}) * {expected.scale:g} on 0-255 "
+            f"({expected.source}), but this net subtracts data.mean {mean:.6g} and scales by {scale:g}; "
+            f"set data.mean: {expected.mean:.6g} (or auto) and data.scale: {expected.scale:g} so the "
+            "pretrained filters see what they were trained on")
+
+
 def inference_facts(config: Config, meta: dict) -> InferenceFacts:
     """The facts for a resolved `config` trained on the dataset described by `meta` (dataset.yaml)."""
     from .nets import input_multiple  # noqa: PLC0415

@@ -344,13 +344,13 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         _restore(solver, state, run_dir, config.solver.iter_size)
         out(f"resumed from {state.name} at iteration {solver.iter}")
     else:
-        from .weights import format_report, initialize, input_mean_mismatch, scratch_warning  # noqa: PLC0415
+        from .weights import format_report, initialize, scratch_warning  # noqa: PLC0415
         rows = initialize(solver.net, config, config.init.weights)
         out(format_report(rows))
         out(describe_input(unresolved, meta))
         if not config.init.weights:
             out(scratch_warning(config))
-        elif (mismatch := input_mean_mismatch(config, config.init.weights)) is not None:
+        elif (mismatch := runs.input_mean_mismatch(config, config.init.weights)) is not None:
             out(f"warning: {mismatch}")
     return _loop(solver, trainer, tqdm)
 

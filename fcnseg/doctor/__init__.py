@@ -202,12 +202,11 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
 
 
 def check_input_mean(config, weights: str | Path) -> list[Finding]:
-    """`weights-mean`: a numeric data.mean more than weights.MEAN_TOLERANCE grey levels from what the weights expect
+    """`weights-mean`: a numeric data.mean more than runs.MEAN_TOLERANCE grey levels from what the weights expect
     (the gray mean M recorded by `fcnseg weights convert`, or the mean of the run a snapshot came from), or
     a data.scale that differs: the pretrained filters see shifted input. [] when the weights say nothing
     or cannot be read (weights-unreadable says so)."""
-    from ..runs import expected_input  # noqa: PLC0415
-    from ..weights import input_mean_mismatch  # noqa: PLC0415
+    from ..runs import expected_input, input_mean_mismatch  # noqa: PLC0415
 
     try:
         mismatch = input_mean_mismatch(config, weights)
