@@ -39,13 +39,13 @@ def make_proto(config, out_dir, overrides):
 
     loaded = load_config(config, overrides)
     cfg = resolve_config(loaded)
-    meta = read_dataset(cfg.data.root) if cfg.data.root else None
-    paths = write_definition(cfg, out_dir, meta)
+    info = read_dataset(cfg.data.root) if cfg.data.root else None
+    paths = write_definition(cfg, out_dir, info)
     from .nets import upsampling_plan  # noqa: PLC0415
     plan = ", ".join(f"{name} {f}x" for name, f in upsampling_plan(cfg.model))
     click.echo(f"{cfg.model.arch}, {cfg.model.stages} stages (stride {cfg.model.net_stride}), "
                f"{cfg.model.num_classes} classes; upsampling: {plan}")
-    click.echo(describe_input(loaded, meta))
+    click.echo(describe_input(loaded, info))
     for path in paths.values():
         click.echo(f"wrote {path}")
 

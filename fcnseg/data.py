@@ -29,8 +29,8 @@ import numpy as np
 import yaml
 
 from . import __version__, runs
-from .dataset import (DATASET_FILE, SPLITS, DatasetInfo, Split, class_names, dataset_paths, datum_bytes,
-                      read_dataset)
+from .dataset import (DATASET_FILE, SPLITS, DatasetInfo, dataset_paths, datum_bytes, read_dataset,
+                      read_dataset_yaml)
 from .errors import DataError
 from .geometry import tile_origins
 from .images import (DEFAULT_PERCENTILES, IMAGE_SUFFIXES, WindowEstimator, apply_window, overlay, read_image,
@@ -462,17 +462,20 @@ class _Scan:
 
 @dataclass
 class ImportResult:
-    """What `import_dataset` wrote: the folder, its dataset.yaml contents, source pixels and seconds."""
+    """What `import_dataset` wrote: the folder, its dataset.yaml (as written, and as `read_dataset` reads
+    it back), source pixels and seconds."""
 
     out: Path
     meta: dict
+    info: DatasetInfo
     pixels: int
     seconds: float
 
     def lines(self) -> list[str]:
         """The report printed after an import: the summary, the warnings and the speed."""
         rate = self.pixels / self.seconds if self.seconds > 0 else float("inf")
-        return (summary_lines(self.meta) + [f"warning: {w}" for w in dataset_warnings(self.meta)]
+        return (summary_lines(self.meta, self.info)
+                + [f"warning: {w}" for w in dataset_warnings(self.meta, self.info)]
                 + [f"imported {self.pixels / 1e6:.1f} Mpixels in {self.seconds:.1f} s "
                    f"({rate / 1e6:.2f} Mpixels/s); wrote {self.out}"])
 
@@ -514,13 +517,14 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
         if slices > 1:
             meta["source"]["z_slices"] = slices
         (tmp / DATASET_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
+        info = read_dataset(tmp)
         _save_preview(tmp / PREVIEW_FILE, previews, options.ignore)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     pixels = sum(h * w for h, w in scan.sizes.values())
-    return ImportResult(out, meta, pixels, time.monotonic() - started)
+    return ImportResult(out, meta, info, pixels, time.monotonic() - started)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -728,11 +732,14 @@ def _publish(tmp: Path, out: Path) -> None:
 
 # ---- show ----------------------------------------------------------------------------------------------
 
-def summary_lines(meta: dict) -> list[str]:
-    """Human-readable summary of a dataset.yaml: classes, window, tiling, per-split counts."""
-    k = int(meta["num_classes"])
-    names = class_names(meta, k)
-    window = meta.get("window")
+def summary_lines(meta: dict, info: DatasetInfo) -> list[str]:
+    """Human-readable summary of a dataset: classes, window, tiling, per-split counts.
+
+    `info` is what `read_dataset` reads from the dataset.yaml `meta`; `meta` adds what only this report
+    prints (ignore label, tile overlap, z-slices, the train tile plan, pixel counts).
+    """
+    names = info.class_names()
+    window = info.window
     if window is None:
         window_text = "8-bit data, passed through unchanged"
     elif window.get("method") == "percentile":
@@ -740,13 +747,13 @@ def summary_lines(meta: dict) -> list[str]:
         window_text = f"percentiles {lo:g}-{hi:g} of train: {window['low']:g}..{window['high']:g} -> 0..255"
     else:
         window_text = f"fixed {window['low']:g}..{window['high']:g} -> 0..255"
-    tile = meta.get("tile")
-    lines = [f"{k} classes ({', '.join(names)}), ignore label {meta.get('ignore_label')}",
-             f"window: {window_text}; train mean {float(meta.get('mean', 0.0)):.2f}",
+    tile = info.tile
+    lines = [f"{info.num_classes} classes ({', '.join(names)}), ignore label {meta.get('ignore_label')}",
+             f"window: {window_text}; train mean {info.mean:.2f}",
              f"tiles: {tile}x{tile}, overlap {meta.get('tile_overlap', 0)}" if tile else "tiles: none (whole images)"]
     slices = meta.get("source", {}).get("z_slices")
     if slices:
-        sources = sum(len(meta.get("splits", {}).get(split, {}).get("sources", [])) for split in SPLITS)
+        sources = sum(len(info.split(split).sources) for split in SPLITS)
         lines.append(f"4-D stacks: {sources // slices} time points x {slices} z-slices; every slice is one "
                      "image, train/val split by time point")
     plan = meta.get("train_tiles")
@@ -757,23 +764,21 @@ def summary_lines(meta: dict) -> list[str]:
                         else "no augmentation")
                      + f"; {plan['chosen']}")
     for split in SPLITS:
-        s = meta.get("splits", {}).get(split, {})
+        s, recorded = meta.get("splits", {}).get(split, {}), info.split(split)
         counts = s.get("class_pixels", [])
         labelled = sum(counts) or 1
         shares = ", ".join(f"{names[i] if i < len(names) else i} {100 * c / labelled:.1f} %"
                            for i, c in enumerate(counts))
-        sizes = ", ".join(f"{h}x{w}" for h, w in s.get("sizes", [])[:3]) + (
-            ", ..." if len(s.get("sizes", [])) > 3 else "")
-        lines.append(f"{split}: {s.get('samples', 0)} samples from {len(s.get('sources', []))} source(s) "
+        sizes = ", ".join(f"{h}x{w}" for h, w in recorded.sizes[:3]) + (", ..." if len(recorded.sizes) > 3 else "")
+        lines.append(f"{split}: {info.samples(split)} samples from {len(recorded.sources)} source(s) "
                      f"({sizes}); {shares}; ignore {s.get('ignore_pixels', 0)} px")
     return lines
 
 
-def dataset_warnings(meta: dict) -> list[str]:
+def dataset_warnings(meta: dict, info: DatasetInfo) -> list[str]:
     """The risks in a dataset.yaml worth a warning: rare or missing classes, a clipping window, mostly
-    ignored pixels, mixed sizes without tiles, a tiny val split."""
-    k = int(meta["num_classes"])
-    names = class_names(meta, k)
+    ignored pixels, mixed sizes without tiles, a tiny val split (`meta` and `info` as in `summary_lines`)."""
+    k, names = info.num_classes, info.class_names()
     found = []
     for split in SPLITS:
         s = meta.get("splits", {}).get(split, {})
@@ -794,15 +799,15 @@ def dataset_warnings(meta: dict) -> list[str]:
         if split == "train" and s.get("saturated_fraction", 0.0) > MAX_SATURATED_FRACTION:
             found.append(f"train: {100 * s['saturated_fraction']:.1f} % of the pixels are 0 or 255 after "
                          "windowing, detail is clipped away; widen --window-percentiles or --window-values")
-        if not meta.get("tile") and len(s.get("sizes", [])) > 1:
-            found.append(f"{split}: images of {len(s['sizes'])} different sizes and no tiling: train with "
+        if not info.tile and len(info.split(split).sizes) > 1:
+            found.append(f"{split}: images of {len(info.split(split).sizes)} different sizes and no tiling: train with "
                          "data.batch_size: 1, or re-import with --tile N")
     sparse = (meta.get("train_tiles") or {}).get("sparse_classes")
     if sparse:
         found.append(f"train: {', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the source pixels; "
                      "besides the tiling above, weight the loss towards it with loss.foreground_weight "
                      "(configs/demo_bacteria.yaml uses 1.0)")
-    if len(DatasetInfo.from_meta(meta).splits.get("val", Split()).sources) == 1:
+    if len(info.split("val").sources) == 1:
         found.append("val: one source image only; val scores will be noisy")
     return found
 
@@ -812,11 +817,11 @@ def describe_dataset(root: str | Path) -> tuple[list[str], list[str]]:
     LMDBs that are missing or disagree with dataset.yaml. Raises DataError when root is not a dataset."""
     import lmdb  # noqa: PLC0415
 
-    meta = read_dataset(root)
-    info = DatasetInfo.from_meta(meta)
-    warnings = dataset_warnings(meta)
+    info = read_dataset(root)
+    meta = read_dataset_yaml(root)
+    warnings = dataset_warnings(meta, info)
     for name, path in dataset_paths(str(root)).items():
-        expected = info.splits.get(name.split("_")[0], Split()).samples
+        expected = info.split(name.split("_")[0]).samples
         try:
             with lmdb.open(path, readonly=True, lock=False, subdir=True) as env:
                 entries = env.stat()["entries"]
@@ -825,7 +830,7 @@ def describe_dataset(root: str | Path) -> tuple[list[str], list[str]]:
             continue
         if expected is not None and entries != expected:
             warnings.append(f"{path}: {entries} entries but dataset.yaml says {expected}; re-import")
-    lines = [f"{root}: imported by fcnseg {meta.get('fcnseg_version', '?')}"] + summary_lines(meta)
+    lines = [f"{root}: imported by fcnseg {meta.get('fcnseg_version', '?')}"] + summary_lines(meta, info)
     return lines, warnings
 
 

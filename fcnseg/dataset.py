@@ -2,8 +2,9 @@
 
 Layout: DIR/{train,val}_{images,labels}_lmdb/ and DIR/dataset.yaml. `dataset_paths(root)` gives the
 LMDB paths (placeholders when root is None, so prototxts can be written without data on disk);
-`read_dataset(root)` the parsed dataset.yaml (a dict, as written; `DatasetInfo.from_meta(meta)` is the
-typed view of what later stages read from it: classes, window, mean, tile, per-split samples and sizes);
+`read_dataset(root)` the typed, checked view every later stage reads (`DatasetInfo`: classes, window, mean,
+tile, per-split samples and sizes; `DatasetInfo.from_meta` is the one parser of the file's dict);
+`read_dataset_yaml(root)` the whole file as written, for `fcnseg data show`;
 `resolve_config(config)` fills num_classes and mean from it and refuses disagreements. The LMDB records
 are Caffe Datums: `datum_bytes(array)` encodes one, `datum_array(raw)` decodes one. No Caffe needed to
 import this module; the Datum functions need pycaffe.
@@ -32,44 +33,99 @@ class Split:
 
     samples: Optional[int] = None  # None: not recorded
     sources: tuple[str, ...] = ()
-    sizes: tuple[tuple[int, ...], ...] = ()
+    sizes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     """What the stages after import (train, eval, infer, doctor, make-proto) read from dataset.yaml, typed.
 
-    The file holds more (class pixel counts, tile plan, provenance) for `fcnseg data show`. An absent key
-    reads as None (or no splits, mean 0), as for a definition written without a dataset.
+    `read_dataset(root)` builds it, checked once there; the file holds more (class pixel counts, tile plan,
+    provenance) that only `fcnseg data show` prints (`read_dataset_yaml`). Keys absent from the file read
+    as None (classes, window, tile, a split's samples), mean 0 and no splits.
     """
 
-    num_classes: Optional[int] = None
+    num_classes: int
     classes: Optional[tuple[str, ...]] = None
-    window: Optional[dict] = None  # None: 8-bit data, used as it is
+    window: Optional[dict] = None  # None: 8-bit data, used as it is; else at least numeric low and high
     mean: float = 0.0  # the train split's mean on 0-255
     tile: Optional[int] = None  # None: whole images
     splits: dict[str, Split] = field(default_factory=dict)
 
     @classmethod
-    def from_meta(cls, meta: Optional[dict]) -> "DatasetInfo":
-        """The typed view of a parsed dataset.yaml (`read_dataset`); None or {} gives the empty one."""
-        meta = meta or {}
-        splits = {name: Split(None if s.get("samples") is None else int(s["samples"]),
-                              tuple(s.get("sources") or ()), tuple(tuple(x) for x in s.get("sizes") or ()))
-                  for name, s in (meta.get("splits") or {}).items()}
-        return cls(num_classes=None if meta.get("num_classes") is None else int(meta["num_classes"]),
-                   classes=tuple(str(c) for c in meta["classes"]) if meta.get("classes") else None,
-                   window=meta.get("window"), mean=float(meta.get("mean", 0.0)),
-                   tile=int(meta["tile"]) if meta.get("tile") else None, splits=splits)
+    def from_meta(cls, meta: dict, where: str) -> "DatasetInfo":
+        """The typed view of a parsed dataset.yaml `meta` (the one place that reads the dict for the stages).
+
+        Raises DataError naming `where` and the key when a value has the wrong type or range.
+        """
+        def malformed(key: str, value, expected: str):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            return DataError(f"{where}: {key} is {shown}, not {expected}; re-import the data with "
+                             "`fcnseg data import`")
+
+        def whole(key: str, value, minimum: int) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or (isinstance(value, float) and not value.is_integer()) or value < minimum:
+                raise malformed(key, value, f"a whole number >= {minimum}")
+            return int(value)
+
+        def number(key: str, value) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise malformed(key, value, "a number")
+            return float(value)
+
+        def listing(key: str, value) -> list:
+            if not isinstance(value, list):
+                raise malformed(key, value, "a list")
+            return value
+
+        classes = meta.get("classes")
+        if classes:
+            if any(isinstance(c, (dict, list)) for c in listing("classes", classes)):
+                raise malformed("classes", classes, "a list of names")
+            classes = tuple(str(c) for c in classes)
+        window = meta.get("window")
+        if window is not None:
+            if not isinstance(window, dict):
+                raise malformed("window", window, "a mapping with low and high (or null)")
+            for bound in ("low", "high"):
+                number(f"window.{bound}", window.get(bound))
+        raw_splits = meta.get("splits") or {}
+        if not isinstance(raw_splits, dict):
+            raise malformed("splits", raw_splits, "a mapping of split names")
+        splits = {}
+        for name, s in raw_splits.items():
+            s = s or {}
+            if not isinstance(s, dict):
+                raise malformed(f"splits.{name}", s, "a mapping")
+            sizes = []
+            for size in listing(f"splits.{name}.sizes", s.get("sizes") or []):
+                if not isinstance(size, list) or len(size) != 2:
+                    raise malformed(f"splits.{name}.sizes", size, "[height, width]")
+                sizes.append(tuple(whole(f"splits.{name}.sizes", x, 1) for x in size))
+            splits[str(name)] = Split(
+                None if s.get("samples") is None else whole(f"splits.{name}.samples", s["samples"], 0),
+                tuple(str(x) for x in listing(f"splits.{name}.sources", s.get("sources") or [])), tuple(sizes))
+        return cls(num_classes=whole("num_classes", meta.get("num_classes"), 1), classes=classes or None,
+                   window=window, mean=number("mean", meta.get("mean", 0.0)),
+                   tile=whole("tile", meta["tile"], 1) if meta.get("tile") else None, splits=splits)
+
+    def split(self, name: str) -> Split:
+        """The split `name` as recorded; an empty Split (nothing recorded) when the file has none."""
+        return self.splits.get(name, Split())
 
     def samples(self, split: str) -> int:
         """Samples (tiles) in `split`, 0 when the split or its count is not recorded."""
-        return self.splits.get(split, Split()).samples or 0
+        return self.split(split).samples or 0
 
     @property
-    def sizes(self) -> set[tuple[int, ...]]:
+    def sizes(self) -> set[tuple[int, int]]:
         """The distinct image sizes (H, W) over all splits."""
         return {size for split in self.splits.values() for size in split.sizes}
+
+    def class_names(self) -> list[str]:
+        """The names of class ids 0..num_classes-1: dataset.yaml `classes`, else 'class 0', 'class 1', ..."""
+        return list(self.classes or [f"class {i}" for i in range(self.num_classes)])
 
 
 def dataset_paths(root: Optional[str]) -> dict[str, str]:
@@ -101,8 +157,12 @@ def datum_array(raw: bytes) -> np.ndarray:
     return np.asarray(datum.float_data, np.float32).reshape(datum.channels, datum.height, datum.width)
 
 
-def read_dataset(root: str | Path) -> dict:
-    """Parsed DIR/dataset.yaml. Raises DataError when the folder is not an imported dataset."""
+def read_dataset_yaml(root: str | Path) -> dict:
+    """DIR/dataset.yaml as parsed, every key as written (what `fcnseg data show` prints).
+
+    Raises DataError when the folder is missing, holds no dataset.yaml, the file is not valid YAML or
+    lacks num_classes: when it is not a folder written by `fcnseg data import`.
+    """
     root = Path(root)
     path = root / DATASET_FILE
     if not root.is_dir():
@@ -118,13 +178,21 @@ def read_dataset(root: str | Path) -> dict:
     return meta
 
 
-def input_mean_choice(config: Config, meta: Optional[dict] = None) -> tuple[Optional[float], str]:
+def read_dataset(root: str | Path) -> DatasetInfo:
+    """What the stages read from DIR/dataset.yaml, typed and checked (`DatasetInfo`).
+
+    Raises DataError as `read_dataset_yaml` does, and naming the key when a value is malformed.
+    """
+    return DatasetInfo.from_meta(read_dataset_yaml(root), str(Path(root) / DATASET_FILE))
+
+
+def input_mean_choice(config: Config, info: Optional[DatasetInfo] = None) -> tuple[Optional[float], str]:
     """The mean the net subtracts from its input, and where it comes from (one line for reports).
 
     A number in data.mean is used as it is. `auto` (the default) takes the mean the init.weights
     expect (the gray mean a converted VGG16 records, or the data.mean of the run that trained them),
-    else the dataset's; `dataset` always takes the train mean stored in `meta` (dataset.yaml).
-    Without a dataset that mean is 0. Raises WeightsError when init.weights is not a caffemodel.
+    else the dataset's; `dataset` always takes the dataset's train mean (`info`, from dataset.yaml).
+    Without a dataset (`info` None) that mean is 0. Raises WeightsError when init.weights is not a caffemodel.
     """
     from .runs import expected_input  # noqa: PLC0415 - runs imports dataset
 
@@ -141,15 +209,15 @@ def input_mean_choice(config: Config, meta: Optional[dict] = None) -> tuple[Opti
             note = f" ({weights} records no input mean)"
     else:
         note = ""
-    if meta is not None:
-        return DatasetInfo.from_meta(meta).mean, f"train mean of {config.data.root}/{DATASET_FILE}{note}"
+    if info is not None:
+        return info.mean, f"train mean of {config.data.root}/{DATASET_FILE}{note}"
     return None, f"0: no dataset to take a mean from{note}"
 
 
-def describe_input(config: Config, meta: Optional[dict] = None) -> str:
+def describe_input(config: Config, info: Optional[DatasetInfo] = None) -> str:
     """One line for reports: what the net's input is and where its mean comes from, for the config as
     loaded (before `resolve_config`), e.g. `input: (image - 114.452) * 1; mean: recorded in ...`."""
-    mean, source = input_mean_choice(config, meta)
+    mean, source = input_mean_choice(config, info)
     return f"input: (image - {mean or 0.0:.6g}) * {config.data.scale:g}; mean: {source}"
 
 
@@ -161,27 +229,22 @@ def resolve_config(config: Config) -> Config:
     dataset; WeightsError when init.weights is not a caffemodel.
     """
     config = config.model_copy(deep=True)
-    meta = None
+    info = None
     if config.data.root is not None:
-        meta = read_dataset(config.data.root)
-        k = int(meta["num_classes"])
+        info = read_dataset(config.data.root)
+        k = info.num_classes
         if config.model.num_classes is not None and config.model.num_classes != k:
             raise ConfigError(f"model.num_classes is {config.model.num_classes} but {config.data.root}/"
                               f"{DATASET_FILE} says {k}; remove model.num_classes or set it to {k}")
         config.model.num_classes = k
     if isinstance(config.data.mean, str):
-        mean, _ = input_mean_choice(config, meta)
+        mean, _ = input_mean_choice(config, info)
         if mean is not None:
             config.data.mean = mean
     if config.model.num_classes is None:
         raise ConfigError("model.num_classes is not set; set it, or point data.root at a dataset "
                           "imported with `fcnseg data import`")
     return config
-
-
-def class_names(meta: dict, num_classes: int) -> list[str]:
-    """The dataset's class names (dataset.yaml `classes`), else 'class 0', 'class 1', ..."""
-    return list(DatasetInfo.from_meta(meta).classes or [f"class {i}" for i in range(num_classes)])
 
 
 def input_mean(config: Config) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import runs
-from .dataset import DatasetInfo, read_dataset, resolve_config
+from .dataset import read_dataset, resolve_config
 from .errors import RunError
 
 
@@ -36,8 +36,7 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
         raise RunError(f"{config.data.root}: dataset not found ({where}); eval needs the dataset, "
                        "pass --data DIR where it is now")
     config = resolve_config(config)
-    meta = read_dataset(config.data.root)
-    samples = DatasetInfo.from_meta(meta).samples(split)
+    samples = read_dataset(config.data.root).samples(split)
     if samples < 1:
         raise RunError(f"{config.data.root}: the {split} split is empty")
     weights_path = Path(weights) if weights else runs.run_weights(run_dir)

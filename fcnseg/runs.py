@@ -25,7 +25,7 @@ import yaml
 
 from . import __version__
 from .config import Config, load_config, read_yaml
-from .dataset import DatasetInfo, class_names, input_mean, read_dataset, resolve_config
+from .dataset import DatasetInfo, input_mean, read_dataset, resolve_config
 from .errors import ConfigError, DataError, RunError
 
 CONFIG_FILE = "config.yaml"
@@ -77,25 +77,24 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def deploy_size(config: Config, meta: dict | None = None) -> tuple[int, int]:
-    """The H, W written into deploy.prototxt (the net is reshaped per image at inference anyway)."""
-    tile = DatasetInfo.from_meta(meta).tile
-    if tile:
-        return tile, tile
+def deploy_size(config: Config, info: Optional[DatasetInfo] = None) -> tuple[int, int]:
+    """The H, W written into deploy.prototxt: the dataset's tile, else model.deploy_size (the net is
+    reshaped per image at inference anyway)."""
+    if info is not None and info.tile:
+        return info.tile, info.tile
     return tuple(config.model.deploy_size)
 
 
-def val_batches(config: Config, meta: dict | None) -> int:
+def val_batches(config: Config, info: Optional[DatasetInfo]) -> int:
     """Batches per pass over the val split, from the dataset's stored count (1 without a dataset)."""
-    if not meta:
+    if info is None:
         return 1
-    count = DatasetInfo.from_meta(meta).samples("val")
-    return max(1, math.ceil(count / config.data.batch_size))
+    return max(1, math.ceil(info.samples("val") / config.data.batch_size))
 
 
-def write_definition(config: Config, out_dir: str | Path, meta: dict | None = None) -> dict[str, Path]:
+def write_definition(config: Config, out_dir: str | Path, info: Optional[DatasetInfo] = None) -> dict[str, Path]:
     """Write config.yaml, train_val.prototxt, solver.prototxt and deploy.prototxt into `out_dir`, and
-    inference.yaml when the dataset's `meta` (dataset.yaml) is given.
+    inference.yaml when the dataset (`info`, from `read_dataset`) is given.
 
     `config` must be resolved (num_classes known). Both nets are checked with `geometry` (every crop
     offset, the score aligned with the input) before anything is written. Returns {file kind: path}.
@@ -106,7 +105,7 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
     from .solver import solver_param  # noqa: PLC0415
 
     out = Path(out_dir)
-    h, w = deploy_size(config, meta)
+    h, w = deploy_size(config, info)
     train_val, deploy = train_val_net(config), deploy_net(config, h, w)
     for name, net in ((TRAIN_VAL_FILE, phase_net(train_val, "TRAIN")), (DEPLOY_FILE, deploy)):
         problems = geometry_problems(net)
@@ -115,12 +114,12 @@ def write_definition(config: Config, out_dir: str | Path, meta: dict | None = No
                               f"({'; '.join(problems)}); use the default model.pad")
     texts = {
         TRAIN_VAL_FILE: str(train_val),
-        SOLVER_FILE: str(solver_param(config, val_batches(config, meta), TRAIN_VAL_FILE)),
+        SOLVER_FILE: str(solver_param(config, val_batches(config, info), TRAIN_VAL_FILE)),
         DEPLOY_FILE: str(deploy),
         CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False),
     }
-    if meta is not None:
-        texts[INFERENCE_FILE] = yaml.safe_dump(inference_facts(config, meta).to_dict(), sort_keys=False)
+    if info is not None:
+        texts[INFERENCE_FILE] = yaml.safe_dump(inference_facts(config, info).to_dict(), sort_keys=False)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose another -o")
     out.mkdir(parents=True, exist_ok=True)
@@ -251,14 +250,14 @@ def input_mean_mismatch(config: Config, path: str | Path) -> Optional[str]:
             "pretrained filters see what they were trained on")
 
 
-def inference_facts(config: Config, meta: dict) -> InferenceFacts:
-    """The facts for a resolved `config` trained on the dataset described by `meta` (dataset.yaml)."""
+def inference_facts(config: Config, info: DatasetInfo) -> InferenceFacts:
+    """The facts for a resolved `config` trained on the dataset `info` (from `read_dataset`)."""
     from .nets import input_multiple  # noqa: PLC0415
 
     model, k = config.model, config.model.num_classes
     return InferenceFacts(
-        num_classes=k, classes=class_names(meta, k), ignore_label=config.data.ignore_label,
-        window=DatasetInfo.from_meta(meta).window, mean=input_mean(config), scale=float(config.data.scale),
+        num_classes=k, classes=info.class_names(), ignore_label=config.data.ignore_label,
+        window=info.window, mean=input_mean(config), scale=float(config.data.scale),
         input_channels=model.input_channels, pad=model.pad, arch=model.arch, stages=model.stages,
         net_stride=model.net_stride, input_multiple=input_multiple(model),
         dataset=None if config.data.root is None else str(config.data.root))

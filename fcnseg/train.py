@@ -59,18 +59,18 @@ def learning_rate(config: Config, it: int) -> float:
 
 # ---------------------------------------------------------------- run folder, config and resume checks
 
-def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, dict, bool]:
+def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, DatasetInfo, bool]:
     """Resolve the config against its dataset and check it against the run folder; writes nothing.
 
-    Returns (resolved config, dataset meta, whether the run's definition must be (re)written).
+    Returns (resolved config, its dataset (`read_dataset`), whether the run's definition must be (re)written).
     Raises ConfigError/DataError/RunError on bad input.
     """
     config = resolve_config(config)
     if config.data.root is None:
         raise ConfigError("data.root is not set; import data with `fcnseg data import -o DIR` and pass "
                           "--data DIR (or set data.root)")
-    meta = read_dataset(config.data.root)
-    _check_batching(config, meta)
+    info = read_dataset(config.data.root)
+    _check_batching(config, info)
     if resume:
         saved_path = run_dir / runs.CONFIG_FILE
         if not saved_path.is_file():
@@ -84,15 +84,14 @@ def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tup
             raise RunError(f"{run_dir}: the config differs from the run's: {'; '.join(changed)}. "
                            "Resume with the same config (only solver.max_iter and the train.*_interval "
                            "keys may change), or add --force to continue with the new one")
-        return config, meta, bool(diff)
+        return config, info, bool(diff)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir}: run folder exists and is not empty; choose another --out, "
                        f"or continue it with --resume {run_dir}")
-    return config, meta, True
+    return config, info, True
 
 
-def _check_batching(config: Config, meta: dict) -> None:
-    info = DatasetInfo.from_meta(meta)
+def _check_batching(config: Config, info: DatasetInfo) -> None:
     sizes = info.sizes
     if config.data.batch_size > 1 and not info.tile and len(sizes) > 1:
         raise ConfigError(f"data.batch_size is {config.data.batch_size} but {config.data.root} holds images "
@@ -157,10 +156,10 @@ def _save_fig(fig, path: Path) -> None:
     runs.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90))
 
 
-def _solver_file(run_dir: Path, config: Config, meta: dict) -> Path:
+def _solver_file(run_dir: Path, config: Config, info: DatasetInfo) -> Path:
     """A solver prototxt with absolute paths (the run's own solver.prototxt stays relative)."""
     from .solver import solver_param  # noqa: PLC0415
-    p = solver_param(config, runs.val_batches(config, meta), str(run_dir / runs.TRAIN_VAL_FILE))
+    p = solver_param(config, runs.val_batches(config, info), str(run_dir / runs.TRAIN_VAL_FILE))
     p.snapshot_prefix = str(run_dir / runs.SNAPSHOT_DIR / ".partial" / "train")
     path = run_dir / ".solver.abs.prototxt"
     runs.write_text_atomic(path, str(p))
@@ -170,8 +169,8 @@ def _solver_file(run_dir: Path, config: Config, meta: dict) -> Path:
 class Trainer:
     """Owns the solver and the run folder's files during one `fcnseg train` invocation."""
 
-    def __init__(self, config: Config, meta: dict, run_dir: Path, out=print):
-        self.config, self.meta, self.run_dir, self.out = config, meta, run_dir, out
+    def __init__(self, config: Config, dataset: DatasetInfo, run_dir: Path, out=print):
+        self.config, self.dataset, self.run_dir, self.out = config, dataset, run_dir, out
         self.metrics_path = run_dir / runs.METRICS_FILE
         self.history = History.read(self.metrics_path)
         self.best = max((v["mean_iu"] for v in self.history.val if v.get("mean_iu") is not None),
@@ -322,7 +321,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         config = config.model_copy(deep=True)
         config.init.weights = weights
     unresolved = config
-    config, meta, write = prepare_run(config, run_dir, resume, force)
+    config, info, write = prepare_run(config, run_dir, resume, force)
     state = runs.newest_solverstate(run_dir) if resume else None
     if resume and state is None:
         raise RunError(f"{run_dir}: no snapshot to resume from (snapshots/*.solverstate); "
@@ -331,15 +330,15 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
     from .caffe_env import require_gpu, set_device  # noqa: PLC0415
     require_gpu(gpu)  # likewise an unusable --gpu
     if write:
-        runs.write_definition(config, run_dir, meta)
+        runs.write_definition(config, run_dir, info)
 
     os.environ.setdefault("GLOG_minloglevel", "0")  # Caffe's log goes to caffe.log, in full
     with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
         caffe = set_device(gpu)
         if config.solver.random_seed is not None:
             caffe.set_random_seed(config.solver.random_seed)
-        solver = caffe.get_solver(str(_solver_file(run_dir, config, meta)))
-    trainer = Trainer(config, meta, run_dir, out)
+        solver = caffe.get_solver(str(_solver_file(run_dir, config, info)))
+    trainer = Trainer(config, info, run_dir, out)
     if state is not None:
         _restore(solver, state, run_dir, config.solver.iter_size)
         out(f"resumed from {state.name} at iteration {solver.iter}")
@@ -347,7 +346,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         from .weights import format_report, initialize, scratch_warning  # noqa: PLC0415
         rows = initialize(solver.net, config, config.init.weights)
         out(format_report(rows))
-        out(describe_input(unresolved, meta))
+        out(describe_input(unresolved, info))
         if not config.init.weights:
             out(scratch_warning(config))
         elif (mismatch := runs.input_mean_mismatch(config, config.init.weights)) is not None:
@@ -389,7 +388,7 @@ def _restore(solver, state: Path, run_dir: Path, iter_size: int) -> None:
 def _loop(solver, trainer: Trainer, tqdm) -> int:
     c, run_dir = trainer.config, trainer.run_dir
     max_iter, start = c.solver.max_iter, solver.iter
-    k, samples = c.model.num_classes, DatasetInfo.from_meta(trainer.meta).samples("val")
+    k, samples = c.model.num_classes, trainer.dataset.samples("val")
     restore_signals = _install_signal_handlers(trainer)
     last_snapshot = None
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)

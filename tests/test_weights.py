@@ -397,12 +397,12 @@ def test_full_size_vgg16(tmp_path):
 # --- one input mean, decided once (issue 11) ----------------------------------------------------------
 
 def test_auto_mean_comes_from_the_converted_weights(tmp_path, models, tiny_dataset):
-    from fcnseg.dataset import input_mean_choice, resolve_config
+    from fcnseg.dataset import input_mean_choice, read_dataset, resolve_config
     m = weights.recorded_gray_mean(models["loadable_1ch"])
     base = {"model": {"num_classes": 2}, "data": {"root": str(tiny_dataset)},
             "init": {"weights": str(models["loadable_1ch"])}}
     assert resolve_config(validate_config(base)).data.mean == pytest.approx(m)
-    value, source = input_mean_choice(validate_config(base), {"mean": 80.0})
+    value, source = input_mean_choice(validate_config(base), read_dataset(tiny_dataset))
     assert value == pytest.approx(m) and "recorded in" in source
     numeric = validate_config({**base, "data": {"root": str(tiny_dataset), "mean": 100.0}})
     assert resolve_config(numeric).data.mean == 100.0
@@ -410,10 +410,10 @@ def test_auto_mean_comes_from_the_converted_weights(tmp_path, models, tiny_datas
     assert resolve_config(forced).data.mean == 80.0  # the tiny dataset's stored mean
     # Without weights that say, auto falls back to the dataset, and says why.
     three = validate_config({**base, "init": {"weights": str(models["loadable"])}})
-    value, source = input_mean_choice(three, {"mean": 80.0})
+    value, source = input_mean_choice(three, read_dataset(tiny_dataset))
     assert value == 80.0 and "records no input mean" in source
     missing = validate_config({**base, "init": {"weights": str(tmp_path / "later.caffemodel")}})
-    assert "is not there yet" in input_mean_choice(missing, {"mean": 80.0})[1]
+    assert "is not there yet" in input_mean_choice(missing, read_dataset(tiny_dataset))[1]
 
 
 def test_weights_of_a_run_expect_the_runs_mean(tmp_path, models):

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..dataset import DatasetInfo, Split, read_dataset, resolve_config
+from ..dataset import read_dataset, resolve_config
 from ..errors import ConfigError, DataError, WeightsError
 from ..geometry import SOURCES
 from .checks_data import check_data, check_housekeeping, check_mean, majority_share
@@ -178,20 +178,19 @@ def diagnose_config(config, data_check: bool = False) -> list[Finding]:
     from ..solver import solver_param  # noqa: PLC0415
 
     findings = []
-    meta = None
+    info = None
     numeric_mean = not isinstance(config.data.mean, str)
     try:
         config = resolve_config(config)
-        meta = read_dataset(config.data.root) if config.data.root else None
+        info = read_dataset(config.data.root) if config.data.root else None
     except DataError as exc:
         if config.model.num_classes is None:
             raise
         findings.append(Finding("error", "dataset", str(exc),
                                 "Import the data with `fcnseg data import`, or fix data.root."))
     net = train_val_net(config)
-    solver = solver_param(config, val_batches(config, meta))
-    info = DatasetInfo.from_meta(meta)
-    tile, val = info.tile, info.splits.get("val", Split()).samples
+    solver = solver_param(config, val_batches(config, info))
+    tile, val = (info.tile, info.split("val").samples) if info is not None else (None, None)
     weights = config.init.weights
     findings += diagnose(net, solver, weights=weights, input_channels=config.model.input_channels,
                          image_size=(int(tile), int(tile)) if tile else None, val_samples=val,
