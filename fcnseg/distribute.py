@@ -131,10 +131,14 @@ class TaskResult:
     frames: list[tuple[str, str]] = field(default_factory=list)  # (stem, name) per frame of a stack
 
 
-def probe_model(run_dir: Optional[str], options: InferOptions) -> tuple[str, str, int]:
-    """(weights path, its SHA-256, net stride) after opening the net on a worker; raises the
-    FcnsegError that `infer` would, before any image is read."""
-    predictor, digest = worker_predictor(run_dir, options)
+def probe_model(run_dir: Optional[str], options: InferOptions) -> tuple[str, str, int] | FcnsegError:
+    """(weights path, its SHA-256, net stride) after opening the net on a worker, or the FcnsegError that
+    `infer` would raise, before any image is read. The error is returned, not raised: a task that raises
+    has its traceback logged by the Dask worker, and a bad run or --gpu is the user's one-line message."""
+    try:
+        predictor, digest = worker_predictor(run_dir, options)
+    except FcnsegError as exc:
+        return exc
     return str(predictor.weights), digest, predictor.stride
 
 
@@ -388,7 +392,10 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
         options = InferOptions(**{**asdict(options), "onnx": str(Path(options.onnx).resolve())})
     if options.weights is not None:
         options = InferOptions(**{**asdict(options), "weights": str(Path(options.weights).resolve())})
-    weights, digest, stride = client.submit(probe_model, run, options, pure=False).result()
+    probed = client.submit(probe_model, run, options, pure=False).result()
+    if isinstance(probed, FcnsegError):
+        raise probed
+    weights, digest, stride = probed
     if options.tile != 0:
         make_tiling(options.tile, options.tile_overlap, stride)  # refuse bad options up front
     out = Path(out_dir).resolve()

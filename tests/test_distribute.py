@@ -152,6 +152,19 @@ def test_run_level_errors_come_before_any_image(client, inputs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_run_level_error_is_one_line_without_a_worker_traceback(inputs, tmp_path):
+    """The workers' own stderr (where Dask logs a failed task's traceback) is the command's stderr."""
+    run = make_run(tmp_path, weights=False)
+    done = subprocess.run([sys.executable, "-m", "fcnseg.cli", "infer", "--run", str(run), str(inputs),
+                           "-o", str(tmp_path / "out"), "--workers", "2"],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "Compute Failed" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no weights" in errors[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_workers_and_scheduler_exclude_each_other(run, inputs, tmp_path, capsys):
     assert main(["infer", "--run", run, inputs, "-o", tmp_path, "--workers", "2", "--scheduler", "x"]) == 2
     assert "exclude each other" in capsys.readouterr().err
