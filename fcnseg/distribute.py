@@ -39,9 +39,9 @@ import numpy as np
 from . import runs
 from .errors import ConfigError, DataError, FcnsegError
 from .geometry import ceil_to, tile_origins
-from .infer import (FrameOutcome, InferOptions, InferResult, Predictor, Tiling, failure_message, label_and_save,
-                    list_inputs, make_tiling, open_predictor, probabilities, read_frames, tiling_for,
-                    write_labels)
+from .infer import (PROBS_SUFFIX, FrameOutcome, InferOptions, InferResult, OutputClaims, Predictor, Tiling,
+                    failure_message, label_and_save, list_inputs, open_predictor, output_names, prepare_output,
+                    probabilities, read_frames, tiling_for, write_labels)
 
 MANIFEST_FILE = "infer-manifest.jsonl"
 # Set in every worker process before it imports numpy or Caffe: one core per worker.
@@ -87,7 +87,7 @@ def connect(workers: Optional[int] = None, scheduler: Optional[str] = None) -> I
 
 # ---- what runs on a worker ------------------------------------------------------------------------------
 
-_PREDICTOR: dict[tuple, tuple[Predictor, str]] = {}  # the net this worker process opened, by model
+_PREDICTOR: dict[tuple, Predictor] = {}  # the net this worker process opened, by model
 _STACK: dict[tuple, list] = {}  # the last file this worker read, by path, size, mtime
 
 
@@ -95,14 +95,13 @@ def _model_key(run_dir: Optional[str], options: InferOptions) -> tuple:
     return (run_dir, options.weights, options.onnx, options.gpu)
 
 
-def worker_predictor(run_dir: Optional[str], options: InferOptions) -> tuple[Predictor, str]:
-    """(the net, the SHA-256 of its weights file), opened once per worker process and model and then
-    reused (`infer.open_predictor`; raises what it raises)."""
+def worker_predictor(run_dir: Optional[str], options: InferOptions) -> Predictor:
+    """The net, opened once per worker process and model and then reused (`infer.open_predictor`;
+    raises what it raises)."""
     key = _model_key(run_dir, options)
     if key not in _PREDICTOR:
         _PREDICTOR.clear()
-        predictor = open_predictor(run_dir, options)
-        _PREDICTOR[key] = predictor, runs.file_sha256(predictor.weights)
+        _PREDICTOR[key] = open_predictor(run_dir, options)
     return _PREDICTOR[key]
 
 
@@ -136,10 +135,10 @@ def probe_model(run_dir: Optional[str], options: InferOptions) -> tuple[str, str
     `infer` would raise, before any image is read. The error is returned, not raised: a task that raises
     has its traceback logged by the Dask worker, and a bad run or --gpu is the user's one-line message."""
     try:
-        predictor, digest = worker_predictor(run_dir, options)
+        predictor = worker_predictor(run_dir, options)
     except FcnsegError as exc:
         return exc
-    return str(predictor.weights), digest, predictor.stride
+    return str(predictor.weights), runs.file_sha256(predictor.weights), predictor.stride
 
 
 def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir: str) -> TaskResult:
@@ -148,7 +147,7 @@ def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir
     try:
         lazy = open_lazily(Path(path))
         if lazy is not None:
-            predictor, _ = worker_predictor(run_dir, options)
+            predictor = worker_predictor(run_dir, options)
             tiling = tiling_for(lazy.shape, options.tile, options.tile_overlap, predictor.stride)
             if tiling is not None and max(ceil_to(n, predictor.multiple) for n in lazy.shape) > tiling.tile:
                 return TaskResult(path, None, label_streamed(predictor, lazy, path, tiling, Path(out_dir),
@@ -157,7 +156,7 @@ def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir
         if len(frames) > 1:
             return TaskResult(path, None, frames=[(stem, where) for stem, where, _ in frames])
         stem, where, image = frames[0]
-        predictor, _ = worker_predictor(run_dir, options)
+        predictor = worker_predictor(run_dir, options)
         return TaskResult(path, None, label_and_save(predictor, image, where, Path(out_dir), stem, options))
     except FcnsegError as exc:
         return TaskResult(path, None, failure=failure_message(exc, path))
@@ -168,7 +167,7 @@ def label_frame(path: str, frame: int, run_dir: Optional[str], options: InferOpt
     """Task for frame `frame` of the stack `path`: labelled and written, or its message."""
     try:
         stem, where, image = _cached_frames(Path(path), options.to_gray)[frame]
-        predictor, _ = worker_predictor(run_dir, options)
+        predictor = worker_predictor(run_dir, options)
         return TaskResult(path, frame, label_and_save(predictor, image, where, Path(out_dir), stem, options))
     except FcnsegError as exc:
         return TaskResult(path, frame, failure=failure_message(exc, f"{path} (frame {frame})"))
@@ -256,7 +255,7 @@ def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: 
         if probs_out is not None:
             probs_out.flush()
 
-    probs_path = out_dir / f"{stem}_probs.npy"
+    probs_path = out_dir / (stem + PROBS_SUFFIX)
     if options.probs:
         runs.write_atomic(probs_path, lambda tmp: run_tiles(
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(k, h, w))))
@@ -268,10 +267,6 @@ def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: 
 
 
 # ---- the manifest ---------------------------------------------------------------------------------------
-
-def _output_names(stem: str, options: InferOptions) -> list[str]:
-    return [f"{stem}.png"] + [f"{stem}_overlay.png"] * options.overlay + [f"{stem}_probs.npy"] * options.probs
-
 
 class Manifest:
     """OUT/MANIFEST_FILE: what a previous run of the same model and options completed.
@@ -334,7 +329,7 @@ class Manifest:
             self._append(record)
 
     def is_done(self, path: Path, frame: Optional[int], stem: str, out_dir: Path, options: InferOptions) -> bool:
-        return (str(path), frame) in self.done and all((out_dir / n).is_file() for n in _output_names(stem, options))
+        return (str(path), frame) in self.done and all((out_dir / n).is_file() for n in output_names(stem, options))
 
     def record_done(self, path: str, frame: Optional[int]) -> None:
         self.done.add((path, frame))
@@ -396,15 +391,10 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
     if isinstance(probed, FcnsegError):
         raise probed
     weights, digest, stride = probed
-    if options.tile != 0:
-        make_tiling(options.tile, options.tile_overlap, stride)  # refuse bad options up front
-    out = Path(out_dir).resolve()
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(Path(out_dir).resolve(), options, stride)
     result = DistributedResult(Path(out_dir), Path(weights))
     manifest = Manifest(out, digest, options)
-    claimed: dict[str, str] = {}
+    claims = OutputClaims(out)
     files = [p.resolve() if p.exists() else p for p in list_inputs(inputs)]
     pending = as_completed()
     names: dict[str, str] = {}  # task key -> the input (frame) it labels
@@ -416,14 +406,12 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
             report(f"error: {message}")
 
     def claim(path: Path, stem: str, where: str) -> bool:
-        """Whether `stem` may be written for `where` (as `infer` checks), else a failure."""
-        if stem in claimed:
-            fail(f"{where}: its output {stem}.png would overwrite that of {claimed[stem]}; rename one of them")
+        """Whether `stem` may be written for `where` (`infer`'s rule), else a failure."""
+        try:
+            claims.claim(path, stem, where)
+        except DataError as exc:
+            fail(str(exc))
             return False
-        if (out / f"{stem}.png").resolve() == path.resolve():
-            fail(f"{where}: its output would overwrite the input itself; choose another -o")
-            return False
-        claimed[stem] = where
         return True
 
     def submit(path: Path, frame: Optional[int], where: str) -> None:
@@ -469,7 +457,7 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
                 task: TaskResult = future.result()
                 path = Path(task.path)
                 if task.frames:  # a stack's file task: its frames become tasks
-                    del claimed[path.stem]
+                    claims.release(path.stem)
                     manifest.record_file(path, task.frames)
                     submit_frames(path, task.frames, bar)
                     continue

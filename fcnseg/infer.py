@@ -294,15 +294,60 @@ def read_frames(path: Path, to_gray: bool) -> list[tuple[str, str, np.ndarray]]:
     return [(f"{path.stem}_{i:0{width}d}", f"{path} (frame {i})", frame) for i, frame in enumerate(stack)]
 
 
+# The outputs of one image or frame, named <stem><suffix>: class ids, --overlay, --probs.
+LABELS_SUFFIX, OVERLAY_SUFFIX, PROBS_SUFFIX = ".png", "_overlay.png", "_probs.npy"
+
+
+def output_names(stem: str, options: InferOptions) -> list[str]:
+    """The file names `options` makes for one image or frame, in the order they are written."""
+    return ([stem + LABELS_SUFFIX] + [stem + OVERLAY_SUFFIX] * options.overlay
+            + [stem + PROBS_SUFFIX] * options.probs)
+
+
+def prepare_output(out_dir: str | Path, options: InferOptions, stride: int) -> Path:
+    """The output folder, created, after refusing what would fail on every image: tiling options that
+    leave no step for this net's `stride` (ConfigError) and an `out_dir` that is a file (DataError)."""
+    if options.tile != 0:
+        make_tiling(options.tile, options.tile_overlap, stride)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another -o")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class OutputClaims:
+    """Which input each output stem in `out_dir` belongs to, so that no input overwrites another's
+    outputs or itself."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.owner: dict[str, str] = {}  # stem -> the input (frame) it was given to
+
+    def claim(self, path: Path, stem: str, where: str) -> None:
+        """Give `stem` to `where` (read from `path`); DataError when another input has it or its label
+        PNG would be the input file itself."""
+        if stem in self.owner:
+            raise DataError(f"{where}: its output {stem}{LABELS_SUFFIX} would overwrite that of "
+                            f"{self.owner[stem]}; rename one of them")
+        if (self.out_dir / (stem + LABELS_SUFFIX)).resolve() == path.resolve():
+            raise DataError(f"{where}: its output would overwrite the input itself; choose another -o")
+        self.owner[stem] = where
+
+    def release(self, stem: str) -> None:
+        """Give `stem` back (a file that turned out to be a stack: its frames claim their own stems)."""
+        del self.owner[stem]
+
+
 def write_labels(out_dir: Path, stem: str, gray: np.ndarray, labels: np.ndarray, with_overlay: bool) -> list[Path]:
     """Write <stem>.png (class ids `labels`, palette PNG) and, if asked, <stem>_overlay.png (the labels
     over `gray`, the windowed image) into `out_dir`. Returns the paths written."""
     from PIL import Image  # noqa: PLC0415
 
-    paths = [out_dir / f"{stem}.png"]
+    paths = [out_dir / (stem + LABELS_SUFFIX)]
     runs.write_atomic(paths[0], lambda p: save_label_png(p, labels))
     if with_overlay:
-        paths.append(out_dir / f"{stem}_overlay.png")
+        paths.append(out_dir / (stem + OVERLAY_SUFFIX))
         picture = overlay(gray, labels, OVERLAY_ALPHA, ignore_label=None)
         runs.write_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
     return paths
@@ -314,7 +359,7 @@ def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
     (float16, K x H x W) into `out_dir`. Returns the paths written."""
     paths = write_labels(out_dir, stem, gray, probs.argmax(axis=0).astype(np.uint8), with_overlay)
     if with_probs:
-        paths.append(out_dir / f"{stem}_probs.npy")
+        paths.append(out_dir / (stem + PROBS_SUFFIX))
         runs.write_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
     return paths
 
@@ -377,15 +422,10 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
 
     options = options or InferOptions()
     predictor = open_predictor(run_dir, options)
-    if options.tile != 0:
-        make_tiling(options.tile, options.tile_overlap, predictor.stride)  # refuse bad options up front
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out_dir, options, predictor.stride)
     result = InferResult(out, predictor.weights)
     files = list_inputs(inputs)
-    claimed: dict[str, str] = {}
+    claims = OutputClaims(out)
 
     def fail(exc: FcnsegError, where: str) -> None:
         message = failure_message(exc, where)
@@ -405,12 +445,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
                 bar.refresh()
             for stem, where, image in frames:
                 try:
-                    if stem in claimed:
-                        raise DataError(f"{where}: its output {stem}.png would overwrite that of "
-                                        f"{claimed[stem]}; rename one of them")
-                    if (out / f"{stem}.png").resolve() == path.resolve():
-                        raise DataError(f"{where}: its output would overwrite the input itself; choose another -o")
-                    claimed[stem] = where
+                    claims.claim(path, stem, where)
                     result.record(label_and_save(predictor, image, where, out, stem, options))
                 except FcnsegError as exc:
                     fail(exc, where)
