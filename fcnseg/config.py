@@ -144,7 +144,9 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
-def _describe(err: dict, where: str) -> str:
+def validation_message(err: dict, where: str) -> str:
+    """One line for pydantic error `err` (from `ValidationError.errors()`) in the file `where`, naming the
+    dotted key and what it must be."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
@@ -222,7 +224,7 @@ def validate_config(raw: Any, where: str = "config") -> Config:
     try:
         return Config.model_validate(_coerce_numbers(raw))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], where)) from None
+        raise ConfigError(validation_message(exc.errors()[0], where)) from None
 
 
 def read_text(path: str | Path, what: str) -> str:

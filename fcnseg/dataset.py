@@ -3,7 +3,7 @@
 Layout: DIR/{train,val}_{images,labels}_lmdb/ and DIR/dataset.yaml. `dataset_paths(root)` gives the
 LMDB paths (placeholders when root is None, so prototxts can be written without data on disk);
 `read_dataset(root)` the typed, checked view every later stage reads (`DatasetInfo`: classes, window, mean,
-tile, per-split samples and sizes; `DatasetInfo.from_meta` is the one parser of the file's dict);
+tile, per-split samples and sizes; `DatasetInfo.from_meta` is the one parser of the file's dict, a pydantic model checked like the config);
 `read_dataset_yaml(root)` the whole file as written, for `fcnseg data show`;
 `resolve_config(config)` fills num_classes and mean from it and refuses disagreements. The LMDB records
 are Caffe Datums: `datum_bytes(array)` encodes one, `datum_array(raw)` decodes one. No Caffe needed to
@@ -12,14 +12,14 @@ import this module; the Datum functions need pycaffe.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from .caffe_env import caffe_pb2
-from .config import Config, read_yaml
+from .config import Config, read_yaml, validation_message
 from .errors import ConfigError, DataError
 
 DATASET_FILE = "dataset.yaml"
@@ -27,30 +27,69 @@ PLACEHOLDER_ROOT = "DATA_ROOT"  # written into prototxts when no data.root is se
 SPLITS = ("train", "val")
 
 
-@dataclass(frozen=True)
-class Split:
+class Split(BaseModel):
     """One split of an imported dataset: its sample (tile) count, source names and image sizes (H, W)."""
 
-    samples: Optional[int] = None  # None: not recorded
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    samples: Optional[int] = Field(None, ge=0)  # None: not recorded
     sources: tuple[str, ...] = ()
-    sizes: tuple[tuple[int, int], ...] = ()
+    sizes: tuple[tuple[PositiveInt, PositiveInt], ...] = ()
+
+    @field_validator("sources", "sizes", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value):
+        return () if value is None else value
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _names(cls, value):  # a source named 12 in hand-edited YAML is the name "12"
+        return [str(v) if isinstance(v, (int, float)) else v for v in value] if isinstance(value, list) else value
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
+class DatasetInfo(BaseModel):
     """What the stages after import (train, eval, infer, doctor, make-proto) read from dataset.yaml, typed.
 
-    `read_dataset(root)` builds it, checked once there; the file holds more (class pixel counts, tile plan,
-    provenance) that only `fcnseg data show` prints (`read_dataset_yaml`). Keys absent from the file read
-    as None (classes, window, tile, a split's samples), mean 0 and no splits.
+    `read_dataset(root)` builds it, checked once there (`from_meta`); the file holds more (class pixel
+    counts, tile plan, provenance) that only `fcnseg data show` prints (`read_dataset_yaml`). Keys absent
+    from the file read as None (classes, window, tile, a split's samples), mean 0 and no splits.
     """
 
-    num_classes: int
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    num_classes: int = Field(ge=1)
     classes: Optional[tuple[str, ...]] = None
     window: Optional[dict] = None  # None: 8-bit data, used as it is; else at least numeric low and high
     mean: float = 0.0  # the train split's mean on 0-255
-    tile: Optional[int] = None  # None: whole images
-    splits: dict[str, Split] = field(default_factory=dict)
+    tile: Optional[PositiveInt] = None  # None: whole images
+    splits: dict[str, Split] = {}
+
+    @field_validator("tile", mode="before")
+    @classmethod
+    def _no_tile(cls, value):  # tile: 0 or null: whole images
+        return value or None
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_names(cls, value):  # []: no names; a name 0 in hand-edited YAML is the name "0"
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, float)) else v for v in value] or None
+        return value
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _null_splits(cls, value):
+        if value is None:
+            return {}
+        return {k: v if v is not None else {} for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("window")
+    @classmethod
+    def _window_bounds(cls, window):
+        for bound in ("low", "high") if window is not None else ():
+            if isinstance(window.get(bound), bool) or not isinstance(window.get(bound), (int, float)):
+                raise ValueError(f"window.{bound} must be a number")
+        return window
 
     @classmethod
     def from_meta(cls, meta: dict, where: str) -> "DatasetInfo":
@@ -58,57 +97,11 @@ class DatasetInfo:
 
         Raises DataError naming `where` and the key when a value has the wrong type or range.
         """
-        def malformed(key: str, value, expected: str):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            return DataError(f"{where}: {key} is {shown}, not {expected}; re-import the data with "
-                             "`fcnseg data import`")
-
-        def whole(key: str, value, minimum: int) -> int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or (isinstance(value, float) and not value.is_integer()) or value < minimum:
-                raise malformed(key, value, f"a whole number >= {minimum}")
-            return int(value)
-
-        def number(key: str, value) -> float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise malformed(key, value, "a number")
-            return float(value)
-
-        def listing(key: str, value) -> list:
-            if not isinstance(value, list):
-                raise malformed(key, value, "a list")
-            return value
-
-        classes = meta.get("classes")
-        if classes:
-            if any(isinstance(c, (dict, list)) for c in listing("classes", classes)):
-                raise malformed("classes", classes, "a list of names")
-            classes = tuple(str(c) for c in classes)
-        window = meta.get("window")
-        if window is not None:
-            if not isinstance(window, dict):
-                raise malformed("window", window, "a mapping with low and high (or null)")
-            for bound in ("low", "high"):
-                number(f"window.{bound}", window.get(bound))
-        raw_splits = meta.get("splits") or {}
-        if not isinstance(raw_splits, dict):
-            raise malformed("splits", raw_splits, "a mapping of split names")
-        splits = {}
-        for name, s in raw_splits.items():
-            s = s or {}
-            if not isinstance(s, dict):
-                raise malformed(f"splits.{name}", s, "a mapping")
-            sizes = []
-            for size in listing(f"splits.{name}.sizes", s.get("sizes") or []):
-                if not isinstance(size, list) or len(size) != 2:
-                    raise malformed(f"splits.{name}.sizes", size, "[height, width]")
-                sizes.append(tuple(whole(f"splits.{name}.sizes", x, 1) for x in size))
-            splits[str(name)] = Split(
-                None if s.get("samples") is None else whole(f"splits.{name}.samples", s["samples"], 0),
-                tuple(str(x) for x in listing(f"splits.{name}.sources", s.get("sources") or [])), tuple(sizes))
-        return cls(num_classes=whole("num_classes", meta.get("num_classes"), 1), classes=classes or None,
-                   window=window, mean=number("mean", meta.get("mean", 0.0)),
-                   tile=whole("tile", meta["tile"], 1) if meta.get("tile") else None, splits=splits)
+        try:
+            return cls.model_validate(meta)
+        except ValidationError as exc:
+            raise DataError(f"{validation_message(exc.errors()[0], where)}; re-import the data with "
+                            "`fcnseg data import`") from None
 
     def split(self, name: str) -> Split:
         """The split `name` as recorded; an empty Split (nothing recorded) when the file has none."""
