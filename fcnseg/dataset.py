@@ -3,7 +3,8 @@
 Layout: DIR/{train,val}_{images,labels}_lmdb/ and DIR/dataset.yaml. `dataset_paths(root)` gives the
 LMDB paths (placeholders when root is None, so prototxts can be written without data on disk);
 `read_dataset(root)` the typed, checked view every later stage reads (`DatasetInfo`: classes, window, mean,
-tile, per-split samples and sizes; `DatasetInfo.from_meta` is the one parser of the file's dict, a pydantic model checked like the config);
+tile, per-split samples and sizes; `DatasetInfo.from_meta` is the one parser of the file's dict, a pydantic
+model checked like the config);
 `read_dataset_yaml(root)` the whole file as written, for `fcnseg data show`;
 `resolve_config(config)` fills num_classes and mean from it and refuses disagreements. The LMDB records
 are Caffe Datums: `datum_bytes(array)` encodes one, `datum_array(raw)` decodes one. No Caffe needed to
