@@ -434,6 +434,27 @@ def test_head_classes_name_each_layer_and_k(tmp_path):
     assert "head-classes" not in codes(run(tmp_path, small_net()))
 
 
+def test_in_place_layers_on_the_score_end_the_walk_back_to_the_score_layer(tmp_path):
+    """A ReLU on score_fr and a Dropout on score, both in place: doctor names score_fr and K = 2."""
+    import signal
+
+    dropout = 'layer { name: "drop" type: "Dropout" bottom: "score" top: "score" }'
+    text = small_net(lossed=dropout + "\n" + loss()).replace(SCORE, conv("score_fr", "pool1", n=2, k=1, pad=0))
+
+    def hung(*_):
+        raise TimeoutError("doctor's walk back from the loss did not end")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        n = doctor._Net.build(text_format.Parse(text, pb.NetParameter()))
+        findings = run(tmp_path, text)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert n.score_layer == "score_fr" and n.num_classes == 2
+    assert "head-classes" not in codes(findings)
+
+
 def test_head_classes_at_an_eltwise(tmp_path):
     skip = "\n".join([
         input_layer(), conv("conv1", "data"), pool("pool1", "conv1"), conv("conv2", "pool1"), pool("pool2", "conv2"),

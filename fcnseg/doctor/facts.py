@@ -1,5 +1,5 @@
 """What doctor knows about a net: the Finding record, thresholds, and facts derived once from a NetParameter
-(blob channels, producers, losses, traces, crops, heads, whether it is initialised from outside) that every
+(blob channels, losses, traces, crops, heads, whether it is initialised from outside) that every
 check reads. No file access, no Caffe net.
 
 Thresholds (each is explained where it is used):
@@ -80,7 +80,6 @@ class _Net:
     channels: dict = field(default_factory=dict)
     num_classes: Optional[int] = None
     score_layer: Optional[str] = None
-    producers: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, net, input_channels: Optional[int] = None) -> "_Net":
@@ -97,10 +96,10 @@ class _Net:
     def with_input_channels(self, input_channels: Optional[int]) -> "_Net":
         """These facts with the blob channels (and so K and the score layer) for `input_channels`; the
         geometry is not walked again. Returns self (changed)."""
-        self.channels, self.producers = _channels(self.train, self.input_blob, input_channels)
+        self.channels = _channels(self.train, self.input_blob, input_channels)
         score = self.loss.bottom[0] if self.loss is not None else ("score" if "score" in self.channels else None)
         self.num_classes = self.channels.get(score)
-        self.score_layer = _origin(self, score)
+        self.score_layer = _origin(self, score, self.loss)
         return self
 
     @property
@@ -160,22 +159,20 @@ def _input_blob(net) -> str:
     return net.input[0] if len(net.input) else "data"
 
 
-def _origin(n: _Net, blob: Optional[str]) -> Optional[str]:
-    """The layer with learnable weights that set `blob`'s channels (the score convolution)."""
-    while blob is not None:
-        layer = n.producers.get(blob)
-        if layer is None:
-            return None
+def _origin(n: _Net, blob: Optional[str], reader=None) -> Optional[str]:
+    """The layer with learnable weights that set `blob`'s channels as `reader` sees it (the score
+    convolution), walking back through the writer before each reader, so in-place layers end the walk."""
+    layer = _writer(n, blob, reader) if blob is not None else None
+    while layer is not None:
         if layer.type in ("Convolution", "InnerProduct"):
             return layer.name
-        blob = layer.bottom[0] if layer.bottom else None
+        layer = _writer(n, layer.bottom[0], layer) if layer.bottom else None
     return None
 
 
 def _channels(net, input_blob: str, input_channels: Optional[int]):
-    """({blob: channel count}, {blob: last layer writing it}) following num_output through the net."""
+    """{blob: channel count}, following num_output through the net."""
     chans: dict[str, int] = {}
-    producers: dict[str, object] = {}
     if input_channels:
         chans[input_blob] = input_channels
     for layer in net.layer:
@@ -195,10 +192,9 @@ def _channels(net, input_blob: str, input_channels: Optional[int]):
         else:
             out = None
         for top in layer.top:
-            producers[top] = layer
             if out:
                 chans[top] = out
-    return chans, producers
+    return chans
 
 
 def _learns(layer) -> bool:
