@@ -48,11 +48,13 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
     proto = run_dir / f".eval.{split}.prototxt"
     runs.write_text_atomic(proto, str(net_param))
     caffe = set_device(gpu)
-    with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
-        net = caffe.Net(str(proto), caffe.TEST)
-        load_trained(net, weights_path, fixed_layers(config.model))
-        result = validate(net, config.model.num_classes, samples, config.data.ignore_label)
-    proto.unlink()
+    try:
+        with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
+            net = caffe.Net(str(proto), caffe.TEST)
+            load_trained(net, weights_path, fixed_layers(config.model))
+            result = validate(net, config.model.num_classes, samples, config.data.ignore_label)
+    finally:
+        proto.unlink(missing_ok=True)  # a refused weights file leaves no scratch net behind
     result.update(split=split, weights=str(weights_path), data=str(config.data.root), samples=samples)
     out = run_dir / runs.EVAL_FILE if weights is None or weights_path.parent == run_dir \
         else weights_path.with_name(weights_path.name + ".eval.json")

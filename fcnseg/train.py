@@ -99,7 +99,7 @@ def _check_batching(config: Config, info: DatasetInfo) -> None:
     for split in ("train", "val"):
         if info.samples(split) < 1:
             raise DataError(f"{config.data.root}: the {split} split is empty; re-import with a val split "
-                            "(--val-fraction or --val-frames)")
+                            "(--val-fraction or --val LIST)")
 
 
 # ---------------------------------------------------------------- the training loop
@@ -348,9 +348,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         out(format_report(rows))
         out(describe_input(unresolved, info))
         if not config.init.weights:
-            out(scratch_warning(config))
-        elif (mismatch := runs.input_mean_mismatch(config, config.init.weights)) is not None:
-            out(f"warning: {mismatch}")
+            out(scratch_warning(config))  # a mean far from what the weights expect: doctor's weights-mean
     return _loop(solver, trainer, tqdm)
 
 

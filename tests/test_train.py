@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fcnseg.caffe_env import caffe_pb2
 import yaml
 
 from conftest import write_tiny_dataset
@@ -95,6 +97,13 @@ def test_eval_prints_table_and_writes_eval_json(tmp_path, data, capsys):
     assert main(["eval", run, "--gpu", "99"]) == 2  # no machine has GPU 99; the probe says why
     assert "--gpu 99: " + gpu_available(99)[1] in capsys.readouterr().err
     assert json.loads((run / "eval.json").read_text())["samples"] == 8  # untouched
+    other = tmp_path / "other.caffemodel"  # a real caffemodel of another net: refused, no scratch net left
+    blob = {"shape": {"dim": [2, 1, 3, 3]}, "data": [0.0] * 18}
+    other.write_bytes(caffe_pb2().NetParameter(name="other", layer=[
+        {"name": "conv9", "type": "Convolution", "blobs": [blob]}]).SerializeToString())
+    assert main(["eval", run, "--weights", other]) == 2
+    assert "does not fit the run's net" in capsys.readouterr().err
+    assert not list(run.glob(".eval.*"))
 
 
 def test_resume_continues_numbering_and_matches_uninterrupted(tmp_path):
