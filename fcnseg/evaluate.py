@@ -52,7 +52,7 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
         with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
             net = caffe.Net(str(proto), caffe.TEST)
             load_trained(net, weights_path, fixed_layers(config.model))
-            result = validate(net, config.model.num_classes, samples, config.data.ignore_label)
+            result = validate(net, config.model.num_classes, samples)
     finally:
         proto.unlink(missing_ok=True)  # a refused weights file leaves no scratch net behind
     result.update(split=split, weights=str(weights_path), data=str(config.data.root), samples=samples)

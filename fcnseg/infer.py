@@ -30,6 +30,7 @@ from . import runs
 from .errors import ConfigError, DataError, FcnsegError, RunError
 from .geometry import ceil_to, tile_origins
 from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
+from .metrics import softmax
 
 # Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
 # frame (700 x 1100 = 0.77 Mpx) still runs whole. Memory is what tiling saves: CPU Caffe needs about
@@ -165,13 +166,6 @@ def tiling_for(shape: tuple[int, int], tile: Optional[int], overlap: Optional[in
         return None
     tiling = make_tiling(tile, overlap, stride)
     return None if max(shape) <= tiling.tile else tiling
-
-
-def softmax(score: np.ndarray) -> np.ndarray:
-    """Softmax over axis 0 of a K x H x W score, in float32."""
-    e = np.exp(score - score.max(axis=0, keepdims=True))
-    e /= e.sum(axis=0, keepdims=True)
-    return e
 
 
 def probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 hist[gt, pred] counts pixels; labels equal to the ignore label (or outside [0, K)) are dropped.
 pixel acc = trace / sum; mean acc = nanmean(diag / rowsum); IU = diag / (rowsum + colsum - diag);
 mean IU = nanmean(IU); fw IU = sum over classes with freq > 0 of freq * IU, freq = rowsum / sum.
-`validate(net, ...)` accumulates that matrix over one pass of a (pycaffe) val net, for train and eval.
+`softmax` is the one softmax of class scores (train, eval, infer); `validate(net, ...)` accumulates that
+matrix over one pass of a (pycaffe) val net, for train and eval.
 """
 from __future__ import annotations
 
@@ -81,7 +82,14 @@ def format_table(result: dict, class_names: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def validate(net, num_classes: int, samples: int, ignore_label: int) -> dict:
+def softmax(score: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Softmax over the class `axis` of a score (K x H x W; N x K x H x W with axis 1), in its dtype."""
+    e = np.exp(score - score.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def validate(net, num_classes: int, samples: int) -> dict:
     """One pass over the val split through `net` (a TEST net sharing the training weights).
 
     Counts exactly `samples` images (the Data layer cycles, so a last partial batch is trimmed), and
@@ -99,9 +107,9 @@ def validate(net, num_classes: int, samples: int, ignore_label: int) -> dict:
         hist += confusion(label, score.argmax(1), num_classes)
         fg = (label > 0) & (label < num_classes)
         if fg.any():  # softmax probability of the true class at foreground pixels
-            z = np.exp(score - score.max(1, keepdims=True))
-            true_class = np.take_along_axis(z, label.astype(np.intp)[:, None].clip(0, num_classes - 1), 1)[:, 0]
-            fg_prob += float((true_class / z.sum(1))[fg].sum())
+            true_class = np.take_along_axis(softmax(score, axis=1),
+                                            label.astype(np.intp)[:, None].clip(0, num_classes - 1), 1)[:, 0]
+            fg_prob += float(true_class[fg].sum())
             fg_pixels += int(fg.sum())
         losses.append(float(out["loss"]))
         seen += take

@@ -451,13 +451,12 @@ def _loop(solver, trainer: Trainer, tqdm) -> int:
 
 
 def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
-    c = trainer.config
     test_net = solver.test_nets[0]
     # Caffe shares the trained weights with its test net only inside Solver::Test, which fcnseg
     # never calls; share them here (pointer sharing, no copy).
     test_net.share_with(solver.net)
     with CaffeLogRedirect(trainer.run_dir / runs.CAFFE_LOG):
-        result = validate(test_net, k, samples, c.data.ignore_label)
+        result = validate(test_net, k, samples)
     event = {"event": "val", "iter": it, **{key: result[key] for key in (
         "loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "confusion", "foreground_prob")},
         "elapsed": round(time.time() - trainer.t0, 3)}
