@@ -489,6 +489,21 @@ def test_one_finding_per_deconvolution(tmp_path):
     assert "upsampling-group" not in codes(run(tmp_path, net))
 
 
+def test_config_with_weights_lacking_trunk_layers_is_an_error(tmp_path):
+    """doctor --config (and train, before writing its run): fcnseg refuses weights without the whole trunk."""
+    net = pb.NetParameter()
+    blob = net.layer.add(name="conv1_1", type="Convolution").blobs.add()
+    blob.shape.dim.extend([64, 1, 3, 3])
+    blob.data.extend([0.0] * 576)
+    path = tmp_path / "conv1_1_only.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    config = validate_config({"model": {"num_classes": 2}, "init": {"weights": str(path)}})
+    [f] = [f for f in diagnose_config(config) if f.code == "weights-missing"]
+    assert f.severity == "error" and f.message.startswith("conv1_2, conv2_1,")
+    assert "conv5_3 are not in conv1_1_only.caffemodel" in f.message and "fcnseg train refuses" in f.message
+    assert "conv1_1" not in f.layer.split(", ")
+
+
 def test_config_mean_against_recorded_weights_mean(tmp_path):
     """doctor --config: a numeric data.mean far from the gray mean M recorded in converted weights."""
     net = pb.NetParameter()

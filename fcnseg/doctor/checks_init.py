@@ -188,6 +188,14 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
             f"(it holds {_names(list(shapes), 4)}): Caffe copies weights by layer name, so nothing is loaded "
             "and the net trains from its fillers.",
             "Name the layers as in the weights (VGG16: conv1_1 … conv5_3, fc6, fc7).", None))
+    missing = [layer.name for layer in learnable if layer.name not in shapes
+               and vgg16.transplant_rule(layer.name) == vgg16.REQUIRED]
+    if loader == "fcnseg" and shared and missing:
+        out.append(Finding(
+            "error", "weights-missing",
+            f"{_names(missing, 4)} {'is' if len(missing) == 1 else 'are'} not in {weights.name}: the trunk "
+            f"convolutions must all load, so {aborts} it.",
+            "Use a VGG16-derived caffemodel that holds the whole trunk, or fewer model.stages.", ", ".join(missing)))
     mismatched = []
     for layer in shared:
         got = shapes[layer.name][0]
