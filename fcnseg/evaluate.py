@@ -10,9 +10,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from . import runs
-from .dataset import read_dataset, resolve_config
+from . import files, runs
+from .caffe_env import CaffeLogRedirect, require_gpu, set_device
+from .caffemodel import load_trained
 from .errors import RunError
+from .metrics import validate
+from .nets import fixed_layers, train_val_net
+from .resolve import resolve
 
 
 def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[str] = None,
@@ -21,22 +25,17 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
 
     On the CPU, or GPU `gpu`; CaffeUnavailableError (before anything is written) for a GPU Caffe cannot use.
     """
-    from .caffe_env import CaffeLogRedirect, require_gpu, set_device  # noqa: PLC0415
-    from .caffemodel import load_trained  # noqa: PLC0415
-    from .metrics import validate  # noqa: PLC0415
-    from .nets import fixed_layers, train_val_net  # noqa: PLC0415
-
     run_dir, config = runs.load_run(run_dir)
     if data is not None:
         config.data.root = str(data)
     if config.data.root is None:
         raise RunError(f"{run_dir}: the run has no data.root; pass --data DIR")
     if not Path(config.data.root).is_dir():
-        where = "--data" if data is not None else f"data.root in {run_dir / runs.CONFIG_FILE}"
+        where = "--data" if data is not None else f"data.root in {run_dir / files.CONFIG_FILE}"
         raise RunError(f"{config.data.root}: dataset not found ({where}); eval needs the dataset, "
                        "pass --data DIR where it is now")
-    config = resolve_config(config)
-    samples = read_dataset(config.data.root).samples(split)
+    resolved = resolve(config)
+    config, samples = resolved.config, resolved.dataset.samples(split)
     if samples < 1:
         raise RunError(f"{config.data.root}: the {split} split is empty")
     weights_path = Path(weights) if weights else runs.run_weights(run_dir)
@@ -46,17 +45,17 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
 
     net_param = train_val_net(config, val_split=split)
     proto = run_dir / f".eval.{split}.prototxt"
-    runs.write_text_atomic(proto, str(net_param))
+    files.write_text_atomic(proto, str(net_param))
     caffe = set_device(gpu)
     try:
-        with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
+        with CaffeLogRedirect(run_dir / files.CAFFE_LOG):
             net = caffe.Net(str(proto), caffe.TEST)
             load_trained(net, weights_path, fixed_layers(config.model))
             result = validate(net, config.model.num_classes, samples)
     finally:
         proto.unlink(missing_ok=True)  # a refused weights file leaves no scratch net behind
     result.update(split=split, weights=str(weights_path), data=str(config.data.root), samples=samples)
-    out = run_dir / runs.EVAL_FILE if weights is None or weights_path.parent == run_dir \
+    out = run_dir / files.EVAL_FILE if weights is None or weights_path.parent == run_dir \
         else weights_path.with_name(weights_path.name + ".eval.json")
-    runs.write_text_atomic(out, json.dumps(result, indent=2))
+    files.write_text_atomic(out, json.dumps(result, indent=2))
     return result, out

@@ -26,6 +26,8 @@ import numpy as np
 
 from . import runs
 from .errors import DataError, RunError
+from .files import DEPLOY_FILE, write_bytes_atomic
+from .inputs import InferenceFacts
 from .onnxmodel import INPUT, PROBABILITIES, SCORES, metadata
 
 OPSET = 17
@@ -164,7 +166,7 @@ def _add_layer(g: _Graph, layer, params: dict[str, list[np.ndarray]]) -> None:
         raise RunError(f"layer {name}: Caffe layer type {kind} is not supported by fcnseg export")
 
 
-def _preprocessing(g: _Graph, facts: runs.InferenceFacts, raw: str) -> str:
+def _preprocessing(g: _Graph, facts: InferenceFacts, raw: str) -> str:
     """Nodes computing the net input from the original pixel values, in float32 as images.apply_window
     and the training Data layer do: window onto 0-255 (clip, round half to even), then (x - mean) * scale."""
     x = raw
@@ -179,7 +181,7 @@ def _preprocessing(g: _Graph, facts: runs.InferenceFacts, raw: str) -> str:
     return g.node("Mul", [x, g.const("scale", np.float32(facts.scale))], "scale.multiply")
 
 
-def onnx_model(net_param, params: dict[str, list[np.ndarray]], facts: runs.InferenceFacts,
+def onnx_model(net_param, params: dict[str, list[np.ndarray]], facts: InferenceFacts,
                raw_input: bool = False):
     """The onnx ModelProto of Caffe NetParameter `net_param` (a deploy net: one Input `data`, output
     blob `score`) with `params` ({layer: [blob arrays]}, as Caffe holds them).
@@ -240,7 +242,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     run_dir, _ = runs.load_run(run_dir)
     facts = runs.read_inference(run_dir)
     net, weights_path = runs.load_deploy_net(run_dir, weights)
-    net_param = text_format.Parse((run_dir / runs.DEPLOY_FILE).read_text(), caffe_pb2().NetParameter())
+    net_param = text_format.Parse((run_dir / DEPLOY_FILE).read_text(), caffe_pb2().NetParameter())
     params = {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
     model = onnx_model(net_param, params, facts, with_preprocessing)
     for key, value in metadata(facts, with_preprocessing, run_dir, weights_path).items():
@@ -248,6 +250,6 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
         entry.key, entry.value = key, value
     data = model.SerializeToString()
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_bytes_atomic(out, data)
+    write_bytes_atomic(out, data)
     return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
                         len(data), time.perf_counter() - start)

@@ -28,6 +28,8 @@ import numpy as np
 
 from . import runs
 from .errors import ConfigError, DataError, FcnsegError, RunError
+from .files import write_atomic
+from .inputs import InferenceFacts
 from .geometry import ceil_to, tile_origins
 from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
 from .metrics import softmax
@@ -54,7 +56,7 @@ class Predictor:
     """
 
     score: Callable[[np.ndarray], np.ndarray]
-    facts: runs.InferenceFacts
+    facts: InferenceFacts
     weights: Path  # the caffemodel or ONNX file the net came from
     raw_input: bool = False
 
@@ -83,7 +85,7 @@ class Predictor:
         return gray, net_input(gray, facts.mean, facts.scale)
 
 
-def _check_facts(facts: runs.InferenceFacts, where: Path) -> None:
+def _check_facts(facts: InferenceFacts, where: Path) -> None:
     if facts.input_channels != 1:
         raise RunError(f"{where}: the net has {facts.input_channels} input channels; fcnseg infer reads "
                        "single-channel images only")
@@ -339,11 +341,11 @@ def write_labels(out_dir: Path, stem: str, gray: np.ndarray, labels: np.ndarray,
     from PIL import Image  # noqa: PLC0415
 
     paths = [out_dir / (stem + LABELS_SUFFIX)]
-    runs.write_atomic(paths[0], lambda p: save_label_png(p, labels))
+    write_atomic(paths[0], lambda p: save_label_png(p, labels))
     if with_overlay:
         paths.append(out_dir / (stem + OVERLAY_SUFFIX))
         picture = overlay(gray, labels, OVERLAY_ALPHA, ignore_label=None)
-        runs.write_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
+        write_atomic(paths[-1], lambda p: Image.fromarray(picture).save(p, format="PNG"))
     return paths
 
 
@@ -354,7 +356,7 @@ def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
     paths = write_labels(out_dir, stem, gray, probs.argmax(axis=0).astype(np.uint8), with_overlay)
     if with_probs:
         paths.append(out_dir / (stem + PROBS_SUFFIX))
-        runs.write_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
+        write_atomic(paths[-1], lambda p: np.save(p, probs.astype(np.float16)))
     return paths
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from .caffe_env import import_caffe
 from . import vgg16
-from .config import SKIPS_BY_ARCH, Config, ModelConfig
-from .dataset import dataset_paths, input_mean
+from .config import SKIPS_BY_ARCH, Config, ModelConfig, input_mean
+from .files import dataset_paths
 from .errors import ConfigError
 
 # Fillers are written into every learnable layer: Caffe's default is constant 0, which leaves a

@@ -9,7 +9,7 @@ One input and two outputs, all 1 x C x H x W float32 with H and W free (multiple
 - SCORES `scores`: Caffe's `score` blob, K x H x W class scores before the softmax.
 - PROBABILITIES `probabilities`: their softmax over the class axis.
 
-Metadata (`metadata_props`, each value JSON): every field of `runs.InferenceFacts` (classes, window,
+Metadata (`metadata_props`, each value JSON): every field of `inputs.InferenceFacts` (classes, window,
 mean, scale, ...), plus `input`, `source_run`, `weights` and `fcnseg_version` (the exporting version).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import RunError
-from .runs import InferenceFacts
+from .inputs import InferenceFacts
 
 INPUT = "image"
 SCORES = "scores"

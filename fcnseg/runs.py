@@ -1,12 +1,10 @@
-"""The folder layout shared by make-proto, train, eval, infer and export.
+"""The run folder: what make-proto, train, eval, infer and export read and write there.
 
-A definition folder (what `fcnseg make-proto` writes) holds the resolved `config.yaml` and the three
-prototxts, plus `inference.yaml` when the dataset is known. A run folder (what `fcnseg train` writes) is a
-definition folder plus caffe.log, metrics.jsonl, plots, snapshots/, best.caffemodel and
-final.caffemodel. Everything is written under a temporary name and renamed (`write_atomic`, the one
-writer every module uses), so an interrupted write never leaves a half file behind. Snapshots are
-snapshots/train_iter_N.{caffemodel,solverstate}; `snapshot_stem` writes and `snapshot_iteration` reads
-those names, here only.
+A definition (`build_definition`) is the three nets of one resolved config, built once and checked with
+`geometry`; `write_definition` writes it as config.yaml, train_val.prototxt, solver.prototxt,
+deploy.prototxt and, when the dataset is known, inference.yaml (the file names: `files`). A run folder (what
+`fcnseg train` writes) adds caffe.log, metrics.jsonl, plots, snapshots/, best.caffemodel and
+final.caffemodel.
 
 `inference.yaml` holds every fact inference needs besides the deploy net and the weights (classes,
 intensity window, mean, scale, padding ...), copied from the config and the dataset when training
@@ -14,67 +12,25 @@ starts, so a run folder works on its own: moved, copied, or with its dataset del
 """
 from __future__ import annotations
 
-import hashlib
-import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional
 
 import yaml
+from google.protobuf import text_format
 
-from . import __version__
-from .config import Config, load_config, read_yaml
-from .dataset import DatasetInfo, input_mean, read_dataset, resolve_config
+from .caffe_env import caffe_pb2, set_device
+from .caffemodel import load_trained
+from .config import Config, input_mean, load_config
+from .dataset import DatasetInfo
 from .errors import ConfigError, DataError, RunError
-
-CONFIG_FILE = "config.yaml"
-TRAIN_VAL_FILE = "train_val.prototxt"
-SOLVER_FILE = "solver.prototxt"
-DEPLOY_FILE = "deploy.prototxt"
-METRICS_FILE = "metrics.jsonl"
-CAFFE_LOG = "caffe.log"
-SNAPSHOT_DIR = "snapshots"
-SNAPSHOT_PREFIX = f"{SNAPSHOT_DIR}/train"  # Caffe appends _iter_N.caffemodel / _iter_N.solverstate
-BEST_WEIGHTS = "best.caffemodel"
-FINAL_WEIGHTS = "final.caffemodel"
-EVAL_FILE = "eval.json"
-INFERENCE_FILE = "inference.yaml"
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` for a temporary path next to `path`, then rename it to `path`.
-
-    The temporary name (.NAME.tmpPID.SUFFIX) keeps the suffix, so writers that pick a format from it
-    (matplotlib, numpy, PIL) write the right one. When `write` raises, the exception propagates and
-    neither `path` nor the temporary file is left changed or behind.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename."""
-    write_atomic(path, lambda tmp: tmp.write_bytes(data))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, then rename."""
-    write_bytes_atomic(path, text.encode())
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 16 MiB blocks: a 553 MB caffemodel stays out of memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from .files import (BEST_WEIGHTS, CONFIG_FILE, DEPLOY_FILE, FINAL_WEIGHTS, INFERENCE_FILE, SNAPSHOT_DIR, SOLVER_FILE,
+                    TRAIN_VAL_FILE, snapshot_iteration, write_text_atomic)
+from .geometry import geometry_problems, phase_net
+from .inputs import InferenceFacts, read_inference_file
+from .nets import deploy_net, fixed_layers, input_multiple, train_val_net
+from .resolve import Resolved, resolve
+from .solver import solver_param, val_batches
 
 
 def deploy_size(config: Config, info: Optional[DatasetInfo] = None) -> tuple[int, int]:
@@ -85,26 +41,21 @@ def deploy_size(config: Config, info: Optional[DatasetInfo] = None) -> tuple[int
     return tuple(config.model.deploy_size)
 
 
-def val_batches(config: Config, info: Optional[DatasetInfo]) -> int:
-    """Batches per pass over the val split, from the dataset's stored count (1 without a dataset)."""
-    if info is None:
-        return 1
-    return max(1, math.ceil(info.samples("val") / config.data.batch_size))
+@dataclass(frozen=True)
+class Definition:
+    """The nets of one resolved config, built once: train_val and deploy (caffe_pb2.NetParameter) and the
+    solver (caffe_pb2.SolverParameter, its net path the run folder's own train_val.prototxt)."""
+
+    resolved: Resolved
+    train_val: object
+    solver: object
+    deploy: object
 
 
-def write_definition(config: Config, out_dir: str | Path, info: Optional[DatasetInfo] = None) -> dict[str, Path]:
-    """Write config.yaml, train_val.prototxt, solver.prototxt and deploy.prototxt into `out_dir`, and
-    inference.yaml when the dataset (`info`, from `read_dataset`) is given.
-
-    `config` must be resolved (num_classes known). Both nets are checked with `geometry` (every crop
-    offset, the score aligned with the input) before anything is written. Returns {file kind: path}.
-    Raises ConfigError for geometry the net cannot support.
-    """
-    from .geometry import geometry_problems, phase_net  # noqa: PLC0415
-    from .nets import deploy_net, train_val_net  # noqa: PLC0415 - these need pycaffe
-    from .solver import solver_param  # noqa: PLC0415
-
-    out = Path(out_dir)
+def build_definition(resolved: Resolved) -> Definition:
+    """Build train_val, solver and deploy for `resolved`; both nets are checked with `geometry` (every crop
+    offset, the score aligned with the input). Raises ConfigError for geometry the net cannot support."""
+    config, info = resolved.config, resolved.dataset
     h, w = deploy_size(config, info)
     train_val, deploy = train_val_net(config), deploy_net(config, h, w)
     for name, net in ((TRAIN_VAL_FILE, phase_net(train_val, "TRAIN")), (DEPLOY_FILE, deploy)):
@@ -112,10 +63,19 @@ def write_definition(config: Config, out_dir: str | Path, info: Optional[Dataset
         if problems:
             raise ConfigError(f"model: the {name} fcnseg built is not aligned with its input "
                               f"({'; '.join(problems)}); use the default model.pad")
+    return Definition(resolved, train_val, solver_param(config, val_batches(config, info), TRAIN_VAL_FILE), deploy)
+
+
+def write_definition(definition: Definition, out_dir: str | Path) -> dict[str, Path]:
+    """Write config.yaml, train_val.prototxt, solver.prototxt and deploy.prototxt into `out_dir`, and
+    inference.yaml when the dataset is known. Returns {file name: path}. Raises DataError when `out_dir` is a
+    file."""
+    config, info = definition.resolved.config, definition.resolved.dataset
+    out = Path(out_dir)
     texts = {
-        TRAIN_VAL_FILE: str(train_val),
-        SOLVER_FILE: str(solver_param(config, val_batches(config, info), TRAIN_VAL_FILE)),
-        DEPLOY_FILE: str(deploy),
+        TRAIN_VAL_FILE: str(definition.train_val),
+        SOLVER_FILE: str(definition.solver),
+        DEPLOY_FILE: str(definition.deploy),
         CONFIG_FILE: yaml.safe_dump(config.to_dict(), sort_keys=False),
     }
     if info is not None:
@@ -130,130 +90,8 @@ def write_definition(config: Config, out_dir: str | Path, info: Optional[Dataset
     return paths
 
 
-# ---------------------------------------------------------------- what input a weights file expects
-
-@dataclass(frozen=True)
-class ExpectedInput:
-    """The input a weights file was trained (or converted) for: (gray - mean) * scale, gray on 0-255."""
-
-    mean: float
-    scale: float
-    source: str  # for reports: where mean and scale were found
-
-
-def run_folder_of(weights: str | Path) -> Optional[Path]:
-    """The run folder holding `weights` (RUN/best.caffemodel, RUN/snapshots/x.caffemodel), or None."""
-    path = Path(weights).resolve()
-    for folder in (path.parent, path.parent.parent):
-        if (folder / CONFIG_FILE).is_file() and (folder / TRAIN_VAL_FILE).is_file():
-            return folder
-    return None
-
-
-def expected_input(weights: str | Path) -> Optional[ExpectedInput]:
-    """What input the caffemodel at `weights` expects, or None when nothing says.
-
-    A model converted by `fcnseg weights convert` records its gray mean M (scale 1); weights trained by
-    `fcnseg train` expect what their run's inference.yaml (else config.yaml) says. Raises WeightsError for an
-    unreadable file, RunError for a broken inference.yaml.
-    """
-    from .caffemodel import recorded_gray_mean  # noqa: PLC0415 - needs pycaffe's caffe_pb2
-
-    recorded = recorded_gray_mean(weights)
-    if recorded is not None:
-        return ExpectedInput(recorded, 1.0, f"recorded in {weights} by `fcnseg weights convert`")
-    run = run_folder_of(weights)
-    if run is None:
-        return None
-    if (run / INFERENCE_FILE).is_file():
-        facts = read_inference(run)
-        return ExpectedInput(facts.mean, facts.scale, f"the mean of the run {run} that trained it")
-    data = load_config(run / CONFIG_FILE).data
-    if isinstance(data.mean, str):
-        return None
-    return ExpectedInput(float(data.mean), float(data.scale), f"data.mean of the run {run} that trained it")
-
-# ---- what inference needs ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class InferenceFacts:
-    """Everything that turns a raw image into the net's input and its output into labels.
-
-    The net input is `apply_window(image, window)` (uint8 0-255), then (x - mean) * scale, as the
-    training Data layer saw it; input sizes must be multiples of `input_multiple` (the net stride for
-    `pad: minimal`, else 1). `classes` names the class ids 0..num_classes-1.
-    """
-
-    num_classes: int
-    classes: list[str]
-    ignore_label: int
-    window: Optional[dict]  # None: 8-bit data, used as it is
-    mean: float
-    scale: float
-    input_channels: int
-    pad: Union[str, int]
-    arch: str
-    stages: int
-    net_stride: int
-    input_multiple: int
-    dataset: Optional[str]  # the dataset the facts were copied from, for the record only
-    fcnseg_version: str = __version__
-
-    def to_dict(self) -> dict:
-        """Plain data for YAML or ONNX metadata."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: object, where: str) -> "InferenceFacts":
-        """Parse `to_dict`'s output (other keys are ignored); RunError naming `where` when a key is missing
-        or malformed."""
-        names = list(cls.__dataclass_fields__)
-        missing = [n for n in names if not isinstance(raw, dict) or n not in raw]
-        if missing:
-            raise RunError(f"{where}: missing {', '.join(missing)}; write it again (`fcnseg make-proto` for a "
-                           "run folder, `fcnseg export` for an ONNX model)")
-        try:
-            window = raw["window"]
-            if window is not None:
-                window = {**window, "low": float(window["low"]), "high": float(window["high"])}
-            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]),
-                           "classes": [str(c) for c in raw["classes"]],
-                           "ignore_label": int(raw["ignore_label"]), "window": window, "mean": float(raw["mean"]),
-                           "scale": float(raw["scale"]), "input_channels": int(raw["input_channels"]),
-                           "stages": int(raw["stages"]), "net_stride": int(raw["net_stride"]),
-                           "input_multiple": int(raw["input_multiple"])})
-        except (TypeError, ValueError, KeyError) as exc:
-            raise RunError(f"{where}: malformed inference facts ({exc!r})") from None
-        if len(facts.classes) != facts.num_classes:
-            raise RunError(f"{where}: {len(facts.classes)} class names for {facts.num_classes} classes")
-        return facts
-
-
-# How far (grey levels on 0-255) the net's input mean may sit from what pretrained weights expect before
-# train and doctor warn: a few levels shift conv1_1's response by less than its bias noise.
-MEAN_TOLERANCE = 3.0
-
-
-def input_mean_mismatch(config: Config, path: str | Path) -> Optional[str]:
-    """A one-line warning when the net's input ((image - data.mean) * data.scale of the resolved
-    `config`) is more than MEAN_TOLERANCE grey levels (or any scale) away from what the weights at
-    `path` expect (`expected_input`); None when it matches or the weights do not say."""
-    expected = expected_input(path)
-    if expected is None:
-        return None
-    mean, scale = input_mean(config), config.data.scale
-    if abs(mean - expected.mean) <= MEAN_TOLERANCE and math.isclose(scale, expected.scale, rel_tol=1e-6):
-        return None
-    return (f"{path} expects input (gray - {expected.mean:.6g}) * {expected.scale:g} on 0-255 "
-            f"({expected.source}), but this net subtracts data.mean {mean:.6g} and scales by {scale:g}; "
-            f"set data.mean: {expected.mean:.6g} (or auto) and data.scale: {expected.scale:g} so the "
-            "pretrained filters see what they were trained on")
-
-
 def inference_facts(config: Config, info: DatasetInfo) -> InferenceFacts:
     """The facts for a resolved `config` trained on the dataset `info` (from `read_dataset`)."""
-    from .nets import input_multiple  # noqa: PLC0415
-
     model, k = config.model, config.model.num_classes
     return InferenceFacts(
         num_classes=k, classes=info.class_names(), ignore_label=config.data.ignore_label,
@@ -268,11 +106,7 @@ def read_inference(run_dir: Path) -> InferenceFacts:
     naming where it looked when that is gone too)."""
     path = run_dir / INFERENCE_FILE
     if path.is_file():
-        try:
-            raw = read_yaml(path, INFERENCE_FILE)
-        except ConfigError as exc:
-            raise RunError(str(exc)) from None
-        return InferenceFacts.from_dict(raw, str(path))
+        return read_inference_file(path)
     _, config = load_run(run_dir)
     root = config.data.root
     if root is None or not Path(root).is_dir():
@@ -281,8 +115,8 @@ def read_inference(run_dir: Path) -> InferenceFacts:
         raise RunError(f"{run_dir}: no {INFERENCE_FILE} (written by `fcnseg train` and by `make-proto` with a "
                        f"dataset), and {where}; write it with `fcnseg make-proto {run_dir / CONFIG_FILE} "
                        f"--set data.root=DATASET -o {run_dir}`")
-    config = resolve_config(config)
-    return inference_facts(config, read_dataset(root))
+    resolved = resolve(config)
+    return inference_facts(resolved.config, resolved.dataset)
 
 
 # ---- reading a run folder ------------------------------------------------------------------------------
@@ -294,17 +128,6 @@ def load_run(run_dir: str | Path) -> tuple[Path, Config]:
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); pass the folder `fcnseg train` wrote")
     return run_dir, load_config(run_dir / CONFIG_FILE)
-
-
-def snapshot_stem(iteration: int) -> str:
-    """The file stem Caffe gives the snapshot of `iteration` under SNAPSHOT_PREFIX (train_iter_N)."""
-    return f"{Path(SNAPSHOT_PREFIX).name}_iter_{iteration}"
-
-
-def snapshot_iteration(path: str | Path) -> Optional[int]:
-    """The iteration in a snapshot's name (…_iter_N.caffemodel / .solverstate), None for other names."""
-    _, sep, number = Path(path).stem.rpartition("_iter_")
-    return int(number) if sep and number.isdigit() else None
 
 
 def newest_snapshot(run_dir: Path, suffix: str) -> Optional[Path]:
@@ -340,12 +163,6 @@ def load_deploy_net(run_dir: Path, weights: Optional[str | Path] = None, gpu: Op
     broken deploy.prototxt or weights file; WeightsError when the weights do not fit the net;
     CaffeUnavailableError for a `gpu` this Caffe cannot use.
     """
-    from google.protobuf import text_format  # noqa: PLC0415
-
-    from .caffe_env import caffe_pb2, set_device  # noqa: PLC0415
-    from .caffemodel import load_trained  # noqa: PLC0415
-    from .nets import fixed_layers  # noqa: PLC0415
-
     run_dir, config = load_run(run_dir)
     deploy = run_dir / DEPLOY_FILE
     if not deploy.is_file():

@@ -6,9 +6,20 @@ beyond max_iter, exactly as the FCN reference does) and snapshots under temporar
 """
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 from .caffe_env import caffe_pb2
 from .config import Config
-from .runs import SNAPSHOT_PREFIX, TRAIN_VAL_FILE
+from .dataset import DatasetInfo
+from .files import SNAPSHOT_PREFIX, TRAIN_VAL_FILE
+
+
+def val_batches(config: Config, info: Optional[DatasetInfo]) -> int:
+    """Batches per pass over the val split, from the dataset's stored count (1 without a dataset)."""
+    if info is None:
+        return 1
+    return max(1, math.ceil(info.samples("val") / config.data.batch_size))
 
 
 def solver_param(config: Config, val_batches: int = 1, net_path: str = TRAIN_VAL_FILE):

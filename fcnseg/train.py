@@ -23,13 +23,18 @@ from typing import Optional
 
 import numpy as np
 
-from . import runs
-from .caffe_env import CaffeLogRedirect
+from tqdm import tqdm
+
+from . import files, runs
+from .caffe_env import CaffeLogRedirect, caffe_pb2, require_gpu, set_device
 from .config import Config, config_differences, load_config
-from .dataset import DatasetInfo, describe_input, read_dataset, resolve_config
+from .dataset import DatasetInfo
+from .doctor import diagnose_definition, format_findings
 from .errors import ConfigError, DataError, RunError
 from .metrics import validate
 from .recipes import NORMALIZED, SCRATCH, SCRATCH_MAX_STAGES, SUMMED
+from .resolve import Resolved, resolve
+from .weights import format_report, initialize, scratch_warning
 
 EXIT_NAN = 1
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -59,22 +64,23 @@ def learning_rate(config: Config, it: int) -> float:
 
 # ---------------------------------------------------------------- run folder, config and resume checks
 
-def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Config, DatasetInfo, bool]:
-    """Resolve the config against its dataset and check it against the run folder; writes nothing.
+def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tuple[Resolved, bool]:
+    """Resolve the config (once: its dataset.yaml is read here) and check it against the run folder; writes
+    nothing.
 
-    Returns (resolved config, its dataset (`read_dataset`), whether the run's definition must be (re)written).
+    Returns (the resolved config with its dataset, whether the run's definition must be (re)written).
     Raises ConfigError/DataError/RunError on bad input.
     """
-    config = resolve_config(config)
     if config.data.root is None:
         raise ConfigError("data.root is not set; import data with `fcnseg data import -o DIR` and pass "
                           "--data DIR (or set data.root)")
-    info = read_dataset(config.data.root)
+    resolved = resolve(config)
+    config, info = resolved.config, resolved.dataset
     _check_batching(config, info)
     if resume:
-        saved_path = run_dir / runs.CONFIG_FILE
+        saved_path = run_dir / files.CONFIG_FILE
         if not saved_path.is_file():
-            raise RunError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE}); cannot resume")
+            raise RunError(f"{run_dir}: not a run folder (no {files.CONFIG_FILE}); cannot resume")
         saved = load_config(saved_path)
         diff = config_differences(saved, config)
         # lr_policy poly decays towards max_iter: a new max_iter changes the schedule already followed.
@@ -84,11 +90,11 @@ def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tup
             raise RunError(f"{run_dir}: the config differs from the run's: {'; '.join(changed)}. "
                            "Resume with the same config (only solver.max_iter and the train.*_interval "
                            "keys may change), or add --force to continue with the new one")
-        return config, info, bool(diff)
+        return resolved, bool(diff)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir}: run folder exists and is not empty; choose another --out, "
                        f"or continue it with --resume {run_dir}")
-    return config, info, True
+    return resolved, True
 
 
 def _check_batching(config: Config, info: DatasetInfo) -> None:
@@ -129,9 +135,9 @@ class History:
 
 def plot_history(history: History, run_dir: Path) -> None:
     """Redraw loss.png (smoothed training loss, val loss) and val.png (mean IU, pixel acc)."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 - heavy (a second to import), needed only when a plot is drawn
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - as above
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if history.train:
@@ -153,16 +159,17 @@ def plot_history(history: History, run_dir: Path) -> None:
 
 def _save_fig(fig, path: Path) -> None:
     fig.tight_layout()
-    runs.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    files.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90))
 
 
-def _solver_file(run_dir: Path, config: Config, info: DatasetInfo) -> Path:
+def _solver_file(run_dir: Path, definition: runs.Definition) -> Path:
     """A solver prototxt with absolute paths (the run's own solver.prototxt stays relative)."""
-    from .solver import solver_param  # noqa: PLC0415
-    p = solver_param(config, runs.val_batches(config, info), str(run_dir / runs.TRAIN_VAL_FILE))
-    p.snapshot_prefix = str(run_dir / runs.SNAPSHOT_DIR / ".partial" / "train")
+    p = caffe_pb2().SolverParameter()
+    p.CopyFrom(definition.solver)
+    p.net = str(run_dir / files.TRAIN_VAL_FILE)
+    p.snapshot_prefix = str(run_dir / files.SNAPSHOT_DIR / ".partial" / "train")
     path = run_dir / ".solver.abs.prototxt"
-    runs.write_text_atomic(path, str(p))
+    files.write_text_atomic(path, str(p))
     return path
 
 
@@ -171,7 +178,7 @@ class Trainer:
 
     def __init__(self, config: Config, dataset: DatasetInfo, run_dir: Path, out=print):
         self.config, self.dataset, self.run_dir, self.out = config, dataset, run_dir, out
-        self.metrics_path = run_dir / runs.METRICS_FILE
+        self.metrics_path = run_dir / files.METRICS_FILE
         self.history = History.read(self.metrics_path)
         self.best = max((v["mean_iu"] for v in self.history.val if v.get("mean_iu") is not None),
                         default=-1.0)
@@ -192,18 +199,18 @@ class Trainer:
     # -- snapshots
     def snapshot(self, solver) -> Path:
         """Write caffemodel + solverstate under .partial/, then rename: solverstate last, as the marker."""
-        partial = self.run_dir / runs.SNAPSHOT_DIR / ".partial"
+        partial = self.run_dir / files.SNAPSHOT_DIR / ".partial"
         partial.mkdir(parents=True, exist_ok=True)
         solver.snapshot()
-        stem = runs.snapshot_stem(solver.iter)
+        stem = files.snapshot_stem(solver.iter)
         model, state = partial / f"{stem}.caffemodel", partial / f"{stem}.solverstate"
-        final_dir = self.run_dir / runs.SNAPSHOT_DIR
+        final_dir = self.run_dir / files.SNAPSHOT_DIR
         model.replace(final_dir / model.name)
         state.replace(final_dir / state.name)
         return final_dir / state.name
 
     def save_weights(self, net, name: str) -> None:
-        runs.write_atomic(self.run_dir / name, lambda tmp: net.save(str(tmp)))
+        files.write_atomic(self.run_dir / name, lambda tmp: net.save(str(tmp)))
 
     # -- health
     def check_loss(self, it: int, loss: float) -> None:
@@ -314,47 +321,44 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
     With `resume`, continues from run_dir's newest solverstate with the same iteration numbering.
     Raises FcnsegError subclasses for bad input (before anything is trained).
     """
-    from tqdm import tqdm  # noqa: PLC0415
-
     run_dir = Path(run_dir)
     if weights is not None:
         config = config.model_copy(deep=True)
         config.init.weights = weights
-    unresolved = config
-    config, info, write = prepare_run(config, run_dir, resume, force)
+    resolved, write = prepare_run(config, run_dir, resume, force)
+    config, info = resolved.config, resolved.dataset
     state = runs.newest_solverstate(run_dir) if resume else None
     if resume and state is None:
         raise RunError(f"{run_dir}: no snapshot to resume from (snapshots/*.solverstate); "
                        "start it again without --resume into a new --out")
-    _run_doctor(config, force, out)  # before anything is written: a refused setup leaves no run folder
-    from .caffe_env import require_gpu, set_device  # noqa: PLC0415
+    definition = runs.build_definition(resolved)
+    _run_doctor(definition, force, out)  # before anything is written: a refused setup leaves no run folder
     require_gpu(gpu)  # likewise an unusable --gpu
     if write:
-        runs.write_definition(config, run_dir, info)
+        runs.write_definition(definition, run_dir)
 
     os.environ.setdefault("GLOG_minloglevel", "0")  # Caffe's log goes to caffe.log, in full
-    with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
+    with CaffeLogRedirect(run_dir / files.CAFFE_LOG):
         caffe = set_device(gpu)
         if config.solver.random_seed is not None:
             caffe.set_random_seed(config.solver.random_seed)
-        solver = caffe.get_solver(str(_solver_file(run_dir, config, info)))
+        solver = caffe.get_solver(str(_solver_file(run_dir, definition)))
     trainer = Trainer(config, info, run_dir, out)
     if state is not None:
         _restore(solver, state, run_dir, config.solver.iter_size)
         out(f"resumed from {state.name} at iteration {solver.iter}")
     else:
-        from .weights import format_report, initialize, scratch_warning  # noqa: PLC0415
         rows = initialize(solver.net, config, config.init.weights)
         out(format_report(rows))
-        out(describe_input(unresolved, info))
-        if not config.init.weights:
-            out(scratch_warning(config))  # a mean far from what the weights expect: doctor's weights-mean
-    return _loop(solver, trainer, tqdm)
+        out(resolved.describe_input())
+        warning = None if config.init.weights else scratch_warning(config)
+        if warning:
+            out(warning)
+    return _loop(solver, trainer)
 
 
-def _run_doctor(config: Config, force: bool, out) -> None:
-    from .doctor import diagnose_config, format_findings  # noqa: PLC0415
-    findings = diagnose_config(config)
+def _run_doctor(definition: runs.Definition, force: bool, out) -> None:
+    findings = diagnose_definition(definition)
     errors = [f for f in findings if f.severity == "error"]
     if findings:
         out(format_findings(findings))
@@ -365,14 +369,13 @@ def _run_doctor(config: Config, force: bool, out) -> None:
 
 def _restore(solver, state: Path, run_dir: Path, iter_size: int) -> None:
     """Restore a solverstate, pointing it at its own caffemodel (the run folder may have moved)."""
-    from .caffe_env import caffe_pb2  # noqa: PLC0415
     pb = caffe_pb2().SolverState()
     pb.ParseFromString(state.read_bytes())
     model = state.with_suffix(".caffemodel")
     if not model.is_file():
         raise RunError(f"{state}: its weights {model.name} are missing; delete the solverstate and resume")
     pb.learned_net = str(model)
-    fixed = run_dir / runs.SNAPSHOT_DIR / ".partial" / "restore.solverstate"
+    fixed = run_dir / files.SNAPSHOT_DIR / ".partial" / "restore.solverstate"
     fixed.parent.mkdir(parents=True, exist_ok=True)
     fixed.write_bytes(pb.SerializeToString())
     solver.restore(str(fixed))
@@ -383,7 +386,7 @@ def _restore(solver, state: Path, run_dir: Path, iter_size: int) -> None:
         solver.net.forward(end="label")
 
 
-def _loop(solver, trainer: Trainer, tqdm) -> int:
+def _loop(solver, trainer: Trainer) -> int:
     c, run_dir = trainer.config, trainer.run_dir
     max_iter, start = c.solver.max_iter, solver.iter
     k, samples = c.model.num_classes, trainer.dataset.samples("val")
@@ -392,7 +395,7 @@ def _loop(solver, trainer: Trainer, tqdm) -> int:
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
     try:
         while solver.iter < max_iter:
-            with CaffeLogRedirect(run_dir / runs.CAFFE_LOG):
+            with CaffeLogRedirect(run_dir / files.CAFFE_LOG):
                 solver.step(1)
             it = solver.iter
             loss = float(solver.net.blobs["loss"].data)
@@ -431,15 +434,15 @@ def _loop(solver, trainer: Trainer, tqdm) -> int:
                 break
         bar.close()
         if trainer.stop_signal is not None:
-            if last_snapshot is None or runs.snapshot_iteration(last_snapshot) != solver.iter:
+            if last_snapshot is None or files.snapshot_iteration(last_snapshot) != solver.iter:
                 last_snapshot = trainer.snapshot(solver)
             plot_history(trainer.history, run_dir)
             name = signal.Signals(trainer.stop_signal).name
             trainer.log_event({"event": "stopped", "iter": solver.iter, "signal": name})
             trainer.out(f"stopped by {name} at iteration {solver.iter}; snapshot {last_snapshot}\n"
-                        f"resume with: fcnseg train {run_dir / runs.CONFIG_FILE} --resume {run_dir}")
+                        f"resume with: fcnseg train {run_dir / files.CONFIG_FILE} --resume {run_dir}")
             return EXIT_SIGNAL[trainer.stop_signal]
-        trainer.save_weights(solver.net, runs.FINAL_WEIGHTS)
+        trainer.save_weights(solver.net, files.FINAL_WEIGHTS)
         trainer.log_event({"event": "done", "iter": solver.iter, "best_mean_iu": trainer.best,
                            "elapsed": round(time.time() - trainer.t0, 3)})
         trainer.out(f"done: {solver.iter} iterations in {time.time() - trainer.t0:.0f} s; best val mean IU "
@@ -455,7 +458,7 @@ def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
     # Caffe shares the trained weights with its test net only inside Solver::Test, which fcnseg
     # never calls; share them here (pointer sharing, no copy).
     test_net.share_with(solver.net)
-    with CaffeLogRedirect(trainer.run_dir / runs.CAFFE_LOG):
+    with CaffeLogRedirect(trainer.run_dir / files.CAFFE_LOG):
         result = validate(test_net, k, samples)
     event = {"event": "val", "iter": it, **{key: result[key] for key in (
         "loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "confusion", "foreground_prob")},
@@ -467,5 +470,5 @@ def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
     trainer.check_val(result, it, solver.net)
     if result["mean_iu"] is not None and result["mean_iu"] > trainer.best:
         trainer.best = result["mean_iu"]
-        trainer.save_weights(solver.net, runs.BEST_WEIGHTS)
+        trainer.save_weights(solver.net, files.BEST_WEIGHTS)
     plot_history(trainer.history, trainer.run_dir)

@@ -83,20 +83,20 @@ def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, bia
     import caffe
     import yaml
 
-    from fcnseg import runs
+    from fcnseg import files, runs
     from fcnseg.config import validate_config
-    from fcnseg.dataset import read_dataset, resolve_config
+    from fcnseg.resolve import resolve
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     (data / "dataset.yaml").write_text(yaml.safe_dump(
         {"num_classes": K, "mean": 90.0, "window": window, "input_channels": 1}))
     model = {"arch": "fcn32s", "stages": 2, "fc_channels": 8, "dropout": 0, "pad": "minimal",
              "deploy_size": [64, 64], **model}
-    config = resolve_config(validate_config({"model": model, "data": {"root": str(data), "scale": 0.02}}))
+    resolved = resolve(validate_config({"model": model, "data": {"root": str(data), "scale": 0.02}}))
     run = root / "run"
-    runs.write_definition(config, run, read_dataset(data))
+    runs.write_definition(runs.build_definition(resolved), run)
     if weights:
-        net = caffe.Net(str(run / runs.DEPLOY_FILE), caffe.TEST)
+        net = caffe.Net(str(run / files.DEPLOY_FILE), caffe.TEST)
         rng = np.random.default_rng(seed)
         for name, blobs in net.params.items():
             if name.startswith("upscore"):
@@ -105,7 +105,7 @@ def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, bia
                 fan_in = int(np.prod(b.data.shape[1:])) if b.data.ndim > 1 else 0
                 b.data[...] = rng.normal(0, (2.0 / fan_in) ** 0.5, b.data.shape) if fan_in else \
                     (rng.normal(0, bias_std, b.data.shape) if bias_std else 0.0)
-        net.save(str(run / runs.BEST_WEIGHTS))
+        net.save(str(run / files.BEST_WEIGHTS))
     return run
 
 

@@ -8,9 +8,10 @@ import yaml
 from PIL import Image
 
 from fcnseg import data as data_mod
+from fcnseg.data import importer
 from fcnseg.cli import main
 from fcnseg.config import Config
-from fcnseg.dataset import resolve_config
+from fcnseg.resolve import resolve
 from fcnseg.images import apply_window, read_image
 
 RNG = np.random.default_rng(0)
@@ -238,7 +239,7 @@ def test_imported_dataset_resolves_a_config(tmp_path, capsys):
     img, mask = write_stacks(tmp_path / "src", disc_masks(3))
     assert run(capsys, "data", "import", "--images", img, "--labels", mask, "--binarize", "-o", tmp_path / "ds")[0] == 0
     meta = yaml.safe_load((tmp_path / "ds" / "dataset.yaml").read_text())
-    cfg = resolve_config(Config.model_validate({"data": {"root": str(tmp_path / "ds")}}))
+    cfg = resolve(Config.model_validate({"data": {"root": str(tmp_path / "ds")}})).config
     assert cfg.model.num_classes == 2 and cfg.data.mean == meta["mean"]
 
 
@@ -348,7 +349,7 @@ def test_failure_while_writing_removes_the_temporary_folder(tmp_path, capsys, mo
 
     def fail(self, array, record=None):
         raise OSError("disk full")
-    monkeypatch.setattr(data_mod._LmdbWriter, "put", fail)
+    monkeypatch.setattr(importer._LmdbWriter, "put", fail)
     with pytest.raises(OSError):
         data_mod.import_dataset(img, mask, tmp_path / "ds", data_mod.ImportOptions(binarize=True), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

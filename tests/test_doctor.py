@@ -191,8 +191,8 @@ def _fake_weights(monkeypatch, config):
     """Make doctor see a caffemodel holding exactly the trunk of `config`'s net."""
     from fcnseg.nets import deploy_net
     net = deploy_net(config, 64, 64)
-    n = doctor._Net.build(net, config.model.input_channels)
-    shapes = {layer.name: [doctor._expected_shape(n, layer)] for layer in net.layer
+    n = doctor.NetFacts.build(net, config.model.input_channels)
+    shapes = {layer.name: [doctor.expected_shape(n, layer)] for layer in net.layer
               if layer.type == "Convolution" and layer.name.startswith(("conv", "fc"))}
     monkeypatch.setattr(doctor, "caffemodel_shapes", lambda path: shapes)
 
@@ -200,12 +200,13 @@ def _fake_weights(monkeypatch, config):
 @pytest.mark.parametrize("pad", [100, "minimal"])
 @pytest.mark.parametrize("arch,stages", ARCHS)
 def test_make_proto_nets_have_no_errors(monkeypatch, tmp_path, arch, stages, pad):
-    from fcnseg.runs import write_definition
+    from fcnseg.resolve import resolve
+    from fcnseg.runs import build_definition, write_definition
     config = validate_config({"model": {"arch": arch, "stages": stages, "num_classes": 2, "fc_channels": 64,
                                         "pad": pad}, "init": {"weights": "vgg16_1ch.caffemodel"}})
     _fake_weights(monkeypatch, config)
     assert not codes(diagnose_config(config), "error")
-    paths = write_definition(config, tmp_path)
+    paths = write_definition(build_definition(resolve(config)), tmp_path)
     found = diagnose_files(paths["train_val.prototxt"], paths["solver.prototxt"], weights="w.caffemodel")
     assert not codes(found, "error"), format_findings(found)
 
@@ -446,7 +447,7 @@ def test_in_place_layers_on_the_score_end_the_walk_back_to_the_score_layer(tmp_p
     old = signal.signal(signal.SIGALRM, hung)
     signal.alarm(30)
     try:
-        n = doctor._Net.build(text_format.Parse(text, pb.NetParameter()))
+        n = doctor.NetFacts.build(text_format.Parse(text, pb.NetParameter()))
         findings = run(tmp_path, text)
     finally:
         signal.alarm(0)

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from PIL import Image
 
 from conftest import K, WINDOW, make_run, raw_image
-from fcnseg import runs
+from fcnseg import files, runs
 from fcnseg.cli import main
 from fcnseg.caffe_env import caffe_pb2
 from fcnseg.errors import RunError
@@ -133,7 +133,7 @@ def test_metadata_names_the_facts(tmp_path):
     assert meta["window"] == WINDOW and meta["mean"] == 90.0 and meta["scale"] == 0.02
     assert meta["input"] == "windowed 0-255" and meta["input_multiple"] == 8
     assert meta["source_run"] == str(run.resolve()) and meta["fcnseg_version"]
-    assert meta["weights"] == str((run / runs.BEST_WEIGHTS).resolve())
+    assert meta["weights"] == str((run / files.BEST_WEIGHTS).resolve())
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert model.graph.input[0].name == "image" and dims == ["batch", 1, "height", "width"]
     assert [o.name for o in model.graph.output] == ["scores", "probabilities"]

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import K, WINDOW, make_run, raw_image, write_lmdb
 from fcnseg import infer as infer_mod
-from fcnseg import runs
+from fcnseg import files
 from fcnseg.cli import main
 from fcnseg.images import PALETTE, apply_window
 from fcnseg.infer import Tiling, load_predictor, predict, tile_origins, tiling_for
@@ -109,7 +109,7 @@ def test_network_input_is_what_training_data_layer_produced(tmp_path):
         write_lmdb(data / f"{split}_labels_lmdb", [np.zeros((1, 24, 40), np.uint8)])
     from fcnseg.config import load_config
     from fcnseg.nets import train_val_net
-    config = load_config(run / runs.CONFIG_FILE)
+    config = load_config(run / files.CONFIG_FILE)
     proto = tmp_path / "train_val.prototxt"
     proto.write_text(str(train_val_net(config)))
     net = caffe.Net(str(proto), caffe.TEST)
@@ -240,7 +240,7 @@ def test_missing_weights_file_exits_2(run, images, tmp_path, capsys):
 def test_weights_of_another_net_exit_2_without_caffe_aborting(run, images, tmp_path, capsys):
     other = make_run(tmp_path, fc_channels=16)
     assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path / "out",
-                 "--weights", other / runs.BEST_WEIGHTS]) == 2
+                 "--weights", other / files.BEST_WEIGHTS]) == 2
     assert "fc6" in capsys.readouterr().err
 
 
@@ -280,7 +280,7 @@ def test_moved_run_without_its_dataset_gives_the_same_labels(tmp_path, monkeypat
                     train__val_interval=3, train__snapshot_interval=3)
     monkeypatch.chdir(work)  # the config's data.root is relative to configs/, not to here
     assert main(["train", "configs/tiny.yaml", "--out", "runs/tiny"]) == 0
-    facts = yaml.safe_load((work / "runs" / "tiny" / runs.INFERENCE_FILE).read_text())
+    facts = yaml.safe_load((work / "runs" / "tiny" / files.INFERENCE_FILE).read_text())
     assert facts["mean"] == 80.0 and facts["scale"] == 0.02 and facts["num_classes"] == 2
     assert facts["window"] is None and facts["classes"] == ["class 0", "class 1"] and facts["input_multiple"] == 8
     image = np.random.default_rng(0).integers(0, 256, (45, 61), dtype=np.uint8)
@@ -309,22 +309,22 @@ def test_run_from_before_inference_yaml_falls_back_to_its_dataset(tmp_path, caps
     run = make_run(tmp_path)
     x = raw_image(20, 24)
     expected = predict(load_predictor(run), load_predictor(run).network_input(x)[1])
-    (run / runs.INFERENCE_FILE).unlink()
+    (run / files.INFERENCE_FILE).unlink()
     predictor = load_predictor(run)
     np.testing.assert_array_equal(predict(predictor, predictor.network_input(x)[1]), expected)
     (tmp_path / "data" / "dataset.yaml").unlink()
     (tmp_path / "data").rmdir()
     assert main(["infer", "--run", run, tmp_path, "-o", tmp_path / "out"]) == 2
     err = capsys.readouterr().err
-    assert runs.INFERENCE_FILE in err and str(tmp_path / "data") in err
+    assert files.INFERENCE_FILE in err and str(tmp_path / "data") in err
 
 
 def test_malformed_inference_yaml_exits_2_naming_it(tmp_path, capsys):
     run = make_run(tmp_path)
-    facts = yaml.safe_load((run / runs.INFERENCE_FILE).read_text())
+    facts = yaml.safe_load((run / files.INFERENCE_FILE).read_text())
     del facts["window"]
-    (run / runs.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
+    (run / files.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
     tifffile.imwrite(tmp_path / "a.tif", raw_image(20, 20))
     assert main(["infer", "--run", run, tmp_path / "a.tif", "-o", tmp_path / "out"]) == 2
     err = capsys.readouterr().err
-    assert runs.INFERENCE_FILE in err and "window" in err
+    assert files.INFERENCE_FILE in err and "window" in err

@@ -5,9 +5,14 @@ import pytest
 from fcnseg.config import SKIPS_BY_ARCH
 
 from fcnseg.config import validate_config
-from fcnseg.dataset import resolve_config
+from fcnseg.resolve import resolve
 from fcnseg.geometry import blob_maps, trunk_stride
 from fcnseg.nets import deploy_net, train_val_net, upsampling_plan
+
+
+def resolve_cfg(config):
+    """The resolved config (tests that need only the config)."""
+    return resolve(config).config
 
 caffe = pytest.importorskip("caffe")
 
@@ -128,12 +133,12 @@ def test_bilinear_kernel_values():
 def test_upsampling_does_not_learn(tmp_path):
     from conftest import write_tiny_dataset
     root = write_tiny_dataset(tmp_path / "d")
-    c = resolve_config(validate_config({"model": {"stages": 2, "fc_channels": 8, "arch": "fcn16s"},
+    c = resolve_cfg(validate_config({"model": {"stages": 2, "fc_channels": 8, "arch": "fcn16s"},
                                         "data": {"root": str(root), "batch_size": 2},
                                         "solver": {"base_lr": 0.1, "momentum": 0.9}}))
-    from fcnseg.runs import write_definition
+    from fcnseg.runs import build_definition, write_definition
     import os
-    write_definition(c, tmp_path / "run")
+    write_definition(build_definition(resolve(c)), tmp_path / "run")
     cwd = os.getcwd()
     os.chdir(tmp_path / "run")
     try:
@@ -148,7 +153,7 @@ def test_upsampling_does_not_learn(tmp_path):
 
 
 def test_train_val_runs_forward_backward_on_tiny_lmdb(tmp_path, tiny_dataset):
-    c = resolve_config(validate_config({"model": {"stages": 3, "fc_channels": 16},
+    c = resolve_cfg(validate_config({"model": {"stages": 3, "fc_channels": 16},
                                         "data": {"root": str(tiny_dataset), "batch_size": 2}}))
     net = load(train_val_net(c), tmp_path, phase="TRAIN")
     loss = float(net.forward()["loss"])
@@ -202,7 +207,7 @@ def test_foreground_loss_matches_a_hand_computation(tmp_path):
 
 
 def test_train_val_net_has_the_foreground_loss_only_when_weighted():
-    plain = resolve_config(validate_config({"model": {"num_classes": 2}}))
+    plain = resolve_cfg(validate_config({"model": {"num_classes": 2}}))
     assert "loss_fg" not in [layer.name for layer in train_val_net(plain).layer]
-    weighted = resolve_config(validate_config({"model": {"num_classes": 2}, "loss": {"foreground_weight": 1.0}}))
+    weighted = resolve_cfg(validate_config({"model": {"num_classes": 2}, "loss": {"foreground_weight": 1.0}}))
     assert "loss_fg" in [layer.name for layer in train_val_net(weighted).layer]

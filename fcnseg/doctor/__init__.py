@@ -12,7 +12,8 @@ The package, by topic: `facts` (Finding, thresholds, what a net is made of), `so
 `checks_geometry`, `checks_head`, `checks_init`, `checks_solver`, `checks_data`, `log` (Caffe/fcnseg training
 logs), `report` (text and JSON). This module holds the entry points:
 - `diagnose_files(train_val, solver=None, weights=None, data_check=False)` for someone else's files;
-- `diagnose_config(config, data_check=False)` for the nets `fcnseg make-proto` / `fcnseg train` build;
+- `diagnose_config(config, data_check=False)` for the nets fcnseg builds from a config (`doctor --config`);
+- `diagnose_definition(definition, data_check=False)` for nets already built (`fcnseg train` before training);
 - `diagnose(net, solver, ...)` for parsed protos;
 - `diagnose_log(log, findings=None)` for a training log (Caffe glog output or fcnseg's metrics.jsonl);
 - `format_findings(findings)` / `findings_json(findings)` / `has_errors(findings)` to report them.
@@ -23,23 +24,25 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..dataset import read_dataset, resolve_config
 from ..errors import ConfigError, DataError, WeightsError
 from ..geometry import SOURCES
+from ..inputs import expected_input, input_mean_mismatch
+from ..resolve import MEAN_FROM_CONFIG, Resolved, resolve
+from ..runs import build_definition
 from .checks_data import check_data, check_housekeeping, check_mean, majority_share
 from .checks_geometry import check_geometry
 from .checks_head import check_head_classes
-from .checks_init import _expected_shape, check_from_scratch, check_initialisation, check_upsampling, check_weights
-from .checks_solver import _loss_mode, check_batch, check_solver, solver_type
-from .facts import SEVERITIES, Finding, _Net
+from .checks_init import expected_shape, check_from_scratch, check_initialisation, check_upsampling, check_weights
+from .checks_solver import loss_mode, check_batch, check_solver, solver_type
+from .facts import SEVERITIES, Finding, NetFacts
 from .log import curve_findings, read_log, with_causes
-from .report import _by_severity, findings_json, format_findings, has_errors
-from .sources import _Source, caffemodel_shapes, read_net, read_solver
+from .report import by_severity, findings_json, format_findings, has_errors
+from .sources import DataSource, caffemodel_shapes, read_net, read_solver
 
 
 __all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "diagnose_log", "read_log",
-           "findings_json", "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "_Net",
-           "_expected_shape"]
+           "findings_json", "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "NetFacts",
+           "expected_shape"]
 
 def diagnose(net, solver=None, *, weights: Optional[str | Path] = None, input_channels: Optional[int] = None,
              image_size: Optional[tuple[int, int]] = None, val_samples: Optional[int] = None,
@@ -53,17 +56,17 @@ def diagnose(net, solver=None, *, weights: Optional[str | Path] = None, input_ch
     who copies `weights` into the net: "caffe" (caffe train --weights) or "fcnseg" (fcnseg train).
     Returns the findings, errors first. Never raises for problems in the files: they become findings.
     """
-    return _diagnose(_Net.build(net), solver, weights=weights, input_channels=input_channels,
+    return _diagnose(NetFacts.build(net), solver, weights=weights, input_channels=input_channels,
                      image_size=image_size, val_samples=val_samples, data_check=data_check, base_dirs=base_dirs,
                      check_snapshot_dir=check_snapshot_dir, loader=loader)
 
 
-def _diagnose(n: _Net, solver, *, weights, input_channels, image_size, val_samples, data_check, base_dirs,
+def _diagnose(n: NetFacts, solver, *, weights, input_channels, image_size, val_samples, data_check, base_dirs,
               check_snapshot_dir, loader) -> list[Finding]:
     """`diagnose` on the facts `n` of the net, built once by the caller (channels still unknown)."""
     base_dirs = tuple(Path(b) for b in base_dirs)
     weights = Path(weights) if weights else None
-    sources = {phase: tuple(_Source.peek(layer, base_dirs) if layer is not None else None
+    sources = {phase: tuple(DataSource.peek(layer, base_dirs) if layer is not None else None
                             for layer in n.data_layers(phase)) for phase in ("TRAIN", "TEST")}
     first = sources["TRAIN"][0].first if sources["TRAIN"][0] is not None else None
     n.with_input_channels(input_channels or (first[0] if first else None) or _declared_channels(n))
@@ -100,10 +103,10 @@ def _diagnose(n: _Net, solver, *, weights, input_channels, image_size, val_sampl
     if data_check:
         findings += check_data(n, sources)
     findings += check_housekeeping(n, solver, val_count, base_dirs, check_snapshot_dir)
-    return _by_severity(findings)
+    return by_severity(findings)
 
 
-def _declared_channels(n: _Net) -> Optional[int]:
+def _declared_channels(n: NetFacts) -> Optional[int]:
     """Channels the prototxt itself states: net-level input_shape/input_dim, or one mean_value each."""
     net = n.train
     if len(net.input_shape) and len(net.input_shape[0].dim) > 1:
@@ -116,7 +119,7 @@ def _declared_channels(n: _Net) -> Optional[int]:
     return _python_mean_channels(n)
 
 
-def _python_mean_channels(n: _Net) -> Optional[int]:
+def _python_mean_channels(n: NetFacts) -> Optional[int]:
     """Channels a Python data layer states by its param_str's 'mean' (the reference passes the BGR mean as a
     tuple: 3 values for 3 channels). Read as text, never evaluated."""
     for layer in n.train.layer:
@@ -129,7 +132,7 @@ def _python_mean_channels(n: _Net) -> Optional[int]:
     return None
 
 
-def _declared_size(n: _Net) -> Optional[tuple[int, int]]:
+def _declared_size(n: NetFacts) -> Optional[tuple[int, int]]:
     for layer in n.train.layer:
         if layer.type == "Input" and layer.input_param.shape and len(layer.input_param.shape[0].dim) == 4:
             return tuple(int(d) for d in layer.input_param.shape[0].dim[2:])
@@ -138,7 +141,7 @@ def _declared_size(n: _Net) -> Optional[tuple[int, int]]:
     return None
 
 
-def _declared_batch(n: _Net) -> Optional[int]:
+def _declared_batch(n: NetFacts) -> Optional[int]:
     for layer in n.train.layer:
         if layer.type == "Input" and layer.input_param.shape and len(layer.input_param.shape[0].dim):
             return int(layer.input_param.shape[0].dim[0])
@@ -152,10 +155,10 @@ def diagnose_files(train_val: str | Path, solver: Optional[str | Path] = None,
     Relative paths inside the files are looked up from the current folder, then from the prototxt's.
     Raises ConfigError when a prototxt is missing or malformed (naming the file and line).
     """
-    return _diagnose_files(_Net.build(read_net(train_val)), train_val, solver, weights, data_check)
+    return _diagnose_files(NetFacts.build(read_net(train_val)), train_val, solver, weights, data_check)
 
 
-def _diagnose_files(n: _Net, train_val: str | Path, solver: Optional[str | Path], weights: Optional[str | Path],
+def _diagnose_files(n: NetFacts, train_val: str | Path, solver: Optional[str | Path], weights: Optional[str | Path],
                     data_check: bool) -> list[Finding]:
     """`diagnose_files` on the facts `n` of the net read from `train_val`."""
     solver_param = read_solver(solver) if solver is not None else None
@@ -167,46 +170,48 @@ def _diagnose_files(n: _Net, train_val: str | Path, solver: Optional[str | Path]
 
 
 def diagnose_config(config, data_check: bool = False) -> list[Finding]:
-    """The same checks on the nets fcnseg builds from `config` (train runs this before training).
+    """The same checks on the nets fcnseg builds from `config` (as loaded; `fcnseg doctor --config`).
 
-    Builds train_val (fcnseg.nets) and solver (fcnseg.solver) from the resolved config and adds what the
-    config knows: init.weights, input channels, the dataset's tile size and val count. Raises
-    ConfigError / DataError for a config that cannot be built at all.
+    Resolves the config (`resolve`) and checks what `diagnose_definition` checks. A data.root that is not a
+    dataset becomes a `dataset` error when the config names its classes itself. Raises ConfigError /
+    DataError for a config that cannot be built at all.
     """
-    from ..nets import train_val_net  # noqa: PLC0415
-    from ..runs import val_batches  # noqa: PLC0415
-    from ..solver import solver_param  # noqa: PLC0415
-
-    findings = []
-    info = None
-    numeric_mean = not isinstance(config.data.mean, str)
     try:
-        config = resolve_config(config)
-        info = read_dataset(config.data.root) if config.data.root else None
+        resolved = resolve(config)
     except DataError as exc:
         if config.model.num_classes is None:
             raise
-        findings.append(Finding("error", "dataset", str(exc),
-                                "Import the data with `fcnseg data import`, or fix data.root."))
-    net = train_val_net(config)
-    solver = solver_param(config, val_batches(config, info))
+        finding = Finding("error", "dataset", str(exc), "Import the data with `fcnseg data import`, or fix data.root.")
+        # the nets as the config stands, without the dataset: the rest of the findings still hold
+        source = MEAN_FROM_CONFIG if not isinstance(config.data.mean, str) else "unresolved"
+        unresolved = build_definition(Resolved(config, None, source))
+        return by_severity([finding] + diagnose_definition(unresolved, data_check))
+    return diagnose_definition(build_definition(resolved), data_check)
+
+
+def diagnose_definition(definition, data_check: bool = False) -> list[Finding]:
+    """The checks on a `runs.Definition` (the nets built from a resolved config; train runs this before training).
+
+    Adds what the config knows to the nets' own facts: init.weights, input channels, the dataset's tile size
+    and val count, and (`weights-mean`) a numeric data.mean far from what the weights expect.
+    """
+    config, info = definition.resolved.config, definition.resolved.dataset
     tile, val = (info.tile, info.split("val").samples) if info is not None else (None, None)
     weights = config.init.weights
-    findings += diagnose(net, solver, weights=weights, input_channels=config.model.input_channels,
-                         image_size=(int(tile), int(tile)) if tile else None, val_samples=val,
-                         data_check=data_check, check_snapshot_dir=False, loader="fcnseg")
-    if weights and numeric_mean:
+    findings = diagnose(definition.train_val, definition.solver, weights=weights,
+                        input_channels=config.model.input_channels,
+                        image_size=(int(tile), int(tile)) if tile else None, val_samples=val,
+                        data_check=data_check, check_snapshot_dir=False, loader="fcnseg")
+    if weights and definition.resolved.mean_source == MEAN_FROM_CONFIG:
         findings += check_input_mean(config, weights)
-    return _by_severity(findings)
+    return by_severity(findings)
 
 
 def check_input_mean(config, weights: str | Path) -> list[Finding]:
-    """`weights-mean`: a numeric data.mean more than runs.MEAN_TOLERANCE grey levels from what the weights expect
+    """`weights-mean`: a numeric data.mean more than inputs.MEAN_TOLERANCE grey levels from what the weights expect
     (the gray mean M recorded by `fcnseg weights convert`, or the mean of the run a snapshot came from), or
     a data.scale that differs: the pretrained filters see shifted input. [] when the weights say nothing
     or cannot be read (weights-unreadable says so)."""
-    from ..runs import expected_input, input_mean_mismatch  # noqa: PLC0415
-
     try:
         mismatch = input_mean_mismatch(config, weights)
     except (WeightsError, ConfigError):
@@ -229,15 +234,15 @@ def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver
     """
     curve = read_log(log)
     if train_val is None:
-        return _by_severity(curve_findings(curve))
-    n = _Net.build(read_net(train_val))
+        return by_severity(curve_findings(curve))
+    n = NetFacts.build(read_net(train_val))
     net_findings = _diagnose_files(n, train_val, solver, weights, data_check)
     size = _declared_size(n)
-    summed = _loss_mode(n.loss) in ("BATCH_SIZE", "NONE") if n.loss is not None else None
+    summed = loss_mode(n.loss) in ("BATCH_SIZE", "NONE") if n.loss is not None else None
     majority = None
     if data_check:  # reading every val label is what --data-check is for
         _, label = n.data_layers("TEST")
         bases = [Path("."), Path(train_val).parent]
-        majority = majority_share(_Source.peek(label, bases) if label is not None else None, n.ignore_label)
+        majority = majority_share(DataSource.peek(label, bases) if label is not None else None, n.ignore_label)
     found = curve_findings(curve, n.num_classes, summed, size[0] * size[1] if size else None, majority)
-    return _by_severity(with_causes(found, net_findings)) + net_findings
+    return by_severity(with_causes(found, net_findings)) + net_findings

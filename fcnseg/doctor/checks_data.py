@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..caffe_env import caffe_pb2
-from .facts import RARE_CLASS, Finding, _Net, _plural, _shape_text
-from .sources import _find, _Source
+from .facts import RARE_CLASS, Finding, NetFacts, plural, shape_text
+from .sources import find_file, DataSource
 
-def check_mean(n: _Net, base_dirs: Sequence[Path], weights_channels: Optional[int]) -> list[Finding]:
+def check_mean(n: NetFacts, base_dirs: Sequence[Path], weights_channels: Optional[int]) -> list[Finding]:
     """Finding 8: mean file / mean values whose channel count differs from the input's."""
     want = n.channels.get(n.input_blob) or weights_channels
     out, seen = [], set()
@@ -30,9 +30,9 @@ def check_mean(n: _Net, base_dirs: Sequence[Path], weights_channels: Optional[in
                 "error", "mean-channels",
                 f"'{image.name}' ({phase}) subtracts {len(values)} mean_values from a {want}-channel input: "
                 "Caffe aborts ('Specify either 1 mean_value or as many as channels').",
-                f"Give {_plural(want, 'mean_value')}, or one for all channels.", image.name))
+                f"Give {plural(want, 'mean_value')}, or one for all channels.", image.name))
         if t.mean_file:
-            found = _find(t.mean_file, base_dirs)
+            found = find_file(t.mean_file, base_dirs)
             if found is None:
                 out.append(Finding(
                     "info", "mean-file",
@@ -57,7 +57,7 @@ def check_mean(n: _Net, base_dirs: Sequence[Path], weights_channels: Optional[in
     return out
 
 
-def check_data(n: _Net, sources: dict) -> list[Finding]:
+def check_data(n: NetFacts, sources: dict) -> list[Finding]:
     """Finding 9 (--data-check): label range, {0, 255} masks, counts, sizes, class balance."""
     out = []
     ignore = n.ignore_label
@@ -92,7 +92,7 @@ def check_data(n: _Net, sources: dict) -> list[Finding]:
             out.append(Finding(
                 "error", "data-size",
                 f"{phase}: {bad_size} of {total} image/label pairs differ in shape (first: #{i}, image "
-                f"{_shape_text(a)}, label {_shape_text(b)}); a label must be 1×H×W for an image C×H×W.",
+                f"{shape_text(a)}, label {shape_text(b)}); a label must be 1×H×W for an image C×H×W.",
                 "Rebuild the label LMDB with one single-channel mask per image, same size.", label.layer))
         present = set(np.nonzero(hist)[0].tolist()) | out_of_byte
         if k is None or not present:
@@ -130,7 +130,7 @@ def check_data(n: _Net, sources: dict) -> list[Finding]:
     return out
 
 
-def check_housekeeping(n: _Net, solver, val_count: Optional[int], base_dirs: Sequence[Path],
+def check_housekeeping(n: NetFacts, solver, val_count: Optional[int], base_dirs: Sequence[Path],
                        check_snapshot_dir: bool) -> list[Finding]:
     """Finding 10: test_iter × batch vs the val set, snapshot folder, ignore_label vs class ids."""
     out = []
@@ -161,7 +161,7 @@ def check_housekeeping(n: _Net, solver, val_count: Optional[int], base_dirs: Seq
                 f"test_iter: {need}.", test_image.name))
     folder = Path(solver.snapshot_prefix).parent if solver.snapshot_prefix else None
     if check_snapshot_dir and folder is not None and str(folder) not in ("", ".") and \
-            _find(str(folder), base_dirs) is None:
+            find_file(str(folder), base_dirs) is None:
         out.append(Finding(
             "warning", "snapshot-dir",
             f"snapshot_prefix {solver.snapshot_prefix}: the folder {folder} does not exist, so the first "
@@ -179,7 +179,7 @@ def _count_labels(lab, hist) -> list:
     return np.unique(values[~inside]).tolist()[:5]
 
 
-def majority_share(label: _Source, ignore: Optional[int]) -> Optional[tuple[int, float]]:
+def majority_share(label: DataSource, ignore: Optional[int]) -> Optional[tuple[int, float]]:
     """(class, its share of the labelled pixels) of the most common class in a readable label LMDB, the
     ignore label left out; None when the source cannot be read or holds no labelled pixel."""
     if label is None or label.problem or label.found is None:

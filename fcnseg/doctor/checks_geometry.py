@@ -5,12 +5,12 @@ from fractions import Fraction
 from typing import Optional
 
 from ..geometry import CropCheck, blob_traces, conv_geometry
-from .facts import Finding, _Net, _log2, _names, _num, _plural
+from .facts import Finding, NetFacts, exact_log2, name_list, num_text, plural
 
 # ---------------------------------------------------------------------------------------------------
 # The checks, in the order of the issue (one function per finding family)
 
-def check_geometry(n: _Net) -> list[Finding]:
+def check_geometry(n: NetFacts) -> list[Finding]:
     """Findings 1-2: upsampling factor vs net stride at every Crop, computed vs given crop offsets."""
     out = []
     for c in n.crops:
@@ -29,7 +29,7 @@ def check_geometry(n: _Net) -> list[Finding]:
             out.append(Finding(
                 "error", "crop-offset",
                 f"Crop '{c.layer}' cuts '{c.bottom}' at offset {given}, but the geometry puts '{c.bottom}' "
-                f"{_plural(c.offset, 'pixel')} beyond '{c.reference}': the scores are shifted against the "
+                f"{plural(c.offset, 'pixel')} beyond '{c.reference}': the scores are shifted against the "
                 f"{'labels' if c.reference == n.input_blob else 'map they are fused with'} "
                 f"(offsets copied from another net do not carry over).",
                 f"Set crop_param {{ axis: 2 offset: {c.offset} }}.", c.layer))
@@ -38,27 +38,27 @@ def check_geometry(n: _Net) -> list[Finding]:
         if trace is not None and trace.map.scale != 1:
             out.append(Finding(
                 "error", "upsampling-stride",
-                f"'{n.loss.bottom[0]}' reaches the loss at {_num(trace.map.scale)}× the input's resolution: "
-                f"the trunk's stride is {_num(trace.stride)} but the upsampling is {_num(trace.upsampling)}×.",
-                f"Upsample by the net stride ({_num(trace.stride)}×) and crop to '{n.input_blob}'.",
+                f"'{n.loss.bottom[0]}' reaches the loss at {num_text(trace.map.scale)}× the input's resolution: "
+                f"the trunk's stride is {num_text(trace.stride)} but the upsampling is {num_text(trace.upsampling)}×.",
+                f"Upsample by the net stride ({num_text(trace.stride)}×) and crop to '{n.input_blob}'.",
                 n.loss.name))
         elif trace is not None and trace.map.shift != 0 and not n.crops:
             out.append(Finding(
                 "error", "crop-offset",
-                f"'{n.loss.bottom[0]}' reaches the loss shifted {_num(-trace.map.shift)} pixels against "
+                f"'{n.loss.bottom[0]}' reaches the loss shifted {num_text(-trace.map.shift)} pixels against "
                 f"'{n.input_blob}' and no Crop aligns it.",
                 f"Add a Crop of '{n.loss.bottom[0]}' to '{n.input_blob}' with the offset the geometry gives "
                 "(fcnseg make-proto computes it).", n.loss.name))
     return out
 
 
-def _scale_mismatch(n: _Net, c: CropCheck) -> Finding:
+def _scale_mismatch(n: NetFacts, c: CropCheck) -> Finding:
     ta, tr = n.traces[c.bottom], n.traces[c.reference]
     if tr.map.scale != 1:
         return Finding(
             "error", "upsampling-stride",
-            f"Crop '{c.layer}' aligns '{c.bottom}' (at {_num(ta.map.scale)} of the input's resolution) with "
-            f"'{c.reference}' (at {_num(tr.map.scale)}): a crop can only align maps of the same scale.",
+            f"Crop '{c.layer}' aligns '{c.bottom}' (at {num_text(ta.map.scale)} of the input's resolution) with "
+            f"'{c.reference}' (at {num_text(tr.map.scale)}): a crop can only align maps of the same scale.",
             "Upsample so both sides have the same stride (each skip is one 2× step from the next).", c.layer)
     pools = [name for name, s in ta.resampling if s < 1]
     deconvs = [name for name, s in ta.resampling if s > 1]
@@ -66,24 +66,24 @@ def _scale_mismatch(n: _Net, c: CropCheck) -> Finding:
     layers = {layer.name: layer for layer in n.train.layer}
     described = ", ".join(f"'{d}': kernel {conv_geometry(layers[d])[0]}, stride {conv_geometry(layers[d])[1]}"
                           for d in deconvs) or "none"
-    message = (f"The trunk's stride is {_num(stride)} ({len(pools)} downsampling layers: {_names(pools)}) but "
-               f"the upsampling is {_num(up)}× ({described}), so '{c.bottom}' comes out {_num(c.scale)}× "
+    message = (f"The trunk's stride is {num_text(stride)} ({len(pools)} downsampling layers: {name_list(pools)}) but "
+               f"the upsampling is {num_text(up)}× ({described}), so '{c.bottom}' comes out {num_text(c.scale)}× "
                f"the size of '{c.reference}' where Crop '{c.layer}' cuts it: the scores no longer line up "
                f"with the pixels. The upsampling must equal the net stride.")
-    fix = f"Upsample by {_num(stride)}× in total."
+    fix = f"Upsample by {num_text(stride)}× in total."
     factor = Fraction(dict(ta.resampling)[deconvs[-1]]) / c.scale if deconvs else Fraction(0)
     if factor.denominator == 1 and factor >= 1:
         last, f = deconvs[-1], int(factor)
         offset = _offset_after_refactor(n, c.layer, last, f)
         then = f"; the crop offset then becomes {offset}" if offset is not None else ""
-        keep = f" Or keep {_num(up)}× and give the trunk {_log2(up)} pooling stages." if _log2(up) else ""
+        keep = f" Or keep {num_text(up)}× and give the trunk {exact_log2(up)} pooling stages." if exact_log2(up) else ""
         fix = (f"Make '{last}' {'an' if str(f).startswith('8') or f in (11, 18) else 'a'} {f}× upsampling: "
                f"kernel_size {2 * f}, stride {f} (bilinear, group = num_output){then}.{keep} "
                "`fcnseg make-proto` derives both from model.stages.")
     return Finding("error", "upsampling-stride", message, fix, ", ".join(deconvs + [c.layer]))
 
 
-def _offset_after_refactor(n: _Net, crop: str, deconv: str, factor: int) -> Optional[int]:
+def _offset_after_refactor(n: NetFacts, crop: str, deconv: str, factor: int) -> Optional[int]:
     """The offset Crop `crop` would need if Deconvolution `deconv` upsampled by `factor` (kernel 2f)."""
     net = type(n.train)()
     net.CopyFrom(n.train)
@@ -101,7 +101,7 @@ def _offset_after_refactor(n: _Net, crop: str, deconv: str, factor: int) -> Opti
 def _uncomputable(c: CropCheck) -> Finding:
     if c.problem.startswith("negative"):
         what = (f"'{c.bottom}' does not cover '{c.reference}': it would have to start "
-                f"{_plural(int(c.problem.split()[-1].lstrip('-')), 'pixel')} before it ({c.problem})")
+                f"{plural(int(c.problem.split()[-1].lstrip('-')), 'pixel')} before it ({c.problem})")
         fix = ("Pad the first convolution more (the reference pads conv1_1 by 100) so the score map "
                "covers the whole input, then use the offset the geometry gives.")
     else:

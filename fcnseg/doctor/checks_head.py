@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .facts import Finding, _Net, loss_heads
+from .facts import Finding, NetFacts, loss_heads
 
 
-def check_head_classes(n: _Net) -> list[Finding]:
+def check_head_classes(n: NetFacts) -> list[Finding]:
     """`head-classes`: per loss, every layer that carries class scores with its K, when they disagree.
 
     Caffe aborts at start-up where an Eltwise adds maps of different channel counts ("bottom[0]->shape() ==

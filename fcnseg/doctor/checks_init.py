@@ -10,11 +10,11 @@ from .. import vgg16
 from ..caffemodel import CONVERT_HINT
 from ..recipes import SCRATCH
 from ..geometry import conv_geometry
-from .facts import (ADAPTIVE_SOLVERS, NORMALISATION, SCALED_FILLERS, SCRATCH_MAX_STRIDE, VGG_DEPTH, Finding, _Net,
-                    _feeds_relu, _hidden_layers, _is_upsampling, _learns, _log2, _names, _plural, _same_shape,
-                    _shape_text, _starts_at_zero, _weight_filler)
+from .facts import (ADAPTIVE_SOLVERS, NORMALISATION, SCALED_FILLERS, SCRATCH_MAX_STRIDE, VGG_DEPTH, Finding, NetFacts,
+                    feeds_relu, hidden_layers, is_upsampling, learns, exact_log2, name_list, plural, same_shape,
+                    shape_text, starts_at_zero, weight_filler)
 
-def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
+def check_upsampling(n: NetFacts, shapes: Optional[dict]) -> list[Finding]:
     """Finding 3: upsampling Deconvolutions that do not start as per-class bilinear interpolations.
 
     At most one filler-or-group finding per layer. Weights that hold the layer settle it. A fixed layer with
@@ -25,12 +25,12 @@ def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
     out = []
     evidence = n.outside_init(upsampling=False)
     for layer in n.layers("Deconvolution"):
-        if not _is_upsampling(layer):
+        if not is_upsampling(layer):
             continue
         p = layer.convolution_param
         factor = conv_geometry(layer)[1]
-        frozen = not _learns(layer)
-        filler = _weight_filler(layer)
+        frozen = not learns(layer)
+        filler = weight_filler(layer)
         bilinear_fix = (f"weight_filler {{ type: \"bilinear\" }} with group: {p.num_output}, kernel_size "
                         f"{2 * factor}, stride {factor}, bias_term: false")
         if shapes is not None and layer.name in shapes:
@@ -46,7 +46,7 @@ def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
                     f"Upsampling '{layer.name}' is fixed (lr_mult 0) with {start}: {where}it must be set to a "
                     "bilinear kernel, one per class, before the first step, as the reference's solve.py does "
                     "with surgery.interp on every layer named 'up…'. Without that it stays "
-                    f"{'zero' if _starts_at_zero(layer) else 'no interpolation'} and the loss never leaves "
+                    f"{'zero' if starts_at_zero(layer) else 'no interpolation'} and the loss never leaves "
                     "ln K.", f"Run bilinear surgery on it after loading the weights, or give it {bilinear_fix}.",
                     layer.name))
             elif frozen:
@@ -55,7 +55,7 @@ def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
                     "error", "upsampling-filler",
                     f"Upsampling '{layer.name}' is fixed (lr_mult 0), has {start}{where}, and nothing in this "
                     "setup sets its kernel: it never becomes an interpolation"
-                    + (" and outputs zeros forever." if _starts_at_zero(layer) else "."),
+                    + (" and outputs zeros forever." if starts_at_zero(layer) else "."),
                     f"Give it {bilinear_fix}.", layer.name))
             else:
                 out.append(Finding(
@@ -80,7 +80,7 @@ def check_upsampling(n: _Net, shapes: Optional[dict]) -> list[Finding]:
     return out
 
 
-def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -> list[Finding]:
+def check_initialisation(n: NetFacts, shapes: Optional[dict], weights_given: bool) -> list[Finding]:
     """Finding 4: learning layers that start at zero under a ReLU (no filler, not in the weights).
 
     A warning saying the transplant must happen first where the net is evidently initialised from outside
@@ -90,8 +90,8 @@ def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -
     if weights_given and shapes is None:
         return []  # the weights could not be read: reported elsewhere, coverage unknown
     dead = [layer.name for layer in n.layers("Convolution", "InnerProduct", "Deconvolution")
-            if not _is_upsampling(layer) and _learns(layer) and _starts_at_zero(layer)
-            and not (shapes and layer.name in shapes) and _feeds_relu(n, layer)]
+            if not is_upsampling(layer) and learns(layer) and starts_at_zero(layer)
+            and not (shapes and layer.name in shapes) and feeds_relu(n, layer)]
     if not dead:
         return []
     k = n.num_classes
@@ -101,7 +101,7 @@ def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -
     if not weights_given and evidence:
         return [Finding(
             "warning", "zero-init",
-            f"{len(dead)} learning layer{'s' if many else ''} ({_names(dead)}) ha{'ve' if many else 's'} no "
+            f"{len(dead)} learning layer{'s' if many else ''} ({name_list(dead)}) ha{'ve' if many else 's'} no "
             f"weight_filler, and this net is evidently initialised from outside ({'; '.join(evidence)}): "
             f"{'they' if many else 'it'} must be copied from a trained model before the first step. As written "
             f"{'they start' if many else 'it starts'} at exactly 0, and under ReLU a zero layer never moves: the "
@@ -111,7 +111,7 @@ def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -
     where = " and the weights given do not contain them" if weights_given else ""
     return [Finding(
         "error", "zero-init",
-        f"{len(dead)} learning layer{'s' if many else ''} ({_names(dead)}) ha{'ve' if many else 's'} no "
+        f"{len(dead)} learning layer{'s' if many else ''} ({name_list(dead)}) ha{'ve' if many else 's'} no "
         f"weight_filler{where}: Caffe's default filler is constant 0, so they start at exactly zero. Under ReLU "
         "a zero layer outputs 0, passes back no gradient and never moves: the net can only learn the class "
         f"prior{prior}.",
@@ -119,28 +119,28 @@ def check_initialisation(n: _Net, shapes: Optional[dict], weights_given: bool) -
         "pretrained weights that contain these layers (--weights).", ", ".join(dead))]
 
 
-def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool) -> list[Finding]:
+def check_from_scratch(n: NetFacts, solver_type: Optional[str], weights_given: bool) -> list[Finding]:
     """Finding 5 (no weights): VGG-depth nets without normalisation trained from scratch."""
-    hidden = _hidden_layers(n)
+    hidden = hidden_layers(n)
     if weights_given or len(hidden) < VGG_DEPTH or n.layers(*NORMALISATION):
         return []
-    if n.outside_init() and all(_weight_filler(layer) is None for layer in hidden):
+    if n.outside_init() and all(weight_filler(layer) is None for layer in hidden):
         return []  # zero-init already says these must come from a trained model first
     unscaled = [layer.name for layer in hidden
-                if (_weight_filler(layer) is None or _weight_filler(layer).type not in SCALED_FILLERS)]
+                if (weight_filler(layer) is None or weight_filler(layer).type not in SCALED_FILLERS)]
     stride = n.stride or 1
     reasons = []
     if len(unscaled) == len(hidden):
         reasons.append("none of them starts from a variance-scaled filler (msra / xavier)")
     elif unscaled:
-        reasons.append(f"{_names(unscaled, 4)} start{'s' if len(unscaled) == 1 else ''} without a "
+        reasons.append(f"{name_list(unscaled, 4)} start{'s' if len(unscaled) == 1 else ''} without a "
                        "variance-scaled filler (msra / xavier)")
     if stride > SCRATCH_MAX_STRIDE:
-        stages = f"{_log2(stride)} pooling stages (stride {stride})" if _log2(stride) else f"stride {stride}"
+        stages = f"{exact_log2(stride)} pooling stages (stride {stride})" if exact_log2(stride) else f"stride {stride}"
         reasons.append(f"its {stages} go beyond the 3 pooling stages known to train from scratch")
-    names = _names([layer.name for layer in hidden], 4)
+    names = name_list([layer.name for layer in hidden], 4)
     chans = n.channels.get(n.input_blob)
-    fix = (f"Convert ImageNet VGG16 to {_plural(chans, 'input channel') if chans else 'your input channels'} "
+    fix = (f"Convert ImageNet VGG16 to {plural(chans, 'input channel') if chans else 'your input channels'} "
            f"with `{CONVERT_HINT}` and pass it (--weights, or init.weights in the config). "
            "From scratch, stay where it is known to work: at most 3 pooling stages, msra fillers on every "
            f"layer, {SCRATCH.solver} at {SCRATCH.lr} on a normalized loss (configs/seed_reduced_1ch.yaml).")
@@ -167,7 +167,7 @@ def check_from_scratch(n: _Net, solver_type: Optional[str], weights_given: bool)
         f"Nothing to do; for deeper nets use pretrained weights (`{CONVERT_HINT}`).", names)]
 
 
-def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, loader: str) -> list[Finding]:
+def check_weights(n: NetFacts, weights: Path, shapes: Optional[dict], problem: str, loader: str) -> list[Finding]:
     """Finding 5 (weights given): unreadable weights, no shared layers, conv1_1 channels, other shapes.
 
     `loader` "caffe" (caffe train --weights: every same-named blob must match) or "fcnseg" (fcnseg train,
@@ -178,14 +178,14 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
     if shapes is None:
         return [Finding("error", "weights-unreadable", problem,
                         "Point --weights / init.weights at an existing .caffemodel.")]
-    learnable = [layer for layer in n.layers("Convolution", "InnerProduct", "Deconvolution") if _learns(layer)]
+    learnable = [layer for layer in n.layers("Convolution", "InnerProduct", "Deconvolution") if learns(layer)]
     shared = [layer for layer in learnable if layer.name in shapes]
     out = []
     if learnable and not shared:
         out.append(Finding(
             "error", "weights-unused",
-            f"None of the net's learning layers ({_names([l.name for l in learnable], 4)}) is in {weights.name} "
-            f"(it holds {_names(list(shapes), 4)}): Caffe copies weights by layer name, so nothing is loaded "
+            f"None of the net's learning layers ({name_list([l.name for l in learnable], 4)}) is in {weights.name} "
+            f"(it holds {name_list(list(shapes), 4)}): Caffe copies weights by layer name, so nothing is loaded "
             "and the net trains from its fillers.",
             "Name the layers as in the weights (VGG16: conv1_1 … conv5_3, fc6, fc7).", None))
     missing = [layer.name for layer in learnable if layer.name not in shapes
@@ -193,7 +193,7 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
     if loader == "fcnseg" and shared and missing:
         out.append(Finding(
             "error", "weights-missing",
-            f"{_names(missing, 4)} {'is' if len(missing) == 1 else 'are'} not in {weights.name}: the trunk "
+            f"{name_list(missing, 4)} {'is' if len(missing) == 1 else 'are'} not in {weights.name}: the trunk "
             f"convolutions must all load, so {aborts} it.",
             "Use a VGG16-derived caffemodel that holds the whole trunk, or fewer model.stages.", ", ".join(missing)))
     mismatched = []
@@ -206,22 +206,22 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
             if want is None:
                 out.append(Finding(
                     "info", "weights-channels",
-                    f"'{layer.name}' in {weights.name} takes {_plural(got[1], 'input channel')}; the data's "
+                    f"'{layer.name}' in {weights.name} takes {plural(got[1], 'input channel')}; the data's "
                     "channel count is unknown here (no Input shape, mean_value per channel or readable LMDB).",
-                    f"Make sure the images have {_plural(got[1], 'channel')}.", layer.name))
+                    f"Make sure the images have {plural(got[1], 'channel')}.", layer.name))
             elif got[1] != want // max(layer.convolution_param.group, 1):
                 out.append(Finding(
                     "error", "weights-channels",
                     f"'{layer.name}' in {weights.name} takes {got[1]} input channels but the data has {want}: "
                     f"{aborts} the weights.",
-                    f"Convert the weights to {_plural(want, 'channel')}: `{CONVERT_HINT}` (sums conv1_1 over "
+                    f"Convert the weights to {plural(want, 'channel')}: `{CONVERT_HINT}` (sums conv1_1 over "
                     "RGB and corrects the bias for the mean).", layer.name))
             continue
-        want = _expected_shape(n, layer)
+        want = expected_shape(n, layer)
         if loader == "fcnseg" and vgg16.transplant_rule(layer.name) != vgg16.REQUIRED:
             continue
-        if want is not None and not _same_shape(got, want):
-            mismatched.append(f"'{layer.name}' is {_shape_text(got)} in the weights but {_shape_text(want)} "
+        if want is not None and not same_shape(got, want):
+            mismatched.append(f"'{layer.name}' is {shape_text(got)} in the weights but {shape_text(want)} "
                               "in the net")
     if mismatched:
         out.append(Finding(
@@ -234,7 +234,7 @@ def check_weights(n: _Net, weights: Path, shapes: Optional[dict], problem: str, 
     return out
 
 
-def _expected_shape(n: _Net, layer) -> Optional[tuple[int, ...]]:
+def expected_shape(n: NetFacts, layer) -> Optional[tuple[int, ...]]:
     if layer.type not in ("Convolution", "Deconvolution"):
         return None  # InnerProduct's input size depends on the image size
     p = layer.convolution_param

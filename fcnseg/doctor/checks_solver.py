@@ -6,9 +6,9 @@ from typing import Optional
 from ..caffe_env import caffe_pb2
 from ..recipes import NORMALIZED, REFERENCE_PIXELS, STAGE_LR_FACTOR, SUMMED, sci
 from .facts import (ALEXNET_STEP, STAGE_STEP_LOW, STEP_ERROR, STEP_SMALL_ERROR,
-                    STEP_SMALL_WARNING, STEP_WARNING, VGG_STEP, Finding, _Net, _sci, _times, loss_heads)
+                    STEP_SMALL_WARNING, STEP_WARNING, VGG_STEP, Finding, NetFacts, sci_text, times_text, loss_heads)
 
-def _loss_mode(loss) -> str:
+def loss_mode(loss) -> str:
     """Caffe's normalization of a loss layer: FULL, VALID, BATCH_SIZE or NONE."""
     lp = loss.loss_param
     if not lp.HasField("normalization") and lp.HasField("normalize"):
@@ -25,12 +25,12 @@ def solver_type(solver) -> str:
     return names[caffe_pb2().SolverParameter.SolverType.Name(solver.solver_type)]
 
 
-def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: Optional[int]) -> list[Finding]:
+def check_solver(n: NetFacts, solver, image_size: Optional[tuple[int, int]], batch: Optional[int]) -> list[Finding]:
     """Finding 6: effective step lr / (1 - momentum) against the reference recipe for the loss in use."""
     kind = solver_type(solver)
     if n.loss is None or kind not in ("SGD", "Nesterov"):
         return []
-    mode = _loss_mode(n.loss)
+    mode = loss_mode(n.loss)
     lr, m = solver.base_lr, solver.momentum
     if lr <= 0 or not 0 <= m < 1:
         return [Finding("error", "solver-step", f"base_lr {lr:g} with momentum {m:g} cannot train.",
@@ -62,16 +62,16 @@ def check_solver(n: _Net, solver, image_size: Optional[tuple[int, int]], batch: 
                f"lr is {SUMMED.lr}." if m >= SUMMED.momentum else "")
     if STEP_WARNING > ratio >= STEP_SMALL_WARNING * (1 - 1e-6):  # "beyond 100x" is strictly beyond
         return []
-    ideal = (f"base_lr ≈ {_sci(recipe_lr * REFERENCE_PIXELS / per)} with momentum {SUMMED.momentum:g} "
+    ideal = (f"base_lr ≈ {sci_text(recipe_lr * REFERENCE_PIXELS / per)} with momentum {SUMMED.momentum:g} "
              "(normalize: false, as the VGG reference)" if summed
              else f"base_lr {NORMALIZED.lr} with momentum {NORMALIZED.momentum:g} (FCN-AlexNet)")
     other = (f"or switch to a normalized loss (normalization: VALID) with base_lr {NORMALIZED.lr}, momentum "
              f"{NORMALIZED.momentum:g}" if summed
              else f"or sum the loss (normalize: false) with base_lr ≈ {SUMMED.lr} × {REFERENCE_PIXELS} / (pixels "
              f"per image), momentum {SUMMED.momentum:g} (the VGG recipe)")
-    howmuch = f"{_times(ratio)} the step of" if ratio >= 1 else f"1/{_times(1 / ratio)[:-1]} of the step of"
+    howmuch = f"{times_text(ratio)} the step of" if ratio >= 1 else f"1/{times_text(1 / ratio)[:-1]} of the step of"
     message = (f"{kind} at base_lr {lr:g}, momentum {m:g} takes effective steps lr/(1−momentum) = "
-               f"{_sci(step)} on {loss_text}: {howmuch} {ref}.{mix}")
+               f"{sci_text(step)} on {loss_text}: {howmuch} {ref}.{mix}")
     if ratio >= STEP_WARNING:
         severity = "error" if ratio >= STEP_ERROR else "warning"
         message += " Steps that large overshoot: the loss jumps or the ReLUs die."

@@ -52,13 +52,13 @@ class Finding:
         return asdict(self)
 
 
-def _same_shape(a: Sequence[int], b: Sequence[int]) -> bool:
+def same_shape(a: Sequence[int], b: Sequence[int]) -> bool:
     # Caffe compares legacy 4-D blobs by their trailing axes; leading 1s carry no information.
     strip = lambda s: tuple(s)[next((i for i, d in enumerate(s) if d != 1), len(s)):]  # noqa: E731
     return strip(a) == strip(b)
 
 
-def _shape_text(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
     return "×".join(str(d) for d in shape)
 
 
@@ -66,7 +66,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 # What the net is made of
 
 @dataclass
-class _Net:
+class NetFacts:
     """Facts derived once from a NetParameter (TRAIN phase) for all checks."""
 
     net: object
@@ -82,24 +82,24 @@ class _Net:
     score_layer: Optional[str] = None
 
     @classmethod
-    def build(cls, net, input_channels: Optional[int] = None) -> "_Net":
+    def build(cls, net, input_channels: Optional[int] = None) -> "NetFacts":
         """The facts of NetParameter `net`: its phases, input, loss, coordinate traces and stride (one walk
         of the graph each), and the channels of every blob given `input_channels` (None: unknown)."""
         n = cls(net, phase_net(net, "TRAIN"), phase_net(net, "TEST"))
-        n.input_blob = _input_blob(n.train)
+        n.input_blob = input_blob_of(n.train)
         losses = [layer for layer in n.train.layer if layer.type == "SoftmaxWithLoss"]
         n.loss = losses[0] if losses else None
         n.traces, n.crops = blob_traces(n.train, n.input_blob)
         n.stride = trunk_stride(n.train, n.input_blob)
         return n.with_input_channels(input_channels)
 
-    def with_input_channels(self, input_channels: Optional[int]) -> "_Net":
+    def with_input_channels(self, input_channels: Optional[int]) -> "NetFacts":
         """These facts with the blob channels (and so K and the score layer) for `input_channels`; the
         geometry is not walked again. Returns self (changed)."""
-        self.channels = _channels(self.train, self.input_blob, input_channels)
+        self.channels = input_channels_of(self.train, self.input_blob, input_channels)
         score = self.loss.bottom[0] if self.loss is not None else ("score" if "score" in self.channels else None)
         self.num_classes = self.channels.get(score)
-        self.score_layer = _origin(self, score, self.loss)
+        self.score_layer = origin_of(self, score, self.loss)
         return self
 
     @property
@@ -116,13 +116,13 @@ class _Net:
     def outside_init(self, upsampling: bool = True) -> list[str]:
         """Evidence, in words, that this net is meant to be initialised from outside the prototxt; [] if none.
         `upsampling` False leaves out the fillerless fixed upsampling layers (evidence about the trunk only)."""
-        learning = [layer for layer in self.layers("Convolution", "Deconvolution", "InnerProduct") if _learns(layer)]
+        learning = [layer for layer in self.layers("Convolution", "Deconvolution", "InnerProduct") if learns(layer)]
         evidence = []
         if self.script_driven:
             evidence.append("its data comes from a Python layer, so a script drives it")
-        if learning and all(_weight_filler(layer) is None for layer in learning):
+        if learning and all(weight_filler(layer) is None for layer in learning):
             evidence.append("no learning layer has a filler")
-        if upsampling and any(_is_upsampling(layer) and not _learns(layer) and _weight_filler(layer) is None
+        if upsampling and any(is_upsampling(layer) and not learns(layer) and weight_filler(layer) is None
                for layer in self.layers("Deconvolution")):
             evidence.append("its fixed upsampling layers have no filler, as surgery.interp expects")
         return evidence
@@ -152,25 +152,25 @@ class _Net:
         return (data[image] if image is not None else None), (data[lab] if lab is not None else None)
 
 
-def _input_blob(net) -> str:
+def input_blob_of(net) -> str:
     for layer in net.layer:
         if layer.type in SOURCES and layer.top:
             return layer.top[0]
     return net.input[0] if len(net.input) else "data"
 
 
-def _origin(n: _Net, blob: Optional[str], reader=None) -> Optional[str]:
+def origin_of(n: NetFacts, blob: Optional[str], reader=None) -> Optional[str]:
     """The layer with learnable weights that set `blob`'s channels as `reader` sees it (the score
     convolution), walking back through the writer before each reader, so in-place layers end the walk."""
-    layer = _writer(n, blob, reader) if blob is not None else None
+    layer = writer_of(n, blob, reader) if blob is not None else None
     while layer is not None:
         if layer.type in ("Convolution", "InnerProduct"):
             return layer.name
-        layer = _writer(n, layer.bottom[0], layer) if layer.bottom else None
+        layer = writer_of(n, layer.bottom[0], layer) if layer.bottom else None
     return None
 
 
-def _channels(net, input_blob: str, input_channels: Optional[int]):
+def input_channels_of(net, input_blob: str, input_channels: Optional[int]):
     """{blob: channel count}, following num_output through the net."""
     chans: dict[str, int] = {}
     if input_channels:
@@ -197,15 +197,15 @@ def _channels(net, input_blob: str, input_channels: Optional[int]):
     return chans
 
 
-def _learns(layer) -> bool:
+def learns(layer) -> bool:
     return not layer.param or layer.param[0].lr_mult > 0
 
 
-def _is_upsampling(layer) -> bool:
+def is_upsampling(layer) -> bool:
     return layer.type == "Deconvolution" and conv_geometry(layer)[1] > 1
 
 
-def _weight_filler(layer):
+def weight_filler(layer):
     if layer.type == "InnerProduct":
         p = layer.inner_product_param
     else:
@@ -213,12 +213,12 @@ def _weight_filler(layer):
     return p.weight_filler if p.HasField("weight_filler") else None
 
 
-def _starts_at_zero(layer) -> bool:
-    f = _weight_filler(layer)
+def starts_at_zero(layer) -> bool:
+    f = weight_filler(layer)
     return f is None or (f.type == "constant" and f.value == 0)
 
 
-def _feeds_relu(n: _Net, layer) -> bool:
+def feeds_relu(n: NetFacts, layer) -> bool:
     """Whether `layer`'s output goes through a plain ReLU (zero gradient at 0) before anything learns."""
     for top in layer.top:
         for consumer in n.consumers(top, after=layer):
@@ -230,42 +230,42 @@ def _feeds_relu(n: _Net, layer) -> bool:
     return False
 
 
-def _hidden_layers(n: _Net) -> list:
+def hidden_layers(n: NetFacts) -> list:
     """Learning Convolution/InnerProduct layers followed by a ReLU: the depth that must be trained."""
     return [layer for layer in n.layers("Convolution", "InnerProduct")
-            if _learns(layer) and _feeds_relu(n, layer)]
+            if learns(layer) and feeds_relu(n, layer)]
 
 
-def _names(names: Sequence[str], most: int = 8) -> str:
+def name_list(names: Sequence[str], most: int = 8) -> str:
     names = list(names)
     if len(names) <= most:
         return ", ".join(names)
     return ", ".join(names[:most - 2]) + f", … {names[-1]}"
 
 
-def _num(x) -> str:
+def num_text(x) -> str:
     x = Fraction(x)
     if x.denominator == 1:
         return str(x.numerator)
     return f"1/{x.denominator}" if x.numerator == 1 else f"{float(x):g}"
 
 
-def _log2(x) -> Optional[int]:
+def exact_log2(x) -> Optional[int]:
     """n when x == 2**n (n >= 1), else None."""
     x = Fraction(x)
     n = x.numerator.bit_length() - 1
     return n if x.denominator == 1 and n >= 1 and x.numerator == 1 << n else None
 
 
-def _plural(count: int, word: str) -> str:
+def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _times(ratio: float) -> str:
+def times_text(ratio: float) -> str:
     return f"{ratio:.3g}×" if ratio < 1000 else f"{float(f'{ratio:.3g}'):,.0f}×"
 
 
-def _sci(x: float) -> str:
+def sci_text(x: float) -> str:
     return f"{x:.2g}".replace("e-0", "e-").replace("e+0", "e")
 
 
@@ -285,7 +285,7 @@ class Head:
         return len(self.fusions)
 
 
-def _writer(n: _Net, blob: str, before=None):
+def writer_of(n: NetFacts, blob: str, before=None):
     """The last layer writing `blob` (before layer `before`, for in-place layers), or None."""
     found = None
     for layer in n.train.layer:
@@ -296,7 +296,7 @@ def _writer(n: _Net, blob: str, before=None):
     return found
 
 
-def loss_heads(n: _Net) -> list[Head]:
+def loss_heads(n: NetFacts) -> list[Head]:
     """One Head per SoftmaxWithLoss, found by walking back from its score input through Crop, Eltwise,
     Deconvolution and shape-keeping layers to the Convolutions that make the scores."""
     heads = []
@@ -305,7 +305,7 @@ def loss_heads(n: _Net) -> list[Head]:
         stack = [(loss.bottom[0], loss)]
         while stack:
             blob, reader = stack.pop()
-            layer = _writer(n, blob, reader)
+            layer = writer_of(n, blob, reader)
             if layer is None or layer.name in seen:
                 continue
             seen.add(layer.name)
@@ -313,10 +313,10 @@ def loss_heads(n: _Net) -> list[Head]:
                 p = layer.convolution_param if layer.type == "Convolution" else layer.inner_product_param
                 head.scores.append((layer, p.num_output))
             elif layer.type == "Deconvolution":
-                head.upsampling.append((layer, _channels_before(n, layer), layer.convolution_param.num_output))
+                head.upsampling.append((layer, channels_before(n, layer), layer.convolution_param.num_output))
                 stack.append((layer.bottom[0], layer))
             elif layer.type == "Eltwise":
-                head.fusions.append((layer, [(b, _channels_at(n, b, layer)) for b in layer.bottom]))
+                head.fusions.append((layer, [(b, channels_at(n, b, layer)) for b in layer.bottom]))
                 stack += [(b, layer) for b in layer.bottom]
             elif layer.type == "Crop" or (layer.type in PASS_THROUGH and layer.bottom):
                 stack.append((layer.bottom[0], layer))
@@ -324,9 +324,9 @@ def loss_heads(n: _Net) -> list[Head]:
     return heads
 
 
-def _channels_at(n: _Net, blob: str, reader) -> Optional[int]:
+def channels_at(n: NetFacts, blob: str, reader) -> Optional[int]:
     """Channels of `blob` as `reader` sees it, following the writers back to one with a channel count."""
-    layer = _writer(n, blob, reader)
+    layer = writer_of(n, blob, reader)
     while layer is not None:
         if layer.type in ("Convolution", "Deconvolution"):
             return layer.convolution_param.num_output
@@ -336,9 +336,9 @@ def _channels_at(n: _Net, blob: str, reader) -> Optional[int]:
                                                                                           "Pooling"}:
             return n.channels.get(blob)
         blob = layer.bottom[0]
-        layer = _writer(n, blob, layer)
+        layer = writer_of(n, blob, layer)
     return n.channels.get(blob)
 
 
-def _channels_before(n: _Net, layer) -> Optional[int]:
-    return _channels_at(n, layer.bottom[0], layer) if layer.bottom else None
+def channels_before(n: NetFacts, layer) -> Optional[int]:
+    return channels_at(n, layer.bottom[0], layer) if layer.bottom else None

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from .facts import SEVERITIES, Finding
 
-def _by_severity(findings: list[Finding]) -> list[Finding]:
+def by_severity(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
 
 
@@ -16,7 +16,7 @@ def has_errors(findings: Sequence[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
 
 
-def _summary(findings: Sequence[Finding]) -> str:
+def summary_line(findings: Sequence[Finding]) -> str:
     counts = [(sum(f.severity == s for f in findings), s) for s in SEVERITIES]
     return ", ".join(f"{c} {s}{'s' if c != 1 and s != 'info' else ''}" for c, s in counts)
 
@@ -31,7 +31,7 @@ def format_findings(findings: Sequence[Finding], width: int = 100) -> str:
         lines.append(head)
         lines += textwrap.wrap(f.message, width, initial_indent="    ", subsequent_indent="    ")
         lines += textwrap.wrap(f.fix, width, initial_indent="    fix: ", subsequent_indent="         ")
-    lines.append(f"doctor: {_summary(findings)}")
+    lines.append(f"doctor: {summary_line(findings)}")
     return "\n".join(lines)
 
 

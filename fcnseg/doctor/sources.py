@@ -15,7 +15,7 @@ from ..errors import ConfigError
 # ---------------------------------------------------------------------------------------------------
 # Reading files
 
-def _parse_text(path: Path, message, what: str):
+def parse_text(path: Path, message, what: str):
     from google.protobuf import text_format  # noqa: PLC0415
     text = read_text(path, what)
     try:
@@ -30,7 +30,7 @@ def _parse_text(path: Path, message, what: str):
 def read_net(path: str | Path):
     """Parse a train_val/deploy prototxt into a NetParameter. Raises ConfigError naming file and line."""
     path = Path(path)
-    net = _parse_text(path, caffe_pb2().NetParameter(), "net prototxt")
+    net = parse_text(path, caffe_pb2().NetParameter(), "net prototxt")
     if len(net.layers) and not len(net.layer):
         raise ConfigError(f"{path}: uses Caffe's old V1 'layers' format; upgrade it with Caffe's "
                           "tools/upgrade_net_proto_text, then run doctor on the result")
@@ -39,7 +39,7 @@ def read_net(path: str | Path):
 
 def read_solver(path: str | Path):
     """Parse a solver prototxt into a SolverParameter. Raises ConfigError naming file and line."""
-    return _parse_text(Path(path), caffe_pb2().SolverParameter(), "solver prototxt")
+    return parse_text(Path(path), caffe_pb2().SolverParameter(), "solver prototxt")
 
 
 def caffemodel_shapes(path: str | Path) -> dict[str, list[tuple[int, ...]]]:
@@ -54,20 +54,20 @@ def caffemodel_shapes(path: str | Path) -> dict[str, list[tuple[int, ...]]]:
 
 
 
-def _find(path: str, base_dirs: Sequence[Path]) -> Optional[Path]:
+def find_file(path: str, base_dirs: Sequence[Path]) -> Optional[Path]:
     """The file or folder `path` as Caffe would open it: absolute, or relative to one of base_dirs."""
     p = Path(path)
     candidates = [p] if p.is_absolute() else [Path(b) / p for b in base_dirs] or [p]
     return next((c for c in candidates if c.exists()), None)
 
 
-def _open_lmdb(path: Path):
+def open_lmdb(path: Path):
     import lmdb  # noqa: PLC0415
     return lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=4)
 
 
 @dataclass
-class _Source:
+class DataSource:
     """One Data layer's LMDB as far as it could be read."""
 
     layer: str
@@ -78,18 +78,18 @@ class _Source:
     first: Optional[tuple[int, ...]] = None   # (C, H, W) of the first record
 
     @classmethod
-    def peek(cls, layer, base_dirs: Sequence[Path]) -> "_Source":
+    def peek(cls, layer, base_dirs: Sequence[Path]) -> "DataSource":
         """Entry count and first record's shape, when the source is a readable LMDB."""
         src = cls(layer.name, layer.data_param.source)
         if layer.data_param.backend != caffe_pb2().DataParameter.LMDB:
             src.problem = "not an LMDB (backend LEVELDB)"
             return src
-        src.found = _find(src.path, base_dirs)
+        src.found = find_file(src.path, base_dirs)
         if src.found is None:
             src.problem = "not found"
             return src
         try:
-            env = _open_lmdb(src.found)
+            env = open_lmdb(src.found)
             src.count = env.stat()["entries"]
             with env.begin() as txn:
                 raw = next(iter(txn.cursor().iternext(keys=False, values=True)), None)
@@ -102,7 +102,7 @@ class _Source:
 
     def arrays(self):
         """Yield every record as a (C, H, W) array, in key order (the order Caffe reads them)."""
-        env = _open_lmdb(self.found)
+        env = open_lmdb(self.found)
         try:
             with env.begin() as txn:
                 for raw in txn.cursor().iternext(keys=False, values=True):
