@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from .caffe_env import caffe_pb2
 from .errors import WeightsError
@@ -30,9 +31,9 @@ V1_TYPES = {"CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "DECO
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 
 
-def shape_text(shape: Sequence[int]) -> str:
-    """A blob shape as people write it: (64, 1, 3, 3) -> '64x1x3x3'."""
-    return "x".join(str(d) for d in shape)
+def shape_text(shape: Sequence[int], times: str = "x") -> str:
+    """A blob shape as people write it: (64, 1, 3, 3) -> '64x1x3x3' (doctor's prose uses times="×")."""
+    return times.join(str(d) for d in shape)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,7 +124,6 @@ class _Wire:
         return data
 
     def parse(self, cls, data: bytes, pos: int):
-        from google.protobuf.message import DecodeError  # noqa: PLC0415 - protobuf comes with pycaffe
         try:
             return cls.FromString(data)
         except DecodeError as exc:
@@ -310,7 +310,6 @@ def load_trained(net, path: str | Path, optional: set[str] = frozenset()) -> Non
     Checked before anything is copied: Caffe itself aborts the process on a shape mismatch and keeps
     fillers silently for a missing layer. Raises WeightsError naming the layers.
     """
-    from .errors import WeightsError  # noqa: PLC0415
 
     index = read_caffemodel_index(path)
     missing, wrong = [], []

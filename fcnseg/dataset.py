@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from .caffe_env import caffe_pb2
 from .config import read_yaml, validation_message
 from .errors import ConfigError, DataError
 from .files import DATASET_FILE
-
 
 
 class Split(BaseModel):
@@ -132,7 +132,6 @@ def datum_array(raw: bytes) -> np.ndarray:
     datum = caffe_pb2().Datum()
     datum.ParseFromString(raw)
     if datum.encoded:
-        from PIL import Image  # noqa: PLC0415
         arr = np.asarray(Image.open(io.BytesIO(datum.data)))
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if datum.data:

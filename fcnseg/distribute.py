@@ -30,18 +30,37 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
+import tifffile
+from tqdm import tqdm
 
-from .files import file_sha256, write_atomic
 from .errors import ConfigError, DataError, FcnsegError
-from .geometry import ceil_to, tile_origins
-from .infer import (PROBS_SUFFIX, FrameOutcome, InferOptions, InferResult, OutputClaims, Predictor, Tiling,
-                    failure_message, label_and_save, list_inputs, open_predictor, output_names, prepare_output,
-                    probabilities, read_frames, tiling_for, write_labels)
+from .files import file_sha256, write_atomic
+from .geometry import ceil_to
+from .infer import (
+    PROBS_SUFFIX,
+    FrameOutcome,
+    InferOptions,
+    InferResult,
+    OutputClaims,
+    Predictor,
+    Tiling,
+    failure_message,
+    label_and_save,
+    list_inputs,
+    open_predictor,
+    output_names,
+    prepare_output,
+    read_frames,
+    tile_bands,
+    tiling_for,
+    write_labels,
+)
 
 MANIFEST_FILE = "infer-manifest.jsonl"
 # Set in every worker process before it imports numpy or Caffe: one core per worker.
@@ -57,8 +76,8 @@ def connect(workers: Optional[int] = None, scheduler: Optional[str] = None) -> I
     or on the running scheduler at `scheduler` (tcp://host:port, or a scheduler JSON file). Closed (and
     the local cluster shut down) on exit. Raises ConfigError when neither or both are given, or the
     scheduler cannot be reached."""
-    import dask  # noqa: PLC0415
-    from distributed import Client, LocalCluster  # noqa: PLC0415
+    import dask  # noqa: PLC0415 - heavy: only infer --workers/--scheduler needs a cluster
+    from distributed import Client, LocalCluster  # noqa: PLC0415 - heavy: only infer --workers/--scheduler needs a cluster
 
     if (workers is None) == (scheduler is None):
         raise ConfigError("give either --workers N or --scheduler ADDRESS")
@@ -181,7 +200,6 @@ def open_lazily(path: Path) -> Optional[np.ndarray]:
     """A read-only memory map of a single 2-D integer image, read from disk only where it is indexed:
     a 2-D `.npy`, or a TIFF whose only series is Y x X and stored uncompressed. None for anything else
     (compressed, a stack, colour, floats that need their NaN check): that is read whole as usual."""
-    import tifffile  # noqa: PLC0415
 
     try:
         if path.suffix.lower() == ".npy":
@@ -212,46 +230,27 @@ def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: 
     a temporary name). Memory is the labels (1 byte a pixel, plus 1 for --overlay) and one row of tiles'
     probabilities, not the whole image's. The outputs are byte-identical to `label_and_save`'s: the
     same tiles, the same sums in the same order. Raises DataError naming `where` for bad values."""
-    import time  # noqa: PLC0415
 
     start = time.perf_counter()
     h, w = image.shape
-    k, side = predictor.num_classes, tiling.tile
+    k = predictor.num_classes
     ph, pw = ceil_to(h, predictor.multiple), ceil_to(w, predictor.multiple)
-    rows = tile_origins(ph, side, tiling.step, predictor.stride)
-    cols = tile_origins(pw, side, tiling.step, predictor.stride)
     labels = np.empty((h, w), np.uint8)
     gray = np.empty((h, w), np.uint8) if options.overlay else None
-    total = np.zeros((k, side, pw), np.float32)  # padded rows top .. top + side
-    count = np.zeros((side, pw), np.float32)
+
+    def net_input(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        block = np.asarray(image[np.ix_(_reflected(y0, y1, h), _reflected(x0, x1, w))])
+        return predictor.network_input(block, where)[1]
 
     def run_tiles(probs_out: Optional[np.ndarray]) -> None:
-        top = 0
-
-        def finish(stop: int) -> None:  # padded rows top..stop are complete: label them, slide the band up
-            nonlocal top
-            n, real = stop - top, max(0, min(stop, h) - top)
-            done = (total[:, :n] / count[:n])[:, :real, :w]
+        for top, band in tile_bands(predictor, net_input, ph, pw, tiling):
+            real = max(0, min(top + band.shape[1], h) - top)  # the band's rows inside the image
+            done = band[:, :real, :w]
             labels[top:top + real] = done.argmax(axis=0)
             if probs_out is not None:
                 probs_out[:, top:top + real] = done.astype(np.float16)
             if gray is not None:
                 gray[top:top + real] = predictor.network_input(np.asarray(image[top:top + real]), where)[0]
-            total[:, :side - n] = total[:, n:].copy()
-            total[:, side - n:] = 0
-            count[:side - n] = count[n:].copy()
-            count[side - n:] = 0
-            top = stop
-
-        for y in rows:
-            finish(y)
-            y_index = _reflected(y, min(y + side, ph), h)
-            for x0 in cols:
-                block = np.asarray(image[np.ix_(y_index, _reflected(x0, min(x0 + side, pw), w))])
-                tile_probs = probabilities(predictor, predictor.network_input(block, where)[1])
-                total[:, :block.shape[0], x0:x0 + block.shape[1]] += tile_probs
-                count[:block.shape[0], x0:x0 + block.shape[1]] += 1
-        finish(ph)
         if probs_out is not None:
             probs_out.flush()
 
@@ -347,11 +346,9 @@ class DistributedResult(InferResult):
     wall_seconds: float = 0.0  # from the first task submitted to the last result
 
     @property
-    def exit_code(self) -> int:
-        """As InferResult's, counting skipped outputs as labelled."""
-        if not self.failures:
-            return 0
-        return 2 if self.images + self.skipped == 0 else 1
+    def completed(self) -> int:
+        """Labelled now or by a previous run (skipped): the exit code counts both."""
+        return self.images + self.skipped
 
     def lines(self) -> list[str]:
         """InferResult's summary (its time is the workers' time in the net, summed), the skipped
@@ -376,10 +373,8 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
     time in the net. A task whose workers keep dying (WORKER_DEATHS_ALLOWED + 1 of them) is listed
     as a failure too.
     """
-    import time  # noqa: PLC0415
 
-    from distributed import KilledWorker, as_completed  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
+    from distributed import KilledWorker, as_completed  # noqa: PLC0415 - heavy: only infer --workers/--scheduler needs a cluster
 
     options = options or InferOptions()
     run = None if run_dir is None else str(Path(run_dir).resolve())

@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from google.protobuf import text_format
 
 from . import runs
+from .caffe_env import caffe_pb2
 from .errors import DataError, RunError
 from .files import DEPLOY_FILE, write_bytes_atomic
+from .geometry import axis_crop_offsets
 from .inputs import InferenceFacts
 from .onnxmodel import INPUT, PROBABILITIES, SCORES, metadata
 
@@ -71,13 +74,13 @@ class _Graph:
         return out
 
     def const(self, name: str, value) -> str:
-        from onnx import numpy_helper  # noqa: PLC0415
+        from onnx import numpy_helper  # noqa: PLC0415 - optional at import: only export and ONNX weights need onnx
         name = self.fresh(name)
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
-        from onnx import helper  # noqa: PLC0415
+        from onnx import helper  # noqa: PLC0415 - optional at import: only export and ONNX weights need onnx
         out = self.fresh(name)
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
@@ -134,9 +137,7 @@ def _add_layer(g: _Graph, layer, params: dict[str, list[np.ndarray]]) -> None:
     elif kind == "Dropout":
         emit(bottoms[0])  # the identity at inference (Caffe's TEST phase)
     elif kind == "Crop":
-        axis = layer.crop_param.axis % 4
-        given = list(layer.crop_param.offset)
-        offsets = [given[0] if len(given) == 1 else (given[i] if given else 0) for i in range(4 - axis)]
+        axis, offsets = axis_crop_offsets(layer)
         starts = g.const(f"{name}.starts", np.array(offsets, np.int64))
         ref = g.node("Shape", [bottoms[1]], f"{name}.reference_shape", start=axis)
         ends = g.node("Add", [starts, ref], f"{name}.ends")
@@ -189,8 +190,8 @@ def onnx_model(net_param, params: dict[str, list[np.ndarray]], facts: InferenceF
     `raw_input`: the graph starts with the window, mean and scale of `facts`. Metadata is left to the
     caller. Raises RunError for a layer or setting it cannot translate exactly.
     """
-    import onnx  # noqa: PLC0415
-    from onnx import TensorProto, helper  # noqa: PLC0415
+    import onnx  # noqa: PLC0415 - optional at import: only export and ONNX weights need onnx
+    from onnx import TensorProto, helper  # noqa: PLC0415 - optional at import: only export and ONNX weights need onnx
 
     g = _Graph()
     c = facts.input_channels
@@ -231,9 +232,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     file's metadata. Raises RunError/WeightsError for a bad run or weights (before anything is
     written), DataError for an `out` that is a folder. The file is written atomically.
     """
-    from google.protobuf import text_format  # noqa: PLC0415
 
-    from .caffe_env import caffe_pb2  # noqa: PLC0415
 
     start = time.perf_counter()
     out = Path(out)

@@ -137,17 +137,19 @@ def crop_offsets(layer) -> list[int]:
     return list(layer.crop_param.offset)
 
 
-def spatial_crop_offsets(layer) -> tuple[int, int]:
-    """The (height, width) offsets Caffe applies: one offset serves every axis from `axis` on."""
-    given, axis = crop_offsets(layer), layer.crop_param.axis
-    if axis < 0:
-        axis += 4
-    if not given:
-        return 0, 0
+def axis_crop_offsets(layer) -> tuple[int, list[int]]:
+    """(the first axis cropped, the offset Caffe applies on each axis from it to the last of a 4-D blob):
+    one offset given serves every axis from `axis` on; none means 0."""
+    given, axis = crop_offsets(layer), layer.crop_param.axis % 4
     if len(given) == 1:
-        return (given[0] if axis <= 2 else 0), (given[0] if axis <= 3 else 0)
-    pick = lambda dim: given[dim - axis] if 0 <= dim - axis < len(given) else 0  # noqa: E731
-    return pick(2), pick(3)
+        return axis, given * (4 - axis)
+    return axis, [given[i] if i < len(given) else 0 for i in range(4 - axis)]
+
+
+def spatial_crop_offsets(layer) -> tuple[int, int]:
+    """The (height, width) offsets Caffe applies (`axis_crop_offsets` on axes 2 and 3)."""
+    axis, offsets = axis_crop_offsets(layer)
+    return tuple(offsets[dim - axis] if dim >= axis else 0 for dim in (2, 3))
 
 
 def in_phase(layer, phase: str) -> bool:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
 # ITU-R BT.601 luma, what PIL's convert("L") uses; applied to any dtype by --to-gray.
@@ -113,7 +114,6 @@ def _single(stack: np.ndarray, path) -> np.ndarray:
 
 def _tiff_frames(path: Path) -> tuple[np.ndarray, int, int]:
     """(frames (N, H, W[, C]), channels or 0, z-slices per time point) of a TIFF's first series."""
-    import tifffile  # noqa: PLC0415 - only TIFF input needs it
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
@@ -173,7 +173,6 @@ def _npy_frames(path: Path) -> tuple[np.ndarray, int, int]:
 
 
 def _pil_frames(path: Path, kind: str) -> tuple[np.ndarray, int]:
-    from PIL import Image  # noqa: PLC0415
 
     with Image.open(path) as img:
         img.load()
@@ -406,7 +405,6 @@ def overlay(gray: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
 def save_label_png(path: str | Path, labels: np.ndarray) -> None:
     """Write `labels` (2-D class ids in 0..255) as a palette PNG: pixel values are the ids, shown in
     PALETTE colours; `read_mask` reads the ids back unchanged. Raises ValueError for other input."""
-    from PIL import Image  # noqa: PLC0415
 
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.dtype.kind not in "ui" or (labels.size and (labels.min() < 0 or labels.max() > 255)):

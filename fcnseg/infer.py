@@ -20,19 +20,23 @@ then call it per image or frame); `infer` adds files, outputs and the per-image 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from . import runs
 from .errors import ConfigError, DataError, FcnsegError, RunError
 from .files import write_atomic
-from .inputs import InferenceFacts
 from .geometry import ceil_to, tile_origins
 from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
+from .inputs import InferenceFacts
 from .metrics import softmax
+from .onnxmodel import INPUT, SCORES, open_session
 
 # Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
 # frame (700 x 1100 = 0.77 Mpx) still runs whole. Memory is what tiling saves: CPU Caffe needs about
@@ -113,7 +117,6 @@ def load_predictor(run_dir: str | Path, weights: Optional[str | Path] = None,
 def load_onnx_predictor(path: str | Path, gpu: Optional[int] = None) -> Predictor:
     """An ONNX model written by `fcnseg export`, run with onnxruntime (CPU, or CUDA GPU `gpu`).
     Raises RunError for a missing file or one without fcnseg's metadata (onnxmodel.open_session)."""
-    from .onnxmodel import INPUT, SCORES, open_session  # noqa: PLC0415
 
     session, facts, raw_input = open_session(path, gpu)
     _check_facts(facts, Path(path))
@@ -190,21 +193,46 @@ def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None
     the same padding and pooling grid, so they agree wherever a tile's edges are out of reach.
     """
     h, w = x.shape
-    m, s = predictor.multiple, predictor.stride
+    m = predictor.multiple
     ph, pw = ceil_to(h, m), ceil_to(w, m)
     if (ph, pw) != (h, w):
         x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
     if tiling is None or (ph <= tiling.tile and pw <= tiling.tile):
         return np.ascontiguousarray(probabilities(predictor, x)[:, :h, :w])
-    total = np.zeros((predictor.num_classes, ph, pw), np.float32)
-    count = np.zeros((ph, pw), np.float32)
-    for y in tile_origins(ph, tiling.tile, tiling.step, s):
-        for x0 in tile_origins(pw, tiling.tile, tiling.step, s):
-            window = (slice(y, min(y + tiling.tile, ph)), slice(x0, min(x0 + tiling.tile, pw)))
-            total[(slice(None),) + window] += probabilities(predictor, x[window])
-            count[window] += 1
-    total /= count
-    return np.ascontiguousarray(total[:, :h, :w])
+    out = np.empty((predictor.num_classes, ph, pw), np.float32)
+    for top, band in tile_bands(predictor, lambda y0, y1, x0, x1: x[y0:y1, x0:x1], ph, pw, tiling):
+        out[:, top:top + band.shape[1]] = band
+    return np.ascontiguousarray(out[:, :h, :w])
+
+
+def tile_bands(predictor: Predictor, net_input: Callable[[int, int, int, int], np.ndarray], ph: int, pw: int,
+               tiling: Tiling) -> Iterator[tuple[int, np.ndarray]]:
+    """Run the tiles of `tiling`'s grid over a padded ph x pw image and yield its class probabilities band by
+    band, top to bottom: (first row, K x n x pw float32), each pixel the mean over the tiles that cover it.
+
+    `net_input(y0, y1, x0, x1)` returns the net input of padded rows y0..y1-1 and columns x0..x1-1. A band is
+    yielded as soon as no later tile reaches it, so only one row of tiles' sums is ever held: `predict` and
+    `distribute.label_streamed` (an image too large to read whole) share this loop and its sums.
+    """
+    side = tiling.tile
+    rows = tile_origins(ph, side, tiling.step, predictor.stride)
+    cols = tile_origins(pw, side, tiling.step, predictor.stride)
+    total = np.zeros((predictor.num_classes, side, pw), np.float32)  # padded rows top .. top + side
+    count = np.zeros((side, pw), np.float32)
+    top = 0
+    for y in rows + [ph]:
+        n = y - top  # rows top..y are complete: no tile from y on reaches them
+        if n:
+            yield top, total[:, :n] / count[:n]
+            total[:, :side - n] = total[:, n:].copy()
+            total[:, side - n:] = 0
+            count[:side - n] = count[n:].copy()
+            count[side - n:] = 0
+            top = y
+        for x0 in cols if y < ph else ():
+            probs = probabilities(predictor, net_input(y, min(y + side, ph), x0, min(x0 + side, pw)))
+            total[:, :probs.shape[1], x0:x0 + probs.shape[2]] += probs
+            count[:probs.shape[1], x0:x0 + probs.shape[2]] += 1
 
 
 # ---- files in, files out ---------------------------------------------------------------------------------
@@ -245,11 +273,16 @@ class InferResult:
         self.megapixels += frame.megapixels
 
     @property
+    def completed(self) -> int:
+        """Images and frames whose outputs exist now."""
+        return self.images
+
+    @property
     def exit_code(self) -> int:
         """0 when every input was labelled, 2 when none was, 1 when some of a batch failed."""
         if not self.failures:
             return 0
-        return 2 if self.images == 0 else 1
+        return 2 if self.completed == 0 else 1
 
     def lines(self) -> list[str]:
         """The summary the CLI prints."""
@@ -338,7 +371,6 @@ class OutputClaims:
 def write_labels(out_dir: Path, stem: str, gray: np.ndarray, labels: np.ndarray, with_overlay: bool) -> list[Path]:
     """Write <stem>.png (class ids `labels`, palette PNG) and, if asked, <stem>_overlay.png (the labels
     over `gray`, the windowed image) into `out_dir`. Returns the paths written."""
-    from PIL import Image  # noqa: PLC0415
 
     paths = [out_dir / (stem + LABELS_SUFFIX)]
     write_atomic(paths[0], lambda p: save_label_png(p, labels))
@@ -374,7 +406,6 @@ def label_and_save(predictor: Predictor, image: np.ndarray, where: str, out_dir:
                    options: InferOptions) -> FrameOutcome:
     """Label one raw 2-D image (`label_image`) and write its outputs as <stem>* into `out_dir`
     (`write_outputs`). Raises DataError naming `where` for a bad image."""
-    import time  # noqa: PLC0415
 
     start = time.perf_counter()
     gray, probs, tiled = label_image(predictor, image, where, options.tile, options.tile_overlap)
@@ -414,7 +445,6 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     value range) is passed to `report` with its name and skipped; the result lists it, and its
     `exit_code` says whether none or only some failed.
     """
-    from tqdm import tqdm  # noqa: PLC0415
 
     options = options or InferOptions()
     predictor = open_predictor(run_dir, options)

@@ -4,13 +4,30 @@ hist[gt, pred] counts pixels; labels equal to the ignore label (or outside [0, K
 pixel acc = trace / sum; mean acc = nanmean(diag / rowsum); IU = diag / (rowsum + colsum - diag);
 mean IU = nanmean(IU); fw IU = sum over classes with freq > 0 of freq * IU, freq = rowsum / sum.
 `softmax` is the one softmax of class scores (train, eval, infer); `validate(net, ...)` accumulates that
-matrix over one pass of a (pycaffe) val net, for train and eval.
+matrix over one pass of a (pycaffe) val net, for train and eval. `read_events(lines)` reads the metrics.jsonl
+that train writes them to (train on resume, doctor --log).
 """
 from __future__ import annotations
 
+import json
 import math
+from typing import Iterable
 
 import numpy as np
+
+
+def read_events(lines: Iterable[str]) -> list[dict]:
+    """The events of a metrics.jsonl (one JSON object a line: train, val, nan, stopped, done), in order; a line
+    cut by a kill, or anything else that is not a JSON object, is skipped."""
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:

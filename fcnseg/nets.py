@@ -11,11 +11,13 @@ caffe_pb2.NetParameter) and `upsampling_plan(model)` (the factors, for reports a
 """
 from __future__ import annotations
 
-from .caffe_env import import_caffe
+import numpy as np
+
 from . import vgg16
+from .caffe_env import import_caffe
 from .config import SKIPS_BY_ARCH, Config, ModelConfig, input_mean
-from .files import dataset_paths
 from .errors import ConfigError
+from .files import dataset_paths
 
 # Fillers are written into every learnable layer: Caffe's default is constant 0, which leaves a
 # ReLU trunk dead when no pretrained weights overwrite it (the seed's failure).
@@ -32,7 +34,6 @@ MINIMAL_PAD_FC6 = 3  # keeps fc6's 7x7 window centred so the score map covers th
 
 def bilinear_kernel(size: int):
     """The (size x size) bilinear interpolation kernel Caffe's "bilinear" filler writes per filter."""
-    import numpy as np  # noqa: PLC0415
 
     factor = (size + 1) // 2
     center = factor - 1 if size % 2 == 1 else factor - 0.5
@@ -134,7 +135,6 @@ def _crop(top_from, top_to):
     coord_map's own `crop` checks the offset with `assert`s, which `python -O` drops (a negative offset
     then reaches protobuf as a traceback); the same three checks are made here as plain conditions.
     """
-    import numpy as np  # noqa: PLC0415
     from caffe.coord_map import coord_map_from_to  # noqa: PLC0415 - needs pycaffe
     try:
         axis, scale, shift = coord_map_from_to(top_from, top_to)

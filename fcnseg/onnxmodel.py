@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from . import __version__
 from .errors import RunError
 from .inputs import InferenceFacts
 
@@ -31,7 +32,6 @@ INPUT_RAW = "raw pixel values"
 
 def metadata(facts: InferenceFacts, raw_input: bool, source_run: Path, weights: Path) -> dict[str, str]:
     """The metadata_props of an exported model, as {key: JSON text}."""
-    from . import __version__  # noqa: PLC0415
 
     values = {**facts.to_dict(), "fcnseg_version": __version__, "input": INPUT_RAW if raw_input else INPUT_WINDOWED,
               "source_run": str(Path(source_run).resolve()), "weights": str(Path(weights).resolve())}
@@ -60,7 +60,7 @@ def open_session(path: str | Path, gpu: Optional[int] = None):
     single-threaded Dask workers must not each take). RunError for a missing
     or unreadable file, a model without fcnseg metadata, or a GPU onnxruntime cannot use here.
     """
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort  # noqa: PLC0415 - heavy: only infer --onnx runs a session
 
     path = Path(path)
     if not path.is_file():

@@ -24,8 +24,18 @@ from .caffemodel import load_trained
 from .config import Config, input_mean, load_config
 from .dataset import DatasetInfo
 from .errors import ConfigError, DataError, RunError
-from .files import (BEST_WEIGHTS, CONFIG_FILE, DEPLOY_FILE, FINAL_WEIGHTS, INFERENCE_FILE, SNAPSHOT_DIR, SOLVER_FILE,
-                    TRAIN_VAL_FILE, snapshot_iteration, write_text_atomic)
+from .files import (
+    BEST_WEIGHTS,
+    CONFIG_FILE,
+    DEPLOY_FILE,
+    FINAL_WEIGHTS,
+    INFERENCE_FILE,
+    SNAPSHOT_DIR,
+    SOLVER_FILE,
+    TRAIN_VAL_FILE,
+    snapshot_iteration,
+    write_text_atomic,
+)
 from .geometry import geometry_problems, phase_net
 from .inputs import InferenceFacts, read_inference_file
 from .nets import deploy_net, fixed_layers, input_multiple, train_val_net

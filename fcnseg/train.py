@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-
 from tqdm import tqdm
 
 from . import files, runs
@@ -31,7 +30,7 @@ from .config import Config, config_differences, load_config
 from .dataset import DatasetInfo
 from .doctor import diagnose_definition, format_findings
 from .errors import ConfigError, DataError, RunError
-from .metrics import validate
+from .metrics import read_events, validate
 from .recipes import NORMALIZED, SCRATCH, SCRATCH_MAX_STAGES, SUMMED
 from .resolve import Resolved, resolve
 from .weights import format_report, initialize, scratch_warning
@@ -120,16 +119,11 @@ class History:
     @classmethod
     def read(cls, path: Path) -> "History":
         h = cls()
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    e = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if e.get("event") == "train":
-                    h.train.append((e["iter"], e["loss"]))
-                elif e.get("event") == "val":
-                    h.val.append(e)
+        for e in read_events(path.read_text().splitlines()) if path.is_file() else []:
+            if e.get("event") == "train":
+                h.train.append((e["iter"], e["loss"]))
+            elif e.get("event") == "val":
+                h.val.append(e)
         return h
 
 

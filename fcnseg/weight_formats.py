@@ -248,7 +248,7 @@ def _attr_strings(node, name: str) -> Optional[list[str]]:
 
 
 def _read_keras_hdf5(path: Path) -> SourceModel:
-    import h5py  # noqa: PLC0415
+    import h5py  # noqa: PLC0415 - only Keras .h5 files need h5py
 
     try:
         f = h5py.File(path, "r")
@@ -322,7 +322,7 @@ class _OnnxGraph:
     """Producers, consumers and constants of an ONNX graph, to follow a weight back to its initialiser."""
 
     def __init__(self, path: Path, model):
-        from onnx import numpy_helper  # noqa: PLC0415
+        from onnx import numpy_helper  # noqa: PLC0415 - optional at import: only export and ONNX weights need onnx
 
         self.path, self.helper = path, numpy_helper
         graph = model.graph
@@ -335,7 +335,7 @@ class _OnnxGraph:
                 self.consumers.setdefault(name, []).append(node)
 
     def attr(self, node, name, default=None):
-        from onnx import helper  # noqa: PLC0415
+        from onnx import helper  # noqa: PLC0415 - optional at import: only export and ONNX weights need onnx
 
         for a in node.attribute:
             if a.name == name:
@@ -386,7 +386,7 @@ class _OnnxGraph:
 
 def _read_onnx(path: Path) -> SourceModel:
     try:
-        import onnx  # noqa: PLC0415
+        import onnx  # noqa: PLC0415 - optional at import: only export and ONNX weights need onnx
     except ImportError:
         raise WeightsError(f"{path}: an ONNX model, and reading ONNX needs the onnx package: "
                            "pip install onnx") from None

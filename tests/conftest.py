@@ -115,3 +115,18 @@ def raw_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     smooth = np.sin(yy / 9.0) * np.cos(xx / 7.0)
     return np.clip(2000 + 1500 * smooth + rng.normal(0, 200, (h, w)), 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """VGG16-shaped caffemodels written by tests/vgg_fixture.py: {'narrow': 3-ch V1 with channels / 16 and fc 64,
+    'loadable': 3-ch V1 with the real conv widths and fc 64, 'loadable_1ch': its `fcnseg weights convert`}."""
+    from fcnseg import weights
+    from vgg_fixture import NARROW_WIDTHS, Vgg16Spec, write_vgg16_caffemodel
+    root = tmp_path_factory.mktemp("vgg")
+    out = {"narrow": write_vgg16_caffemodel(root / "narrow.caffemodel",
+                                            Vgg16Spec(widths=NARROW_WIDTHS, fc=64, classes=10)),
+           "loadable": write_vgg16_caffemodel(root / "loadable.caffemodel", Vgg16Spec(fc=64, classes=10))}
+    weights.convert_vgg16(out["loadable"], root / "loadable_1ch.caffemodel")
+    out["loadable_1ch"] = root / "loadable_1ch.caffemodel"
+    return out

@@ -264,3 +264,26 @@ def test_doctor_errors_stop_training_before_anything_is_written(tmp_path, data, 
     captured = capsys.readouterr()
     assert "solver-step" in captured.out and "add --force to train anyway" in captured.err
     assert not run.exists()
+
+
+def test_train_reads_dataset_yaml_and_builds_each_net_once(tmp_path, data):
+    """From `fcnseg train` to the end of a one-step run: dataset.yaml is read once, the config resolved once,
+    each net built once (doctor checks the nets that are written, it does not build its own)."""
+    from fcnseg import dataset, nets, resolve, solver
+    watched = {f.__code__: name for name, f in [
+        ("read dataset.yaml", dataset.read_dataset_yaml), ("resolve", resolve.resolve),
+        ("train_val_net", nets.train_val_net), ("deploy_net", nets.deploy_net), ("solver_param", solver.solver_param)]}
+    calls = {name: 0 for name in watched.values()}
+
+    def count(frame, event, _arg):
+        if event == "call" and frame.f_code in watched:
+            calls[watched[frame.f_code]] += 1
+
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__max_iter=1, train__val_interval=1, train__snapshot_interval=1)
+    sys.setprofile(count)
+    try:
+        code = main(["train", str(cfg), "--out", str(tmp_path / "run")])
+    finally:
+        sys.setprofile(None)
+    assert code == 0
+    assert calls == {"read dataset.yaml": 1, "resolve": 1, "train_val_net": 1, "deploy_net": 1, "solver_param": 1}

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from fcnseg import caffemodel, inputs, weights
+from fcnseg import caffemodel, weights
 from fcnseg.caffe_env import caffe_pb2, import_caffe
 from fcnseg.config import validate_config
 from fcnseg.errors import WeightsError
@@ -68,17 +68,6 @@ def build_net(tmp_path, config, weights_file=None):
     if weights_file is None:
         return caffe.Net(str(proto), caffe.TEST)
     return caffe.Net(str(proto), caffe.TEST, weights=str(weights_file))
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """{'narrow': 3-ch V1 narrow, 'loadable': 3-ch V1 real conv widths, 'loadable_1ch': its conversion}."""
-    root = tmp_path_factory.mktemp("vgg")
-    out = {"narrow": write_vgg16_caffemodel(root / "narrow.caffemodel", NARROW),
-           "loadable": write_vgg16_caffemodel(root / "loadable.caffemodel", LOADABLE)}
-    weights.convert_vgg16(out["loadable"], root / "loadable_1ch.caffemodel")
-    out["loadable_1ch"] = root / "loadable_1ch.caffemodel"
-    return out
 
 
 # --- conversion ------------------------------------------------------------------------------------
@@ -360,15 +349,6 @@ def test_missing_weights_file(tmp_path):
         weights.initialize(build_net(tmp_path, config), config, tmp_path / "nope.caffemodel")
 
 
-def test_input_mean_mismatch(tmp_path, models):
-    m = caffemodel.recorded_gray_mean(models["loadable_1ch"])
-    ok = validate_config({"model": {"num_classes": 2}, "data": {"mean": float(m)}})
-    assert inputs.input_mean_mismatch(ok, models["loadable_1ch"]) is None
-    off = validate_config({"model": {"num_classes": 2}, "data": {"mean": 30.0}})
-    assert "set data.mean: 114.452" in inputs.input_mean_mismatch(off, models["loadable_1ch"])
-    assert inputs.input_mean_mismatch(off, models["loadable"]) is None
-
-
 # --- CLI ---------------------------------------------------------------------------------------------
 
 def test_cli_convert(tmp_path, models, run_cli, capsys):
@@ -406,52 +386,3 @@ def test_full_size_vgg16(tmp_path):
         assert {r.layer for r in rows if r.action == "copied"} == set(TRUNK + ["fc6", "fc7"])
         check_loaded(net, spec, before, gray_mean)
         del net
-
-
-# --- one input mean, decided once (issue 11) ----------------------------------------------------------
-
-def test_auto_mean_comes_from_the_converted_weights(tmp_path, models, tiny_dataset):
-    from fcnseg.dataset import read_dataset
-    from fcnseg.resolve import input_mean_choice, resolve
-    m = caffemodel.recorded_gray_mean(models["loadable_1ch"])
-    base = {"model": {"num_classes": 2}, "data": {"root": str(tiny_dataset)},
-            "init": {"weights": str(models["loadable_1ch"])}}
-    assert resolve(validate_config(base)).config.data.mean == pytest.approx(m)
-    value, source = input_mean_choice(validate_config(base), read_dataset(tiny_dataset))
-    assert value == pytest.approx(m) and "recorded in" in source
-    numeric = validate_config({**base, "data": {"root": str(tiny_dataset), "mean": 100.0}})
-    assert resolve(numeric).config.data.mean == 100.0
-    forced = validate_config({**base, "data": {"root": str(tiny_dataset), "mean": "dataset"}})
-    assert resolve(forced).config.data.mean == 80.0  # the tiny dataset's stored mean
-    # Without weights that say, auto falls back to the dataset, and says why.
-    three = validate_config({**base, "init": {"weights": str(models["loadable"])}})
-    value, source = input_mean_choice(three, read_dataset(tiny_dataset))
-    assert value == 80.0 and "records no input mean" in source
-    missing = validate_config({**base, "init": {"weights": str(tmp_path / "later.caffemodel")}})
-    assert "is not there yet" in input_mean_choice(missing, read_dataset(tiny_dataset))[1]
-
-
-def test_weights_of_a_run_expect_the_runs_mean(tmp_path, models):
-    from fcnseg.inputs import expected_input
-    from fcnseg.resolve import resolve
-    from fcnseg.runs import build_definition, write_definition
-    run = tmp_path / "run"
-    trained = validate_config({"model": {"num_classes": 2, "fc_channels": 64}, "data": {"mean": 97.5, "scale": 0.5}})
-    write_definition(build_definition(resolve(trained)), run)
-    (run / "snapshots").mkdir()
-    for path in (run / "best.caffemodel", run / "snapshots" / "train_iter_2.caffemodel"):
-        path.write_bytes(models["loadable"].read_bytes())  # any caffemodel without a recorded mean
-        got = expected_input(path)
-        assert (got.mean, got.scale) == (97.5, 0.5) and str(run.resolve()) in got.source
-    nxt = validate_config({"model": {"num_classes": 2}, "init": {"weights": str(run / "best.caffemodel")}})
-    assert resolve(nxt).config.data.mean == 97.5
-    assert "scales by 1" in inputs.input_mean_mismatch(resolve(nxt).config, run / "best.caffemodel")
-    assert expected_input(models["loadable"]) is None  # outside any run, nothing recorded
-
-
-def test_mismatch_tolerates_a_few_grey_levels(models):
-    m = caffemodel.recorded_gray_mean(models["loadable_1ch"])
-    near = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + inputs.MEAN_TOLERANCE - 0.5}})
-    assert inputs.input_mean_mismatch(near, models["loadable_1ch"]) is None
-    far = validate_config({"model": {"num_classes": 2}, "data": {"mean": m + inputs.MEAN_TOLERANCE + 1}})
-    assert "set data.mean: 114.452" in inputs.input_mean_mismatch(far, models["loadable_1ch"])

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import lmdb
 import numpy as np
 import yaml
+from PIL import Image
+from tqdm import tqdm
 
 from .. import __version__
 from ..dataset import DatasetInfo, datum_bytes, read_dataset
@@ -130,7 +133,6 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
 
 def _bar(total: int, desc: str, enabled: bool):
     """A tqdm bar on stderr that erases itself when closed (use it in `with`, so errors close it too)."""
-    from tqdm import tqdm  # noqa: PLC0415
 
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled, leave=False)
 
@@ -208,7 +210,6 @@ class _LmdbWriter:
     """Appends uint8 (H, W) arrays as 1-channel Caffe Datums under keys b'%08d'."""
 
     def __init__(self, path: Path, map_size: int):
-        import lmdb  # noqa: PLC0415
 
         self._env = lmdb.open(str(path), map_size=map_size, subdir=True, meminit=False)
         self._txn = self._env.begin(write=True)
@@ -298,7 +299,6 @@ def _dataset_meta(images, labels, options: ImportOptions, num_classes: int, wind
 
 def _save_preview(path: Path, previews: list, ignore_label: int) -> None:
     """Rows of (windowed image | image with labels overlaid), scaled down to _PREVIEW_SIDE pixels."""
-    from PIL import Image  # noqa: PLC0415
 
     rows = []
     for gray, labels in previews:

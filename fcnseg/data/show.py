@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lmdb
+
 from ..dataset import DatasetInfo, read_dataset, read_dataset_yaml
 from ..files import SPLITS, dataset_paths
 from .options import MIN_CLASS_FRACTION
@@ -95,7 +97,6 @@ def dataset_warnings(meta: dict, info: DatasetInfo) -> list[str]:
 def describe_dataset(root: str | Path) -> tuple[list[str], list[str]]:
     """`fcnseg data show`: (summary lines, warnings) for the dataset folder `root`; the warnings include
     LMDBs that are missing or disagree with dataset.yaml. Raises DataError when root is not a dataset."""
-    import lmdb  # noqa: PLC0415
 
     info = read_dataset(root)
     meta = read_dataset_yaml(root)

@@ -32,13 +32,12 @@ from ..runs import build_definition
 from .checks_data import check_data, check_housekeeping, check_mean, majority_share
 from .checks_geometry import check_geometry
 from .checks_head import check_head_classes
-from .checks_init import expected_shape, check_from_scratch, check_initialisation, check_upsampling, check_weights
-from .checks_solver import loss_mode, check_batch, check_solver, solver_type
+from .checks_init import check_from_scratch, check_initialisation, check_upsampling, check_weights, expected_shape
+from .checks_solver import check_batch, check_solver, loss_mode, solver_type
 from .facts import SEVERITIES, Finding, NetFacts
 from .log import curve_findings, read_log, with_causes
 from .report import by_severity, findings_json, format_findings, has_errors
 from .sources import DataSource, caffemodel_shapes, read_net, read_solver
-
 
 __all__ = ["SEVERITIES", "Finding", "diagnose", "diagnose_config", "diagnose_files", "diagnose_log", "read_log",
            "findings_json", "format_findings", "has_errors", "read_net", "read_solver", "caffemodel_shapes", "NetFacts",

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..caffe_env import caffe_pb2
 from .facts import RARE_CLASS, Finding, NetFacts, plural, shape_text
-from .sources import find_file, DataSource
+from .sources import DataSource, find_file
+
 
 def check_mean(n: NetFacts, base_dirs: Sequence[Path], weights_channels: Optional[int]) -> list[Finding]:
     """Finding 8: mean file / mean values whose channel count differs from the input's."""

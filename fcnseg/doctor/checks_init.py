@@ -8,11 +8,29 @@ from typing import Optional
 
 from .. import vgg16
 from ..caffemodel import CONVERT_HINT
-from ..recipes import SCRATCH
 from ..geometry import conv_geometry
-from .facts import (ADAPTIVE_SOLVERS, NORMALISATION, SCALED_FILLERS, SCRATCH_MAX_STRIDE, VGG_DEPTH, Finding, NetFacts,
-                    feeds_relu, hidden_layers, is_upsampling, learns, exact_log2, name_list, plural, same_shape,
-                    shape_text, starts_at_zero, weight_filler)
+from ..recipes import SCRATCH
+from .facts import (
+    ADAPTIVE_SOLVERS,
+    NORMALISATION,
+    SCALED_FILLERS,
+    SCRATCH_MAX_STRIDE,
+    VGG_DEPTH,
+    Finding,
+    NetFacts,
+    exact_log2,
+    feeds_relu,
+    hidden_layers,
+    is_upsampling,
+    learns,
+    name_list,
+    plural,
+    same_shape,
+    shape_text,
+    starts_at_zero,
+    weight_filler,
+)
+
 
 def check_upsampling(n: NetFacts, shapes: Optional[dict]) -> list[Finding]:
     """Finding 3: upsampling Deconvolutions that do not start as per-class bilinear interpolations.

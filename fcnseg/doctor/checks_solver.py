@@ -5,8 +5,21 @@ from typing import Optional
 
 from ..caffe_env import caffe_pb2
 from ..recipes import NORMALIZED, REFERENCE_PIXELS, STAGE_LR_FACTOR, SUMMED, sci
-from .facts import (ALEXNET_STEP, STAGE_STEP_LOW, STEP_ERROR, STEP_SMALL_ERROR,
-                    STEP_SMALL_WARNING, STEP_WARNING, VGG_STEP, Finding, NetFacts, sci_text, times_text, loss_heads)
+from .facts import (
+    ALEXNET_STEP,
+    STAGE_STEP_LOW,
+    STEP_ERROR,
+    STEP_SMALL_ERROR,
+    STEP_SMALL_WARNING,
+    STEP_WARNING,
+    VGG_STEP,
+    Finding,
+    NetFacts,
+    loss_heads,
+    sci_text,
+    times_text,
+)
+
 
 def loss_mode(loss) -> str:
     """Caffe's normalization of a loss layer: FULL, VALID, BATCH_SIZE or NONE."""

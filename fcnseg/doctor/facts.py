@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Optional, Sequence
 
+from .. import caffemodel
 from ..geometry import PASS_THROUGH, SOURCES, blob_traces, conv_geometry, phase_net, trunk_stride
 from ..recipes import NORMALIZED, REFERENCE_PIXELS, SCRATCH_MAX_STAGES, SUMMED
 
@@ -59,7 +60,8 @@ def same_shape(a: Sequence[int], b: Sequence[int]) -> bool:
 
 
 def shape_text(shape: Sequence[int]) -> str:
-    return "×".join(str(d) for d in shape)
+    """A blob shape in doctor's prose: 64×1×3×3 (`caffemodel.shape_text` with ×)."""
+    return caffemodel.shape_text(shape, "×")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ Patterns (codes `log-*`, README "Doctor findings"):
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Optional, Sequence
 
 from ..config import read_text
 from ..errors import ConfigError
+from ..metrics import read_events
 from .facts import Finding
 
 FLT_MIN_LOSS = -math.log(1.17549435e-38)  # 87.3365: Caffe's SoftmaxWithLoss clamps prob at FLT_MIN
@@ -103,11 +103,7 @@ def _read_glog(path: Path, lines: Sequence[str]) -> TrainingLog:
 
 def _read_metrics(path: Path, lines: Sequence[str]) -> TrainingLog:
     log = TrainingLog(path, "fcnseg")
-    for line in lines:
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
+    for e in read_events(lines):
         if e.get("event") == "train":
             log.losses.append((e["iter"], float(e.get("raw_loss", e["loss"]))))
         elif e.get("event") == "nan":

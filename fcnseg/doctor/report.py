@@ -7,6 +7,7 @@ from typing import Sequence
 
 from .facts import SEVERITIES, Finding
 
+
 def by_severity(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import lmdb
+from google.protobuf import text_format
+
 from ..caffe_env import caffe_pb2
 from ..caffemodel import read_caffemodel_index
 from ..config import read_text
@@ -16,7 +19,6 @@ from ..errors import ConfigError
 # Reading files
 
 def parse_text(path: Path, message, what: str):
-    from google.protobuf import text_format  # noqa: PLC0415
     text = read_text(path, what)
     try:
         return text_format.Parse(text, message)
@@ -62,7 +64,6 @@ def find_file(path: str, base_dirs: Sequence[Path]) -> Optional[Path]:
 
 
 def open_lmdb(path: Path):
-    import lmdb  # noqa: PLC0415
     return lmdb.open(str(path), readonly=True, lock=False, readahead=False, max_readers=4)
 
 

@@ -26,12 +26,18 @@ from google.protobuf import text_format
 
 from .. import vgg16
 from ..caffe_env import caffe_pb2
-from ..caffemodel import (V1_TYPES, LayerRecord, load_blob, read_caffemodel_index, recorded_gray_mean,
-                          shape_text, write_caffemodel)
+from ..caffemodel import (
+    V1_TYPES,
+    LayerRecord,
+    load_blob,
+    read_caffemodel_index,
+    recorded_gray_mean,
+    shape_text,
+    write_caffemodel,
+)
 from ..conventions import CAFFE, CONVENTIONS, VGG16_MEAN_BGR, InputConvention, fold_into_conv1
 from ..errors import WeightsError
-from ..weight_formats import (SourceModel, Vgg16Match, detect_format, fc6_as_convolution, match_vgg16,
-                              read_weights)
+from ..weight_formats import SourceModel, Vgg16Match, detect_format, fc6_as_convolution, match_vgg16, read_weights
 
 
 @dataclass(frozen=True)

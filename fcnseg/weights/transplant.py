@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-
 from .. import vgg16
 from ..caffemodel import CONVERT_HINT, LayerRecord, load_blob, read_caffemodel_index, shape_text
 from ..config import Config
