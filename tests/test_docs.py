@@ -7,6 +7,7 @@ row. No Caffe needed.
 """
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import unicodedata
@@ -170,6 +171,48 @@ def command_problems(text: str) -> list[str]:
     return problems
 
 
+def top_level_names(module: Path) -> set[str]:
+    """Names a module defines or imports at its top level (read with ast: nothing is imported)."""
+    names = set()
+    for node in ast.parse(module.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def python_name_exists(dotted: str) -> bool:
+    """Whether `fcnseg.module[.name]` names a module of the package, or a top-level name in one."""
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        base = REPO.joinpath(*parts[:k])
+        for module in (base.with_suffix(".py"), base / "__init__.py"):
+            if module.is_file():
+                return k == len(parts) or parts[k] in top_level_names(module)
+    return False
+
+
+def named_problems(page: Path) -> list[str]:
+    """Repository paths (fcnseg/…, scripts/…, configs/…, tests/…, docs/…, .ci/…; globs allowed) and Python
+    names (fcnseg.module.name, `from fcnseg.module import name`) the page mentions that do not exist."""
+    text = page.read_text(encoding="utf-8")
+    problems = []
+    for path in sorted(set(re.findall(r"(?<![\w./-])((?:fcnseg|scripts|configs|tests|docs|\.ci)/[\w./*-]*)", text))):
+        path = path.rstrip(".")
+        exists = any(REPO.glob(path)) if "*" in path else (REPO / path).exists()
+        if not exists and path not in PENDING_PAGES:
+            problems.append(f"{rel(page)}: no file or folder {path}")
+    dotted = set(re.findall(r"(?<![\w/])fcnseg(?:\.[A-Za-z_]\w*)+", text))
+    for module, imported in re.findall(r"from (fcnseg[\w.]*) import ([\w, ]+)", text):
+        dotted.update(f"{module}.{name.strip()}" for name in imported.split(",") if name.strip())
+    problems += [f"{rel(page)}: no Python name {name}" for name in sorted(dotted) if not python_name_exists(name)]
+    return problems
+
+
 def leaf_commands(group: click.Group = cli, path: tuple[str, ...] = ("fcnseg",)):
     for name, command in sorted(group.commands.items()):
         if isinstance(command, click.Group):
@@ -191,6 +234,12 @@ def test_command_lines_name_real_commands_and_options(page):
     assert problems == [], "\n".join(problems)
 
 
+@pytest.mark.parametrize("page", PAGES, ids=rel)
+def test_named_files_and_python_names_exist(page):
+    problems = named_problems(page)
+    assert problems == [], "\n".join(problems)
+
+
 def test_the_checks_see_the_commands_and_can_fail():
     readme_commands = [text for _, text in command_lines(README)]
     assert len(readme_commands) >= 10
@@ -200,6 +249,8 @@ def test_the_checks_see_the_commands_and_can_fail():
         "'fcnseg infer' has no option --overlays"]
     assert command_problems("fcnseg data imports --images a") == ["'fcnseg data' has no command 'imports'"]
     assert command_problems("fcnseg eval runs/demo --cpu") == ["'fcnseg eval' has no option --cpu"]
+    assert python_name_exists("fcnseg.images.apply_window") and python_name_exists("fcnseg.doctor")
+    assert not python_name_exists("fcnseg.images.no_such_name") and not python_name_exists("fcnseg.nope")
 
 
 def test_a_broken_link_is_found(tmp_path, monkeypatch):
