@@ -2,8 +2,8 @@
 
 Every relative link names an existing file, and an existing heading when it has a #anchor; every `fcnseg …`
 command line names a real command and only real options of it (read from the click group in fcnseg.cli);
-the README stays a quick start; every command has its section in docs/commands.md and every config key its
-row. No Caffe needed.
+every repository path and fcnseg.module.name the pages mention exists; the README stays a quick start;
+every command has its section in docs/commands.md and every config key its row. No Caffe needed.
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def github_slug(heading: str) -> str:
 
 
 def anchors(page: Path) -> set[str]:
+    """The anchors of the page's headings; a repeated heading gets -1, -2 … as on GitHub."""
     prose, _ = split_markdown(page.read_text(encoding="utf-8"))
     seen: dict[str, int] = {}
     for _, line in prose:
