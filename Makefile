@@ -2,7 +2,7 @@
 VENV      := .venv
 PY        := $(VENV)/bin/python
 FCNSEG    := $(VENV)/bin/fcnseg
-# CAFFE=cuda: the pycaffe with CUDA kernels (README, "GPU"); the default cpu is what CI uses.
+# CAFFE=cuda: the pycaffe with CUDA kernels (docs/gpu.md); the default cpu is what CI uses.
 CAFFE     ?= cpu
 STAMP     := $(VENV)/.setup-done-$(CAFFE)
 PYTEST_ARGS ?=

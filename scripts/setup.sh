@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian build dependencies, .venv, pycaffe (cached build), fcnseg editable.
 # A second run takes seconds. Usage: scripts/setup.sh   (run from anywhere; acts on the repository)
-# FCNSEG_CAFFE=cuda points .venv at the CUDA pycaffe instead of the CPU one (built once, cached; README "GPU").
+# FCNSEG_CAFFE=cuda points .venv at the CUDA pycaffe instead of the CPU one (built once, cached; docs/gpu.md).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
