@@ -129,7 +129,7 @@ def require_gpu(gpu: Optional[int]) -> None:
         raise CaffeUnavailableError(f"--gpu {gpu}: a GPU index must be >= 0")
     ok, reason = gpu_available(gpu)
     if not ok:
-        raise CaffeUnavailableError(f"--gpu {gpu}: {reason}; or run on the CPU with --cpu (README, 'GPU')")
+        raise CaffeUnavailableError(f"--gpu {gpu}: {reason}; or run on the CPU with --cpu (docs/gpu.md)")
 
 
 def set_device(gpu: Optional[int]):

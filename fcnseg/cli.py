@@ -141,7 +141,7 @@ def data_group():
               help="Val sources by name: frames of a stack (16-19 or 16,17,18,19) or file stems (a,b).")
 @click.option("--empty-tiles", type=float, default=None, metavar="F",
               help="Keep this fraction of the train tiles without foreground (every tile with foreground is "
-                   "kept). Default: from the data (see README, sparse objects).")
+                   "kept). Default: from the data (see docs/data.md, sparse objects).")
 @click.option("--augment/--no-augment", default=None,
               help="Store every train tile in its 8 flips/90-degree rotations. Default: from the data.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")

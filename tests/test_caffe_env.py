@@ -56,7 +56,7 @@ def test_set_device_refuses_a_negative_index_and_an_unusable_gpu():
 def test_gpu_check_script_without_a_usable_gpu_exits_1_naming_the_reason(tmp_path):
     ok, reason = gpu_available(0)
     if ok:
-        pytest.skip("GPU 0 works here: scripts/gpu_check.sh is the check to run (README, 'GPU')")
+        pytest.skip("GPU 0 works here: the GPU check is the one to run (docs/gpu-check.md)")
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True)

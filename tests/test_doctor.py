@@ -322,7 +322,7 @@ def test_effective_step_against_recipes(tmp_path, normalize, lr, momentum, kind,
 
 @pytest.mark.parametrize("tile", [256, 500])
 def test_staged_reference_rates_pass_on_small_tiles(tmp_path, tile):
-    """The README's staged recipe as shipped (16s at 1e-12, 8s at 1e-14, summed loss) on 256² or 500²
+    """The staged recipe of docs/training.md as shipped (16s at 1e-12, 8s at 1e-14, summed loss) on 256² or 500²
     tiles is the reference's own fine-tuning: no solver-step finding. The same 1e-14 on the 32s net gets
     the note that it is a fine-tuning rate (from VGG16 the weights would barely move)."""
     from conftest import REPO, write_tiny_dataset

@@ -3,7 +3,7 @@ words why it cannot learn.
 
 Prototxts are parsed with caffe_pb2 (no net is instantiated); geometry comes from `fcnseg.geometry`,
 caffemodel blob shapes from `fcnseg.caffemodel`, LMDB records from `fcnseg.dataset`.
-Each check returns `Finding`s: a severity (error / warning / info), a stable code (README: "Doctor findings"),
+Each check returns `Finding`s: a severity (error / warning / info), a stable code (docs/doctor.md: "Doctor findings"),
 the layer(s), one sentence on what is wrong and one on how to fix it. Severity answers "as written, will
 this fail?": what something outside the files can still supply (a transplant, bilinear surgery) is a warning
 that says what must happen before the first step; an error is what nothing can supply.

@@ -1,7 +1,7 @@
 """Reading a training curve: Caffe's glog output (`caffe train ... 2> caffe.log`, or pycaffe's stderr) or fcnseg's
 metrics.jsonl, and naming what it shows.
 
-Patterns (codes `log-*`, README "Doctor findings"):
+Patterns (codes `log-*`, docs/doctor.md, "Doctor findings"):
 - the loss sits at ln K: the net predicts the uniform distribution (dead net, nothing learns);
 - with a summed loss the same dead net gives a fixed value per image (pixels × ln K): the values recur;
 - 87.3365 = −ln(FLT_MIN): SoftmaxWithLoss clamps log(0), so some labelled pixel has probability exactly 0;
