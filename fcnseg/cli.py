@@ -75,8 +75,6 @@ def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, force,
 
     Example: fcnseg train configs/demo_hela.yaml --data data/hela --out runs/demo
     """
-
-
     if gpu is not None and use_cpu:
         raise click.UsageError("--gpu and --cpu exclude each other")
     sets = list(overrides) + ([f"data.root={data_root}"] if data_root else [])

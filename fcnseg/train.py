@@ -342,7 +342,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         _restore(solver, state, run_dir, config.solver.iter_size)
         out(f"resumed from {state.name} at iteration {solver.iter}")
     else:
-        rows = initialize(solver.net, config, config.init.weights)
+        rows = initialize(solver.net, config, config.init.weights, definition.train_val)
         out(format_report(rows))
         out(resolved.describe_input())
         warning = None if config.init.weights else scratch_warning(config)

@@ -37,11 +37,10 @@ def _describe_filler(filler) -> str:
     return "msra (He)" if filler.type == "msra" else filler.type
 
 
-def net_fillers(config: Config) -> dict[str, list[tuple[str, bool]]]:
-    """{layer: [(filler description, fixed)] per blob} from the net definition nets.py writes for `config`."""
-
+def net_fillers(net_param) -> dict[str, list[tuple[str, bool]]]:
+    """{layer: [(filler description, fixed)] per blob} of the net definition `net_param` (a NetParameter)."""
     out = {}
-    for layer in deploy_net(config, *config.model.deploy_size).layer:
+    for layer in net_param.layer:
         if layer.type in ("Convolution", "Deconvolution"):
             p = layer.convolution_param
             fillers = [p.weight_filler] + ([p.bias_filler] if p.bias_term else [])
@@ -121,8 +120,11 @@ def _absent_reason(name: str, index: dict[str, LayerRecord]) -> str:
     return "absent from the file"
 
 
-def initialize(net, config: Config, weights_path: str | Path | None = None) -> list[TransplantRow]:
+def initialize(net, config: Config, weights_path: str | Path | None = None, net_param=None) -> list[TransplantRow]:
     """Load the caffemodel `weights_path` (default `config.init.weights`) into pycaffe `net` by layer name.
+
+    `net_param` is the NetParameter `net` was built from, for the fillers its layers start from (default: the
+    deploy net `nets` builds for `config`; train passes the definition it built, so nothing is built twice).
 
     Applies `vgg16.transplant_rule` to every layer, checking all before copying any: a REQUIRED layer
     (trunk convolution) that is missing or mismatched raises WeightsError and nothing is copied (a
@@ -133,7 +135,7 @@ def initialize(net, config: Config, weights_path: str | Path | None = None) -> l
     """
     path = weights_path if weights_path is not None else config.init.weights
     params = net.params
-    fillers = net_fillers(config)
+    fillers = net_fillers(net_param if net_param is not None else deploy_net(config, *config.model.deploy_size))
 
     def filler(name, i, why):
         known = fillers.get(name, [])
