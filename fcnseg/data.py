@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 import yaml
 
-from . import __version__, runs
+from . import __version__, diskspace, runs, verify
 from .dataset import (DATASET_FILE, SPLITS, DatasetInfo, dataset_paths, datum_bytes, read_dataset,
                       read_dataset_yaml)
 from .errors import DataError
@@ -503,6 +503,9 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
                                 "8-bit (no intensity window); use one bit depth, or give --window-values LO,HI")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    diskspace.require(out.parent, diskspace.import_bytes([scan.sizes[p.name] for p in train + val], options.tile,
+                                                         options.tile_overlap, plan.copies),
+                      f"the dataset {out.name}", "free some space there, or choose another -o")
     tmp = out.parent / f".{out.name}.importing-{os.getpid()}"
     try:
         tmp.mkdir()
@@ -513,6 +516,7 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
                                                            options, previews, bar, split_plan)
         meta = _dataset_meta(images, labels, options, num_classes, window, means["train"], splits)
         meta["train_tiles"] = plan.record()
+        meta["checksums"] = verify.dataset_checksums(tmp)  # what `fcnseg data check` compares against
         slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1
         if slices > 1:
             meta["source"]["z_slices"] = slices

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .caffe_env import caffe_pb2
-from . import vgg16
+from . import diskspace, vgg16
 from .caffemodel import (CONVERT_HINT, V1_TYPES, LayerRecord, load_blob, read_caffemodel_index,
                          recorded_gray_mean, shape_text, write_caffemodel)
 from .config import Config
@@ -342,6 +342,8 @@ def convert_weights(src: str | Path, dst: str | Path, source_convention: Optiona
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     fmt = detect_format(src)
+    diskspace.require(dst.parent, diskspace.convert_bytes(src), f"the converted model {dst.name}",
+                      "free some space there, or choose another -o")
     if fmt == "caffemodel":
         model = SourceModel(src, "Caffe caffemodel", [], "chw", "caffe",
                             "a Caffe model: Caffe's VGG16 takes BGR 0-255 minus the ImageNet mean")
