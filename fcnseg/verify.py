@@ -128,7 +128,7 @@ def _record_problem(datum_class, value: bytes, expect: dict) -> tuple[Optional[s
 def scan_lmdb(path: str, expect: dict, report: Callable[[dict], None] = lambda _: None) -> dict:
     """Read the LMDB at `path` as Caffe will and compare it with `expect` (see `_expectations`).
 
-    Returns {records, shapes, bad_key, why}: bad_key None when every record is sound. `report` gets
+    Returns {records, shapes, where, why}: where (e.g. "at key 00000005") None when every record is sound. `report` gets
     {"at": key} every PROGRESS_EVERY records (the parent's clue when this process dies on a bad page).
     """
     import lmdb  # noqa: PLC0415
@@ -136,16 +136,16 @@ def scan_lmdb(path: str, expect: dict, report: Callable[[dict], None] = lambda _
     datum_class = _datum_class()
     crcs = np.frombuffer(base64.b64decode(expect["crc32"]), ">u4") if expect.get("crc32") else None
     sha, shapes, count, last = hashlib.sha256(), [], 0, None
-    result = {"records": 0, "shapes": shapes, "bad_key": None, "why": None}
+    result = {"records": 0, "shapes": shapes, "where": None, "why": None}
 
-    def bad(key, why):
-        result.update(records=count, bad_key=key, why=why)
+    def bad(where, why):
+        result.update(records=count, where=where, why=why)
         return result
 
     try:
         env = lmdb.open(path, readonly=True, lock=False, subdir=True)
     except lmdb.Error as exc:
-        return bad("(none: the file does not open)", f"not a readable LMDB ({exc})")
+        return bad("at its start", f"not a readable LMDB ({exc})")
     try:
         with env.begin() as txn:
             entries = txn.stat()["entries"]
@@ -163,32 +163,33 @@ def scan_lmdb(path: str, expect: dict, report: Callable[[dict], None] = lambda _
                     crc = _record_hash(sha, key, value)
                     if crcs is not None and expect.get("full", True):
                         if count >= len(crcs):
-                            return bad(name, f"an extra record: dataset.yaml records {len(crcs)}")
+                            return bad(f"at key {name}", f"an extra record: dataset.yaml records {len(crcs)}")
                         if crc != int(crcs[count]):
                             problem, _ = _record_problem(datum_class, value, expect)
-                            return bad(name, "its checksum differs from the one recorded at import"
+                            return bad(f"at key {name}", "its checksum differs from the one recorded at import"
                                        + (f", and {problem}" if problem else " (the Datum still parses)"))
                     problem, shape = _record_problem(datum_class, value, expect)
                     if problem:
-                        return bad(name, problem)
+                        return bad(f"at key {name}", problem)
                     shapes.append(shape)
                     count, last = count + 1, name
                     if count % PROGRESS_EVERY == 0:
                         report({"at": name})
             except lmdb.Error as exc:
-                after = f"the record after {last}" if last else "the first record"
-                return bad(after, f"the LMDB cannot be read there ({exc})")
+                return bad(f"after key {last}" if last else "at its first record",
+                           f"the LMDB cannot be read there ({exc})")
     finally:
         env.close()
     recorded = expect.get("records")
     if expect.get("full", True):
         if recorded is not None and count != recorded:
-            where = f"the record after {last}" if last else "the first record"
-            return bad(where, f"{count} records, {expect['records_source']} says {recorded} (truncated?)")
+            return bad(f"after key {last}" if last else "at its first record",
+                       f"{count} records, {expect['records_source']} says {recorded} (truncated?)")
         if expect.get("sha256") and sha.hexdigest() != expect["sha256"]:
-            return bad(last or "(none)", "the SHA-256 of its records differs from the one recorded at import")
+            return bad("somewhere (records equal one by one)",
+                       "the SHA-256 of its records differs from the one recorded at import")
     elif recorded is not None and entries != recorded:
-        return bad("(count)", f"{entries} records, {expect['records_source']} says {recorded}")
+        return bad("in its record count", f"{entries} records, {expect['records_source']} says {recorded}")
     result["records"] = count if expect.get("full", True) else entries
     return result
 
@@ -265,8 +266,8 @@ def _scan_in_child(path: str, expect: dict) -> dict:
     if result is None:
         how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}: "
                + (proc.stderr.strip().splitlines() or ["no message"])[-1])
-        where = f"the records after {last}" if last else "its first records"
-        return {"records": 0, "shapes": [], "bad_key": where,
+        where = f"after key {last}" if last else "at its first records"
+        return {"records": 0, "shapes": [], "where": where,
                 "why": f"reading it crashed the reader ({how}): its pages are damaged"}
     return result
 
@@ -291,8 +292,8 @@ def check_dataset(root: str | Path, full: Optional[bool] = None) -> DatasetCheck
     shapes = {}
     for path, expect in expectations.items():
         result = _scan_in_child(path, {**expect, "full": full})
-        if result["bad_key"] is not None:
-            raise DataError(f"{path}: damaged at key {result['bad_key']}: {result['why']}; {REIMPORT}")
+        if result["where"] is not None:
+            raise DataError(f"{path}: damaged {result['where']}: {result['why']}; {REIMPORT}")
         check.records[Path(path).name] = result["records"]
         shapes[path] = result["shapes"]
     for split in SPLITS:
