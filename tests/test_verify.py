@@ -7,6 +7,7 @@ deleted; `--resume --from-iter N` continues with the same numbering. Also: the s
 leaves are cleared at the start of a resume.
 """
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def run(capsys, *args):
 
 
 def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]  # not tqdm
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]
