@@ -24,11 +24,13 @@ files of `runs.write_atomic`, and a metrics.jsonl line cut by the kill.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
 import math
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -80,6 +82,7 @@ def dataset_checksums(root: str | Path) -> dict:
 
 # ---- reading every record back (the child's side) ---------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _datum_class():
     """caffe_pb2.Datum, loaded from pycaffe's generated file without importing Caffe itself (the child
     only parses records; importing caffe would load the whole library)."""
@@ -195,13 +198,17 @@ def scan_lmdb(path: str, expect: dict, report: Callable[[dict], None] = lambda _
 
 
 def _child_main() -> int:
-    """`python -m fcnseg.verify`: read {path, expect} as JSON on stdin, scan, print JSON lines."""
-    request = json.loads(sys.stdin.read())
-
+    """`python -m fcnseg.verify`: read [{path, expect}, ...] as JSON on stdin, scan each LMDB in turn until
+    one is bad, print JSON lines ({"start": path}, {"at": key}, {"result": ...})."""
     def report(line: dict) -> None:
         print(json.dumps(line), flush=True)
 
-    report({"result": scan_lmdb(request["path"], request["expect"], report)})
+    for request in json.loads(sys.stdin.read()):
+        report({"start": request["path"]})
+        result = scan_lmdb(request["path"], request["expect"], report)
+        report({"result": result})
+        if result["where"] is not None:
+            break
     return 0
 
 
@@ -219,15 +226,17 @@ class DatasetCheck:
 
     def lines(self) -> list[str]:
         total = sum(self.records.values())
-        how = ("every record read back: Datums parse, shapes and labels as recorded"
-               if self.full else "record counts and the first and last record of each")
-        sums = ("checksums equal to those recorded at import" if self.checksummed else
-                "no checksums recorded (imported by an older fcnseg; re-import to record them)")
-        lines = [f"{self.root}: {len(self.records)} LMDBs, {total} records; {how}; "
-                 + (sums if self.full else "") + f" ({self.seconds:.1f} s)"]
+        parts = [f"{self.root}: {len(self.records)} LMDBs, {total} records"]
+        if self.full:
+            parts += ["every record read back: Datums parse, shapes and labels as recorded",
+                      "checksums equal to those recorded at import" if self.checksummed else
+                      "no checksums recorded (imported by an older fcnseg; re-import to record them)"]
+        else:
+            parts.append("record counts and the first and last record of each")
+        lines = ["; ".join(parts) + f" ({self.seconds:.1f} s)"]
         if not self.full:
             lines.append(f"for a full pass over every record run `fcnseg data check {self.root}`")
-        return [line.replace("; (", " (") for line in lines]
+        return lines
 
 
 def _expectations(root: Path, info: DatasetInfo, meta: dict) -> dict[str, dict]:
@@ -250,26 +259,32 @@ def _expectations(root: Path, info: DatasetInfo, meta: dict) -> dict[str, dict]:
     return out
 
 
-def _scan_in_child(path: str, expect: dict) -> dict:
-    """`scan_lmdb` in a child process; a child that dies becomes a finding naming the last good key."""
+def _scan_in_child(expectations: dict[str, dict]) -> dict[str, dict]:
+    """`scan_lmdb` of each LMDB (path: expectation) in one child process, in order, up to the first bad one;
+    {path: result}. A child that dies becomes a finding for the LMDB it was reading, after its last good key."""
     env = dict(os.environ, GLOG_minloglevel="3")
-    proc = subprocess.run([sys.executable, "-m", "fcnseg.verify"], input=json.dumps({"path": path, "expect": expect}),
+    requests = [{"path": path, "expect": expect} for path, expect in expectations.items()]
+    proc = subprocess.run([sys.executable, "-m", "fcnseg.verify"], input=json.dumps(requests),
                           capture_output=True, text=True, env=env)
-    last, result = None, None
+    results, current, last = {}, requests[0]["path"], None
     for line in proc.stdout.splitlines():
         try:
             message = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if "start" in message:
+            current, last = message["start"], None
         last = message.get("at", last)
-        result = message.get("result", result)
-    if result is None:
-        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}: "
-               + (proc.stderr.strip().splitlines() or ["no message"])[-1])
+        if "result" in message:
+            results[current] = message["result"]
+    if current not in results:
+        if proc.returncode >= 0:  # a Python error in the child is fcnseg's bug, not the data's
+            raise RuntimeError(f"the LMDB reader (python -m fcnseg.verify) failed: {proc.stderr.strip()}")
+        how = f"killed by signal {signal.Signals(-proc.returncode).name}"
         where = f"after key {last}" if last else "at its first records"
-        return {"records": 0, "shapes": [], "where": where,
-                "why": f"reading it crashed the reader ({how}): its pages are damaged"}
-    return result
+        results[current] = {"records": 0, "shapes": [], "where": where,
+                            "why": f"reading it crashed the reader ({how}): its pages are damaged"}
+    return results
 
 
 def check_dataset(root: str | Path, full: Optional[bool] = None) -> DatasetCheck:
@@ -290,8 +305,9 @@ def check_dataset(root: str | Path, full: Optional[bool] = None) -> DatasetCheck
         full = sum((Path(p) / "data.mdb").stat().st_size for p in expectations) <= FULL_CHECK_BYTES
     check = DatasetCheck(root, full=full, checksummed=info.checksums is not None)
     shapes = {}
-    for path, expect in expectations.items():
-        result = _scan_in_child(path, {**expect, "full": full})
+    results = _scan_in_child({path: {**expect, "full": full} for path, expect in expectations.items()})
+    for path in expectations:
+        result = results[path]
         if result["where"] is not None:
             raise DataError(f"{path}: damaged {result['where']}: {result['why']}; {REIMPORT}")
         check.records[Path(path).name] = result["records"]

@@ -5,10 +5,12 @@ Not a test: it takes minutes and its moments are random. It imports a small synt
 `fcnseg data import`, starts `fcnseg train` on a tiny net and kills it with SIGKILL (the whole process
 group, as `kill -9` of the job) --kills times, cycling through three targets:
 
-  step        a random moment 0-1.5 s after the process logged a training iteration;
-  validation  a random moment inside the validation that follows an iteration that is a multiple of
-              train.val_interval (its length measured on the first one);
-  snapshot    the moment a file appears in snapshots/.partial/ (Caffe writing the snapshot).
+  step        a random moment 0-0.5 s after the process logged its k-th training iteration, k drawn
+              from 1..12 (so the run also gets past its next snapshots);
+  validation  a random moment inside the first validation the process runs (after an iteration that
+              is a multiple of train.val_interval; its length measured on the first one seen);
+  snapshot    the moment a file appears in snapshots/.partial/ (Caffe writing the snapshot), at the
+              process's first or second snapshot (drawn).
 
 Each kill is classified by what the run folder shows at that moment (a killed validation or snapshot
 that had already finished counts as a step). After each kill the run is continued with `--resume`
@@ -132,18 +134,23 @@ class Injector:
         """Sleep until the chosen moment of `target`; False when the process ended first."""
         deadline = time.monotonic() + 300
         val_every = CONFIG["train"]["val_interval"]
+        steps, skip, writing = self.rng.randint(1, 12), self.rng.randint(0, 1), False
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 return False
             if target == "snapshot":
-                if partial_files(run):
+                now = bool(partial_files(run))
+                if now and not writing and skip == 0:
                     return True
+                if writing and not now:
+                    skip -= 1
+                writing = now
                 time.sleep(0.001)
                 continue
             events = read_events(run)[seen:]
             trains = [e for e in events if e.get("event") == "train"]
-            if target == "step" and trains:
-                time.sleep(self.rng.uniform(0, 1.5))
+            if target == "step" and len(trains) >= steps:
+                time.sleep(self.rng.uniform(0, 0.5))
                 return True
             if target == "validation" and trains and trains[-1]["iter"] % val_every == 0:
                 time.sleep(self.rng.uniform(0.02, 0.9 * self.val_seconds))

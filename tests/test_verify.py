@@ -144,15 +144,20 @@ def test_labels_out_of_range_are_named_by_key(tmp_path):
 
 
 def test_the_reader_crashing_is_a_finding_not_an_abort(tmp_path, monkeypatch):
-    """A child that dies (as the LMDB library can on a damaged page) is reported with the LMDB's name."""
+    """A reader that dies of a signal (as the LMDB library can on a damaged page: SIGSEGV) is reported with
+    the LMDB it was reading and its last good key; the reader here is a stand-in that reports its first
+    256 records of train_images_lmdb and then crashes."""
     ds = checksummed_dataset(tmp_path / "ds", n_train=4, n_val=2)
     real_run = verify.subprocess.run
+    images = str(ds / "train_images_lmdb")
+    crash = (f"import json, os, signal; print(json.dumps({{'start': {images!r}}})); "
+             "print(json.dumps({'at': '00000255'}), flush=True); os.kill(os.getpid(), signal.SIGSEGV)")
 
     def crashing(args, **kw):
-        kw["input"] = kw["input"].replace('"path"', '"crash"', 1)  # the child's KeyError ends it with exit 1
-        return real_run(args, **kw)
+        return real_run([args[0], "-c", crash], **kw)
     monkeypatch.setattr(verify.subprocess, "run", crashing)
-    with pytest.raises(DataError, match="train_images_lmdb: damaged at its first records: reading it crashed"):
+    with pytest.raises(DataError, match="train_images_lmdb: damaged after key 00000255: reading it crashed the "
+                                        r"reader \(killed by signal SIGSEGV\)"):
         verify.check_dataset(ds)
 
 
@@ -250,3 +255,16 @@ def test_a_resume_clears_what_a_kill_left(tmp_path, two_snapshot_run, capsys):
     assert not list(partial.iterdir()) and not list(run_dir.glob(".*.tmp*"))
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["event"] for line in lines].count("done") == 2  # every line parses
+
+
+def test_quick_check_reads_counts_and_ends(tmp_path, capsys):
+    ds = checksummed_dataset(tmp_path / "ds", n_train=8, n_val=4)
+    rc, out, _ = run(capsys, "data", "check", ds, "--quick")
+    assert rc == 0 and "record counts and the first and last record of each" in out
+    assert f"run `fcnseg data check {ds}`" in out
+    meta = yaml.safe_load((ds / "dataset.yaml").read_text())
+    meta["checksums"]["val_labels_lmdb"]["records"] = 5  # one record lost on the way
+    (ds / "dataset.yaml").write_text(yaml.safe_dump(meta))
+    rc, _, err = run(capsys, "data", "check", ds, "--quick")
+    assert rc == 2 and "val_labels_lmdb: damaged in its record count: 4 records, dataset.yaml checksums says 5" \
+        in one_error_line(err)
