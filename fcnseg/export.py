@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 from google.protobuf import text_format
 
-from . import runs
+from . import diskspace, runs
 from .caffe_env import caffe_pb2
 from .errors import DataError, RunError
 from .files import DEPLOY_FILE, write_bytes_atomic
@@ -249,6 +249,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
         entry.key, entry.value = key, value
     data = model.SerializeToString()
     out.parent.mkdir(parents=True, exist_ok=True)
+    diskspace.require(out.parent, len(data), f"the ONNX model {out.name}", "free some space, or choose another -o")
     write_bytes_atomic(out, data)
     return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
                         len(data), time.perf_counter() - start)

@@ -8,8 +8,9 @@ Snapshots are snapshots/train_iter_N.{caffemodel,solverstate}; `snapshot_stem` w
 `snapshot_iteration` reads those names, here only. A dataset folder (what `fcnseg data import` writes) holds
 dataset.yaml and one LMDB per split and kind (`dataset_paths`).
 
-Everything is written under a temporary name and renamed (`write_atomic`), so an interrupted write never
-leaves a half file behind.
+Everything is written under a temporary name, fsync'd and renamed (`write_atomic`), so an interrupted write
+never leaves a half file behind and a power loss leaves the old file or the new one; logs grow by whole,
+fsync'd lines (`append_line`).
 """
 from __future__ import annotations
 
@@ -77,9 +78,43 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
         write(tmp)
+        fsync_file(tmp)  # the bytes reach the disk before the rename publishes them (power loss: old or new)
         tmp.replace(path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to the disk (os.fsync), whoever wrote it (Caffe, PIL, numpy)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line (newline added) to a log such as metrics.jsonl, fsync'd before returning, so a
+    power loss keeps every line written before it; a kill can only cut the line being written."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

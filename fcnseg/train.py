@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from . import files, runs
+from . import diskspace, files, runs, verify
 from .caffe_env import CaffeLogRedirect, caffe_pb2, require_gpu, set_device
 from .config import Config, config_differences, load_config
 from .dataset import DatasetInfo
@@ -184,8 +184,24 @@ class Trainer:
 
     # -- events
     def log_event(self, event: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(event) + "\n")
+        files.append_line(self.metrics_path, json.dumps(event))  # fsync'd: a power loss keeps every line
+
+    def ensure_space(self, nbytes: int, what: str, it: int) -> None:
+        """Stop with DiskFullError (exit 2) and a `stopped` event unless `nbytes` fit in the run folder, before
+        Caffe writes them (a failed write there aborts the process); the snapshots already written stay."""
+        try:
+            diskspace.require(self.run_dir, nbytes, what, "free some space there")
+        except diskspace.DiskFullError as exc:
+            try:
+                self.log_event({"event": "stopped", "iter": it, "reason": "disk full", "needed": nbytes,
+                                "free": diskspace.free_bytes(self.run_dir)})
+            except OSError:
+                pass  # not even a line fits; the message below still says everything
+            last = runs.newest_solverstate(self.run_dir)
+            raise diskspace.DiskFullError(
+                f"{exc}; training stopped at iteration {it}, the last good snapshot is "
+                f"{last if last is not None else 'none (nothing to resume)'}; after freeing space continue with "
+                f"`fcnseg train {self.run_dir / files.CONFIG_FILE} --resume {self.run_dir}`") from None
 
     def warn(self, text: str) -> None:
         self.out("\n" + "!" * 78 + "\n" + text + "\n" + "!" * 78)
@@ -193,17 +209,22 @@ class Trainer:
     # -- snapshots
     def snapshot(self, solver) -> Path:
         """Write caffemodel + solverstate under .partial/, then rename: solverstate last, as the marker."""
+        self.ensure_space(diskspace.snapshot_bytes(solver.net, self.config.solver.type),
+                          f"the snapshot of iteration {solver.iter}", solver.iter)
         partial = self.run_dir / files.SNAPSHOT_DIR / ".partial"
         partial.mkdir(parents=True, exist_ok=True)
         solver.snapshot()
         stem = files.snapshot_stem(solver.iter)
         model, state = partial / f"{stem}.caffemodel", partial / f"{stem}.solverstate"
         final_dir = self.run_dir / files.SNAPSHOT_DIR
+        files.fsync_file(model), files.fsync_file(state)  # on the disk before the renames publish them
         model.replace(final_dir / model.name)
         state.replace(final_dir / state.name)
+        files.fsync_dir(final_dir)
         return final_dir / state.name
 
-    def save_weights(self, net, name: str) -> None:
+    def save_weights(self, net, name: str, it: int) -> None:
+        self.ensure_space(diskspace.weights_bytes(net), name, it)
         files.write_atomic(self.run_dir / name, lambda tmp: net.save(str(tmp)))
 
     # -- health
@@ -306,13 +327,14 @@ def _install_signal_handlers(trainer: Trainer):
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Optional[int] = None,
-          force: bool = False, weights: Optional[str] = None, out=print) -> int:
+          force: bool = False, weights: Optional[str] = None, out=print, from_iter: Optional[int] = None) -> int:
     """Train `config` into `run_dir`; returns the process exit code (0, or 130/143 on signals).
 
     A NaN/inf loss ends the *process* with exit code 1 (os._exit) after writing the message, the
     metrics event and keeping the last good snapshot: by then Caffe may have corrupted its heap.
 
-    With `resume`, continues from run_dir's newest solverstate with the same iteration numbering.
+    With `resume`, continues from run_dir's newest solverstate with the same iteration numbering (or from
+    the snapshot of iteration `from_iter`, setting the newer ones aside; see verify.resume_point).
     Raises FcnsegError subclasses for bad input (before anything is trained).
     """
     run_dir = Path(run_dir)
@@ -321,13 +343,17 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         config.init.weights = weights
     resolved, write = prepare_run(config, run_dir, resume, force)
     config, info = resolved.config, resolved.dataset
-    state = runs.newest_solverstate(run_dir) if resume else None
+    resume_hint = f"fcnseg train {run_dir / files.CONFIG_FILE} --resume {run_dir}"
+    state = verify.resume_point(run_dir, from_iter, resume_hint) if resume else None
     if resume and state is None:
         raise RunError(f"{run_dir}: no snapshot to resume from (snapshots/*.solverstate); "
                        "start it again without --resume into a new --out")
+    out("data check: " + " ".join(verify.check_dataset(config.data.root, info=info).lines()))  # before Caffe reads it
     definition = runs.build_definition(resolved)
     _run_doctor(definition, force, out)  # before anything is written: a refused setup leaves no run folder
     require_gpu(gpu)  # likewise an unusable --gpu
+    for line in verify.clear_stale(run_dir):
+        out(line)
     if write:
         runs.write_definition(definition, run_dir)
 
@@ -338,7 +364,16 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
             caffe.set_random_seed(config.solver.random_seed)
         solver = caffe.get_solver(str(_solver_file(run_dir, definition)))
     trainer = Trainer(config, info, run_dir, out)
+    trainer.ensure_space(diskspace.snapshot_bytes(solver.net, config.solver.type), "a snapshot of this net",
+                         files.snapshot_iteration(state) if state is not None else 0)
     if state is not None:
+        why = verify.snapshot_fit_problem(solver.net, state, config.solver.type)
+        if why:
+            raise RunError(f"{state}: cannot be restored into this run's net ({why}); resume with the run's "
+                           "own config")
+        if from_iter is not None:
+            for path in verify.set_aside_newer(run_dir, from_iter):
+                out(f"set aside {path.name} (newer than iteration {from_iter}) in {path.parent}")
         _restore(solver, state, run_dir, config.solver.iter_size)
         out(f"resumed from {state.name} at iteration {solver.iter}")
     else:
@@ -436,7 +471,7 @@ def _loop(solver, trainer: Trainer) -> int:
             trainer.out(f"stopped by {name} at iteration {solver.iter}; snapshot {last_snapshot}\n"
                         f"resume with: fcnseg train {run_dir / files.CONFIG_FILE} --resume {run_dir}")
             return EXIT_SIGNAL[trainer.stop_signal]
-        trainer.save_weights(solver.net, files.FINAL_WEIGHTS)
+        trainer.save_weights(solver.net, files.FINAL_WEIGHTS, solver.iter)
         trainer.log_event({"event": "done", "iter": solver.iter, "best_mean_iu": trainer.best,
                            "elapsed": round(time.time() - trainer.t0, 3)})
         trainer.out(f"done: {solver.iter} iterations in {time.time() - trainer.t0:.0f} s; best val mean IU "
@@ -464,5 +499,5 @@ def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
     trainer.check_val(result, it, solver.net)
     if result["mean_iu"] is not None and result["mean_iu"] > trainer.best:
         trainer.best = result["mean_iu"]
-        trainer.save_weights(solver.net, files.BEST_WEIGHTS)
+        trainer.save_weights(solver.net, files.BEST_WEIGHTS, it)
     plot_history(trainer.history, trainer.run_dir)

@@ -14,9 +14,9 @@ MAX_LINES = 600
 # without a circle). Building blocks first, then the stages, then the command line.
 LAYERS = [
     {"errors", "files", "geometry", "metrics", "vgg16", "recipes", "conventions"},  # facts; import nothing of ours
-    {"config", "caffe_env", "images"},
+    {"config", "caffe_env", "images", "diskspace"},
     {"caffemodel", "dataset", "nets"},
-    {"inputs", "solver", "weight_formats"},
+    {"inputs", "solver", "weight_formats", "verify"},
     {"resolve", "onnxmodel"},
     {"runs"},
     {"data", "weights", "doctor", "evaluate", "export", "infer"},  # stages

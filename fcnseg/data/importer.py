@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, diskspace, verify
 from ..dataset import DatasetInfo, datum_bytes, read_dataset
 from ..errors import DataError
 from ..files import DATASET_FILE, SPLITS, dataset_paths
@@ -107,6 +107,9 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
                                 "8-bit (no intensity window); use one bit depth, or give --window-values LO,HI")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    diskspace.require(out.parent, diskspace.import_bytes([scan.sizes[p.name] for p in train + val], options.tile,
+                                                         options.tile_overlap, plan.copies),
+                      f"the dataset {out.name}", "free some space there, or choose another -o")
     tmp = out.parent / f".{out.name}.importing-{os.getpid()}"
     try:
         tmp.mkdir()
@@ -117,6 +120,7 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
                                                            options, previews, bar, split_plan)
         meta = _dataset_meta(images, labels, options, num_classes, window, means["train"], splits)
         meta["train_tiles"] = plan.record()
+        meta["checksums"] = verify.dataset_checksums(tmp)  # what `fcnseg data check` compares against
         slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1
         if slices > 1:
             meta["source"]["z_slices"] = slices

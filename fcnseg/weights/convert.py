@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 from google.protobuf import text_format
 
-from .. import vgg16
+from .. import diskspace, vgg16
 from ..caffe_env import caffe_pb2
 from ..caffemodel import (
     V1_TYPES,
@@ -336,6 +336,8 @@ def convert_weights(src: str | Path, dst: str | Path, source_convention: Optiona
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     fmt = detect_format(src)
+    diskspace.require(dst.parent, diskspace.convert_bytes(src), f"the converted model {dst.name}",
+                      "free some space there, or choose another -o")
     if fmt == "caffemodel":
         model = SourceModel(src, "Caffe caffemodel", [], "chw", "caffe",
                             "a Caffe model: Caffe's VGG16 takes BGR 0-255 minus the ImageNet mean")
