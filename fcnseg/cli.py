@@ -114,9 +114,18 @@ def data_group():
 
 @data_group.command("import")
 @click.option("--images", required=True, type=click.Path(exists=True),
-              help="Folder of images (paired with --labels by file stem) or one multi-page TIFF / .npy stack.")
+              help="Folder of images (paired with --labels by file stem), one multi-page TIFF / .npy stack, or a "
+                   "Caffe LMDB of image Datums (a folder holding data.mdb; paired with --labels by key).")
 @click.option("--labels", required=True, type=click.Path(exists=True),
-              help="Folder of masks, or a mask stack with one frame per image frame.")
+              help="Folder of masks, a mask stack with one frame per image frame, or a Caffe LMDB of label Datums.")
+@click.option("--val-images", type=click.Path(exists=True), default=None,
+              help="The val split as its own sources, of any kind --images takes (e.g. your val_lmdb); "
+                   "then --images/--labels are all train.")
+@click.option("--val-labels", type=click.Path(exists=True), default=None,
+              help="The labels of --val-images (e.g. your val_label_lmdb).")
+@click.option("--mean-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A Caffe mean .binaryproto of the image LMDB (transform_param mean_file): recorded as the "
+                   "dataset's mean (one value; its channel count is checked), so data.mean: auto keeps it.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(),
               help="Dataset folder to create (LMDBs, dataset.yaml, preview.png).")
 @click.option("--to-gray", is_flag=True, help="Convert RGB(A) images to gray (BT.601 luma) instead of refusing them.")
@@ -147,10 +156,15 @@ def data_import(images, labels, out_dir, **options):
 
     Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256
     --val 16-19 -o data/hela_ds
+
+    Example (Caffe LMDBs): fcnseg data import --images train_lmdb --labels train_label_lmdb --val-images val_lmdb
+    --val-labels val_label_lmdb --mean-file mean.binaryproto -o data/mine
     """
+    from .caffe_lmdb import mean_lines  # noqa: PLC0415
     from .data import ImportOptions, import_dataset  # noqa: PLC0415
 
-    for line in import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options)).lines():
+    result = import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options))
+    for line in mean_lines(result.meta) + result.lines():
         click.echo(line)
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 import yaml
 
-from . import __version__, runs
+from . import __version__, caffe_lmdb, runs
 from .dataset import (DATASET_FILE, SPLITS, DatasetInfo, dataset_paths, datum_bytes, read_dataset,
                       read_dataset_yaml)
 from .errors import DataError
@@ -81,6 +81,9 @@ class ImportOptions:
     overwrite: bool = False
     empty_tiles: Optional[float] = None
     augment: Optional[bool] = None
+    val_images: Optional[str] = None  # a val split given as its own sources (caffe_lmdb.separate_val)
+    val_labels: Optional[str] = None
+    mean_file: Optional[str] = None  # a Caffe mean .binaryproto for LMDB sources (caffe_lmdb.read_mean_file)
 
     def __post_init__(self):
         if self.ignore_label is not None and not 0 <= self.ignore_label <= 255:
@@ -112,6 +115,10 @@ class ImportOptions:
             raise DataError("give either --val (named val sources) or --val-fraction, not both")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"--val-fraction {self.val_fraction}: need a fraction strictly between 0 and 1")
+        if (self.val_images is None) != (self.val_labels is None):
+            raise DataError("--val-images and --val-labels go together: the val images and their labels")
+        if self.val_images is not None and (self.val is not None or self.val_fraction is not None):
+            raise DataError("--val-images/--val-labels give the val split; drop --val and --val-fraction")
 
     @property
     def ignore(self) -> int:
@@ -183,6 +190,8 @@ def list_pairs(images: Path, labels: Path, to_gray: bool = False) -> tuple[list[
     for path, option in ((images, "--images"), (labels, "--labels")):
         if not path.exists():
             raise DataError(f"{option} {path}: not found")
+    if caffe_lmdb.is_caffe_lmdb(images) or caffe_lmdb.is_caffe_lmdb(labels):
+        return caffe_lmdb.lmdb_pairs(images, labels, to_gray), False
     if images.is_dir() != labels.is_dir():
         raise DataError(f"--images {images} and --labels {labels}: give two folders (paired by file stem) "
                         "or two stacks (paired by frame), not one of each")
@@ -491,7 +500,13 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
     out = Path(out)
     _check_destination(out, options.overwrite)
     pairs, frames = list_pairs(Path(images), Path(labels), options.to_gray)
-    train, val = split_pairs(pairs, frames, options)
+    if options.val_images is not None:
+        val_pairs, _ = list_pairs(Path(options.val_images), Path(options.val_labels), options.to_gray)
+        train, val = caffe_lmdb.separate_val(pairs, val_pairs)
+        pairs = train + val
+    else:
+        train, val = split_pairs(pairs, frames, options)
+    user_mean = caffe_lmdb.read_mean_file(options.mean_file, images, options.to_gray) if options.mean_file else None
     scan = _scan(train, val, options, progress)
     num_classes = _num_classes(train + val, scan, options)
     plan = plan_train_tiles(scan.foreground_tiles, scan.train_label_pixels[:num_classes], options)
@@ -513,6 +528,8 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
                                                            options, previews, bar, split_plan)
         meta = _dataset_meta(images, labels, options, num_classes, window, means["train"], splits)
         meta["train_tiles"] = plan.record()
+        if user_mean is not None:
+            caffe_lmdb.record_mean(meta, user_mean, window)
         slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1
         if slices > 1:
             meta["source"]["z_slices"] = slices
