@@ -272,12 +272,28 @@ def weights_inspect(path):
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.option("--log", "log_path", type=click.Path(exists=True, dir_okay=False),
               help="A training log (Caffe's glog output or fcnseg's metrics.jsonl): name what the curve shows.")
-def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_path):
+@click.option("--write-config", "write_config_path", type=click.Path(dir_okay=False), metavar="OUT.yaml",
+              help="Write the fcnseg config that builds the net TRAIN_VAL meant, with what doctor finds wrong "
+                   "corrected (each correction commented beside its key); refuses nets fcnseg cannot build.")
+@click.option("--data", "data_root", type=click.Path(exists=True, file_okay=False),
+              help="With --write-config: the dataset imported with `fcnseg data import` (sets data.root).")
+def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_path, write_config_path, data_root):
     """Explain what keeps a net from learning, and how to fix it. Exit 1 if any error.
 
     Example: fcnseg doctor train_val.prototxt solver.prototxt --weights vgg16.caffemodel
     Example: fcnseg doctor --log caffe.log train_val.prototxt solver.prototxt
+    Example: fcnseg doctor train_val.prototxt solver.prototxt --write-config mine.yaml --data data/mine
     """
+    if write_config_path is not None or data_root is not None:
+        from .doctor.write_config import write_config  # noqa: PLC0415
+
+        if write_config_path is None or config_path is not None or log_path is not None or not 1 <= len(files) <= 2:
+            raise click.UsageError("--write-config OUT.yaml takes TRAIN_VAL.prototxt [SOLVER.prototxt] "
+                                   "(and optionally --weights, --data), not --config or --log")
+        written = write_config(files[0], files[1] if len(files) > 1 else None, write_config_path, weights, data_root)
+        for line in written.lines():
+            click.echo(line)
+        return
     from .doctor import (diagnose_config, diagnose_files, diagnose_log, findings_json,  # noqa: PLC0415
                          format_findings, has_errors)
 
