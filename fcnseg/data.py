@@ -530,6 +530,8 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
         meta["train_tiles"] = plan.record()
         if user_mean is not None:
             caffe_lmdb.record_mean(meta, user_mean, window)
+        if options.val_images is not None:
+            meta["source"].update(val_images=str(options.val_images), val_labels=str(options.val_labels))
         slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1
         if slices > 1:
             meta["source"]["z_slices"] = slices

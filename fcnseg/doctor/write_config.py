@@ -603,6 +603,8 @@ def write_config(train_val: str | Path, solver_path: Optional[str | Path], out: 
         if c.values[("model", "input_channels")] != 1:
             c.change("model", "input_channels", c.values[("model", "input_channels")], 1,
                      "fcnseg datasets hold one channel")
+        else:
+            c.comments[("model", "input_channels")] = ["the dataset's (fcnseg datasets hold one channel)"]
         mean_file = (read_dataset_yaml(data_root).get("source") or {}).get("mean_file")
         if mean_file and c.values.get(("data", "mean")) == "auto":
             c.note("data", "mean", f"the dataset records {Path(mean_file['path']).name}'s mean "
