@@ -241,8 +241,6 @@ def _skip_source(n: _Net, layer, pool_tops: dict, facts: NetFacts):
                        if blob in w.top), None)
         if writer is None or not writer.bottom or writer.type not in ("Scale", "Dropout", "ReLU"):
             return None
-        if writer is facts.fc7 or blob in (facts.fc7.top[0],):
-            return "fc7"
         blob, reader = writer.bottom[0], writer
     return None
 
@@ -357,7 +355,7 @@ def _num(x: float) -> float:
     return float(f"{x:.7g}")
 
 
-def _read_data(n: _Net, facts: NetFacts, c: Choices, findings: list[Finding], channels: int) -> None:
+def _read_data(n: _Net, facts: NetFacts, c: Choices, findings: list[Finding]) -> None:
     codes = {f.code: f for f in findings}
     layer = facts.image_layer
     batch = 1
@@ -404,7 +402,6 @@ def _read_data(n: _Net, facts: NetFacts, c: Choices, findings: list[Finding], ch
         c.set("data", "ignore_label", ignore, f"ignore_label of '{facts.loss.name}'")
     mode = _loss_mode(facts.loss)
     c.set("loss", "normalize", mode in ("VALID", "FULL"), f"normalization {mode}")
-    del channels
 
 
 def _read_solver(solver, c: Choices) -> None:
@@ -583,7 +580,7 @@ def write_config(train_val: str | Path, solver_path: Optional[str | Path], out: 
                 "Keys read from those files; '# was: ..., now: ..., because: ...' marks a correction doctor asked",
                 "for, '# doctor CODE: kept ...' a finding the config keeps. Check: fcnseg doctor --config THIS.yaml"]
     _read_net(n, facts, c, findings, bases, shapes)
-    _read_data(n, facts, c, findings, c.values[("model", "input_channels")])
+    _read_data(n, facts, c, findings)
     if solver is not None:
         _read_solver(solver, c)
     image_size = _declared_size(n)
