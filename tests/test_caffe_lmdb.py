@@ -243,3 +243,19 @@ def test_val_images_need_val_labels(capsys, tmp_path):
     rc, _, err = run(capsys, "data", "import", "--images", paths["train"], "--labels", paths["train_label"],
                      "--val-images", paths["val"], "-o", tmp_path / "ds")
     assert rc == 2 and "--val-images and --val-labels go together" in err
+
+
+def test_val_images_for_folders_keep_shared_names_apart(capsys, tmp_path):
+    """--val-images/--val-labels take any source kind; a.png in both splits stays two sources."""
+    images, labels = samples(4, seed=5)
+    for split, index in (("train", (0, 1)), ("val", (2, 3))):
+        for kind, arrays in (("img", images), ("lab", labels)):
+            (tmp_path / split / kind).mkdir(parents=True)
+            for name, i in zip(("a", "b"), index):
+                Image.fromarray(arrays[i][0]).save(tmp_path / split / kind / f"{name}.png")
+    rc, _, err = run(capsys, "data", "import", "--images", tmp_path / "train/img", "--labels", tmp_path / "train/lab",
+                     "--val-images", tmp_path / "val/img", "--val-labels", tmp_path / "val/lab", "-o", tmp_path / "ds")
+    assert rc == 0, err
+    info = read_dataset(tmp_path / "ds")
+    assert info.split("train").sources == ("a.png", "b.png") and info.split("val").sources == ("val/a.png", "val/b.png")
+    assert np.array_equal(stored(tmp_path / "ds/val_images_lmdb")[0], images[2][0])
