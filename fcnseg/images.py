@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
 # ITU-R BT.601 luma, what PIL's convert("L") uses; applied to any dtype by --to-gray.
-_LUMA = np.array([0.299, 0.587, 0.114])
+LUMA = np.array([0.299, 0.587, 0.114])
 _TIFF_SPATIAL = set("YX")
 _TIFF_CHANNEL = set("SC")  # S: samples per pixel (RGB), C: separate channels (ImageJ/OME)
 
@@ -101,8 +101,8 @@ def read_time_stack(path: str | Path, kind: str = "image", to_gray: bool = False
         # tifffile stores a 3- or 4-frame stack as planar RGB unless told photometric='minisblack'.
         hint = (f"; if it is really a stack of {channels} frames, re-save it with "
                 "tifffile.imwrite(..., photometric='minisblack')") if suffix in (".tif", ".tiff") else ""
-        frames = _to_single_channel(frames, channels, path, kind, to_gray, hint)
-    return _check_values(frames, path, kind), slices
+        frames = to_single_channel(frames, channels, path, kind, to_gray, hint)
+    return check_values(frames, path, kind), slices
 
 
 def _single(stack: np.ndarray, path) -> np.ndarray:
@@ -204,7 +204,7 @@ def _channels_equal(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
 
 
-def _to_single_channel(frames: np.ndarray, channels: int, path: Path, kind: str, to_gray: bool,
+def to_single_channel(frames: np.ndarray, channels: int, path: Path, kind: str, to_gray: bool,
                        hint: str = "") -> np.ndarray:
     """(N, H, W, C) colour frames -> (N, H, W) luma, or DataError saying what to do (plus `hint`)."""
     rgb = channels in (3, 4)
@@ -220,14 +220,14 @@ def _to_single_channel(frames: np.ndarray, channels: int, path: Path, kind: str,
         same = " (its R, G and B are identical, so nothing is lost)" if _channels_equal(frames[..., :3]) else ""
         raise DataError(f"{path}: image is {'RGBA' if channels == 4 else 'RGB'}; fcnseg takes single-channel "
                         f"images: pass --to-gray to convert with BT.601 luma{same}{hint}")
-    luma = frames[..., :3].astype(np.float64) @ _LUMA
+    luma = frames[..., :3].astype(np.float64) @ LUMA
     if frames.dtype.kind in "ui":
         info = np.iinfo(frames.dtype)
         return np.clip(np.rint(luma), info.min, info.max).astype(frames.dtype)
     return luma.astype(np.float32)
 
 
-def _check_values(frames: np.ndarray, path: Path, kind: str) -> np.ndarray:
+def check_values(frames: np.ndarray, path: Path, kind: str) -> np.ndarray:
     if frames.dtype == bool:
         frames = frames.astype(np.uint8) * (255 if kind == "image" else 1)
     if frames.dtype.kind not in "uif":

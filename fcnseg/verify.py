@@ -49,8 +49,8 @@ from .caffe_env import caffe_pb2
 from .caffemodel import read_caffemodel_index
 from .dataset import DatasetInfo, read_dataset
 from .diskspace import HISTORY_BLOBS
-from .files import SPLITS, dataset_paths
 from .errors import DataError, RunError, WeightsError
+from .files import SPLITS, dataset_paths
 
 # `train` reads every record when the LMDBs hold at most this many bytes, else only the counts and the
 # first and last record of each (and says how to run the full pass).

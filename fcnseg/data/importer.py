@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__, diskspace, verify
+from . import caffe_lmdb
 from ..dataset import DatasetInfo, datum_bytes, read_dataset
 from ..errors import DataError
 from ..files import DATASET_FILE, SPLITS, dataset_paths
@@ -84,6 +85,14 @@ class ImportResult:
                    f"({rate / 1e6:.2f} Mpixels/s); wrote {self.out}"])
 
 
+def source_pairs(images: Path, labels: Path, to_gray: bool) -> tuple[list[Pair], bool]:
+    """The source pairs of --images/--labels and whether they are stack frames: two Caffe LMDBs paired by key
+    (`caffe_lmdb.lmdb_pairs`), else two folders or two stacks (`sources.list_pairs`)."""
+    if caffe_lmdb.is_caffe_lmdb(images) or caffe_lmdb.is_caffe_lmdb(labels):
+        return caffe_lmdb.lmdb_pairs(images, labels, to_gray), False
+    return list_pairs(images, labels, to_gray)
+
+
 def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
                    options: ImportOptions = ImportOptions(), progress: bool = True) -> ImportResult:
     """Import images and masks into the dataset folder `out` (see the module docstring).
@@ -94,8 +103,14 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
     started = time.monotonic()
     out = Path(out)
     _check_destination(out, options.overwrite)
-    pairs, frames = list_pairs(Path(images), Path(labels), options.to_gray)
-    train, val = split_pairs(pairs, frames, options)
+    pairs, frames = source_pairs(Path(images), Path(labels), options.to_gray)
+    if options.val_images is not None:
+        val_pairs, _ = source_pairs(Path(options.val_images), Path(options.val_labels), options.to_gray)
+        train, val = caffe_lmdb.separate_val(pairs, val_pairs)
+        pairs = train + val
+    else:
+        train, val = split_pairs(pairs, frames, options)
+    user_mean = caffe_lmdb.read_mean_file(options.mean_file, images, options.to_gray) if options.mean_file else None
     scan = _scan(train, val, options, progress)
     num_classes = _num_classes(train + val, scan, options)
     plan = plan_train_tiles(scan.foreground_tiles, scan.train_label_pixels[:num_classes], options)
@@ -121,6 +136,10 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
         meta = _dataset_meta(images, labels, options, num_classes, window, means["train"], splits)
         meta["train_tiles"] = plan.record()
         meta["checksums"] = verify.dataset_checksums(tmp)  # what `fcnseg data check` compares against
+        if user_mean is not None:
+            caffe_lmdb.record_mean(meta, user_mean, window)
+        if options.val_images is not None:
+            meta["source"].update(val_images=str(options.val_images), val_labels=str(options.val_labels))
         slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1
         if slices > 1:
             meta["source"]["z_slices"] = slices

@@ -45,6 +45,9 @@ class ImportOptions:
     overwrite: bool = False
     empty_tiles: Optional[float] = None
     augment: Optional[bool] = None
+    val_images: Optional[str] = None  # a val split given as its own sources (caffe_lmdb.separate_val)
+    val_labels: Optional[str] = None
+    mean_file: Optional[str] = None  # a Caffe mean .binaryproto for LMDB sources (caffe_lmdb.read_mean_file)
 
     def __post_init__(self):
         if self.ignore_label is not None and not 0 <= self.ignore_label <= 255:
@@ -76,6 +79,10 @@ class ImportOptions:
             raise DataError("give either --val (named val sources) or --val-fraction, not both")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"--val-fraction {self.val_fraction}: need a fraction strictly between 0 and 1")
+        if (self.val_images is None) != (self.val_labels is None):
+            raise DataError("--val-images and --val-labels go together: the val images and their labels")
+        if self.val_images is not None and (self.val is not None or self.val_fraction is not None):
+            raise DataError("--val-images/--val-labels give the val split; drop --val and --val-fraction")
 
     @property
     def ignore(self) -> int:

@@ -68,8 +68,8 @@ def _diagnose(n: NetFacts, solver, *, weights, input_channels, image_size, val_s
     sources = {phase: tuple(DataSource.peek(layer, base_dirs) if layer is not None else None
                             for layer in n.data_layers(phase)) for phase in ("TRAIN", "TEST")}
     first = sources["TRAIN"][0].first if sources["TRAIN"][0] is not None else None
-    n.with_input_channels(input_channels or (first[0] if first else None) or _declared_channels(n))
-    image_size = image_size or _declared_size(n) or (tuple(first[1:]) if first else None)
+    n.with_input_channels(input_channels or (first[0] if first else None) or declared_channels(n))
+    image_size = image_size or declared_size(n) or (tuple(first[1:]) if first else None)
     image_layer, _ = n.data_layers("TRAIN")
     batch = image_layer.data_param.batch_size if image_layer is not None else _declared_batch(n)
     val_source = sources["TEST"][0]
@@ -105,7 +105,7 @@ def _diagnose(n: NetFacts, solver, *, weights, input_channels, image_size, val_s
     return by_severity(findings)
 
 
-def _declared_channels(n: NetFacts) -> Optional[int]:
+def declared_channels(n: NetFacts) -> Optional[int]:
     """Channels the prototxt itself states: net-level input_shape/input_dim, or one mean_value each."""
     net = n.train
     if len(net.input_shape) and len(net.input_shape[0].dim) > 1:
@@ -131,7 +131,7 @@ def _python_mean_channels(n: NetFacts) -> Optional[int]:
     return None
 
 
-def _declared_size(n: NetFacts) -> Optional[tuple[int, int]]:
+def declared_size(n: NetFacts) -> Optional[tuple[int, int]]:
     for layer in n.train.layer:
         if layer.type == "Input" and layer.input_param.shape and len(layer.input_param.shape[0].dim) == 4:
             return tuple(int(d) for d in layer.input_param.shape[0].dim[2:])
@@ -236,7 +236,7 @@ def diagnose_log(log: str | Path, train_val: Optional[str | Path] = None, solver
         return by_severity(curve_findings(curve))
     n = NetFacts.build(read_net(train_val))
     net_findings = _diagnose_files(n, train_val, solver, weights, data_check)
-    size = _declared_size(n)
+    size = declared_size(n)
     summed = loss_mode(n.loss) in ("BATCH_SIZE", "NONE") if n.loss is not None else None
     majority = None
     if data_check:  # reading every val label is what --data-check is for
