@@ -130,3 +130,20 @@ def models(tmp_path_factory):
     weights.convert_vgg16(out["loadable"], root / "loadable_1ch.caffemodel")
     out["loadable_1ch"] = root / "loadable_1ch.caffemodel"
     return out
+
+
+def run_main(capsys, *args):
+    """`fcnseg ARGS` in-process: (exit code, stdout, stderr)."""
+    from fcnseg.cli import main
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error_line(err: str) -> str:
+    """The single `error: ...` line a refused command prints on stderr (progress bars aside), no traceback."""
+    import re
+    lines = [line for line in err.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]  # not tqdm
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]

@@ -207,10 +207,10 @@ def test_import_lmdb_mean_file(capsys, tmp_path):
     assert "averages 77.5" in out
     # data.mean: auto (no weights) takes it: the net subtracts the user's mean
     from fcnseg.config import Config
-    from fcnseg.dataset import resolve_config
+    from fcnseg.resolve import resolve
     cfg = Config()
     cfg.data.root = str(tmp_path / "ds")
-    assert resolve_config(cfg).data.mean == pytest.approx(77.5)
+    assert resolve(cfg).config.data.mean == pytest.approx(77.5)
 
 
 def test_import_lmdb_mean_file_wrong_channels(capsys, tmp_path):

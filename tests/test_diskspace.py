@@ -9,14 +9,14 @@ disk are simulated with a write wrapper raising ENOSPC.
 import errno
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_dataset
+from conftest import one_error_line, write_tiny_dataset
+from conftest import run_main as run
 from fcnseg import diskspace, files, verify
 from fcnseg.cli import main
 
@@ -25,16 +25,6 @@ caffe = pytest.importorskip("caffe")
 from test_train import write_cfg  # noqa: E402 - after the importorskip, like test_train itself
 
 
-def run(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]  # not tqdm
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 class SmallDisk:

@@ -7,7 +7,6 @@ deleted; `--resume --from-iter N` continues with the same numbering. Also: the s
 leaves are cleared at the start of a resume.
 """
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import synthetic_pairs, write_tiny_dataset
+from conftest import one_error_line, synthetic_pairs, write_tiny_dataset
+from conftest import run_main as run
 from fcnseg import files, verify
 from fcnseg.caffe_env import caffe_pb2
 from fcnseg.cli import main
@@ -36,17 +36,6 @@ def checksummed_dataset(root: Path, **kw) -> Path:
     return root
 
 
-def run(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]  # not tqdm
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ---- datasets ------------------------------------------------------------------------------------------

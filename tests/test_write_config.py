@@ -14,6 +14,7 @@ from fcnseg import doctor  # noqa: E402
 from fcnseg.cli import main  # noqa: E402
 from fcnseg.config import load_config  # noqa: E402
 from fcnseg.doctor import diagnose_config, diagnose_files, format_findings  # noqa: E402
+from fcnseg.doctor import write_config as write_config_module  # noqa: E402
 from fcnseg.doctor.write_config import NotExpressible, write_config  # noqa: E402
 from fcnseg.errors import ConfigError  # noqa: E402
 from fcnseg.nets import train_val_net  # noqa: E402
@@ -23,8 +24,11 @@ SEED_NET, SEED_SOLVER = SEED_DIR / "train_val.prototxt", SEED_DIR / "solver.prot
 
 
 def fake_weights(monkeypatch, shapes):
-    """doctor reads `shapes` ({layer: shape}) as the caffemodel's blob shapes (a real VGG16 is 500 MB)."""
-    monkeypatch.setattr(doctor, "caffemodel_shapes", lambda path: {k: [tuple(v)] for k, v in shapes.items()})
+    """doctor and --write-config read `shapes` ({layer: shape}) as the caffemodel's blob shapes (a real VGG16 is
+    500 MB)."""
+    fake = lambda path: {k: [tuple(v)] for k, v in shapes.items()}  # noqa: E731
+    monkeypatch.setattr(doctor, "caffemodel_shapes", fake)
+    monkeypatch.setattr(write_config_module, "caffemodel_shapes", fake)
 
 
 def crop_offsets(cfg) -> dict:
