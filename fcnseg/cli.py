@@ -107,6 +107,16 @@ def eval_cmd(run_dir, data_root, weights, split, gpu):
     click.echo(f"wrote {path}")
 
 
+def volume_options(command):
+    """--axis, --volume, --dataset: how DICOM / NIfTI / HDF5 / Zarr volumes are sliced (docs/formats.md)."""
+    command = click.option("--dataset", default=None, metavar="KEY",
+                           help="HDF5: the dataset's key; Zarr: the array's path in the store.")(command)
+    command = click.option("--volume", type=click.IntRange(min=0), default=None, metavar="T",
+                           help="4-D NIfTI: the volume to read.")(command)
+    return click.option("--axis", type=click.IntRange(0, 2), default=None, metavar="A",
+                        help="Volumes: the axis to slice along (NIfTI default 2, HDF5/Zarr default 0).")(command)
+
+
 @cli.group("data")
 def data_group():
     """Import images and masks into a dataset folder, inspect one, fetch the demo data."""
@@ -142,14 +152,22 @@ def data_group():
 @click.option("--augment/--no-augment", default=None,
               help="Store every train tile in its 8 flips/90-degree rotations. Default: from the data.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
-def data_import(images, labels, out_dir, **options):
+@volume_options
+@click.option("--label-dataset", default=None, metavar="KEY",
+              help="HDF5 key / Zarr array path of the masks (default: --dataset when both are in one format).")
+@click.option("--dicom-window", default=None, metavar="file|PRESET",
+              help="DICOM: window from the files' Window Center/Width ('file') or a CT preset: soft-tissue, lung, "
+                   "bone, brain, liver, mediastinum, abdomen (docs/formats.md).")
+def data_import(images, labels, out_dir, axis, volume, dataset, label_dataset, dicom_window, **options):
     """Import images and masks into train/val LMDBs of Caffe Datums.
 
     Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256
     --val 16-19 -o data/hela_ds
     """
     from .data import ImportOptions, import_dataset  # noqa: PLC0415
+    from .volumes import VolumeOptions  # noqa: PLC0415
 
+    options["volume"] = VolumeOptions(axis, volume, dataset, label_dataset, dicom_window)
     for line in import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options)).lines():
         click.echo(line)
 
@@ -310,8 +328,9 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
               help="Spread the images and frames over a local Dask cluster of N single-threaded worker processes.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Spread them over the Dask cluster at ADDRESS (tcp://host:port or a scheduler JSON file).")
+@volume_options
 def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile, tile_overlap, to_gray, gpu,
-              use_cpu, workers, scheduler):
+              use_cpu, workers, scheduler, axis, volume, dataset):
     """Label IMAGE... (files, folders, multi-page TIFFs) with a trained run or an exported ONNX model.
     Exit 1 if some inputs failed, 2 if all did.
 
@@ -329,7 +348,7 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
         raise click.UsageError("--weights goes with --run; an ONNX model holds its weights (export with --weights)")
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")
-    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path)
+    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path, axis, volume, dataset)
     report = lambda line: click.echo(line, err=True)  # noqa: E731
     if workers is None and scheduler is None:
         result = infer(run_dir, list(images), out_dir, options, report=report)

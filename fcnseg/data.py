@@ -35,6 +35,7 @@ from .errors import DataError
 from .geometry import tile_origins
 from .images import (DEFAULT_PERCENTILES, IMAGE_SUFFIXES, WindowEstimator, apply_window, overlay, read_image,
                      read_mask, read_time_stack)
+from .volumes import VolumeOptions, volume_sources
 
 PREVIEW_FILE = "preview.png"
 DEFAULT_IGNORE_LABEL = 255
@@ -81,6 +82,7 @@ class ImportOptions:
     overwrite: bool = False
     empty_tiles: Optional[float] = None
     augment: Optional[bool] = None
+    volume: VolumeOptions = VolumeOptions()  # DICOM / NIfTI / HDF5 / Zarr reading (fcnseg.volumes)
 
     def __post_init__(self):
         if self.ignore_label is not None and not 0 <= self.ignore_label <= 255:
@@ -490,12 +492,19 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
     started = time.monotonic()
     out = Path(out)
     _check_destination(out, options.overwrite)
-    pairs, frames = list_pairs(Path(images), Path(labels), options.to_gray)
+    volumes = volume_sources(images, labels, options.volume, options.window_values)
+    if volumes is None:
+        pairs, frames = list_pairs(Path(images), Path(labels), options.to_gray)
+    else:
+        pairs, frames = [Pair(*pair) for pair in volumes.pairs], True
     train, val = split_pairs(pairs, frames, options)
     scan = _scan(train, val, options, progress)
     num_classes = _num_classes(train + val, scan, options)
     plan = plan_train_tiles(scan.foreground_tiles, scan.train_label_pixels[:num_classes], options)
-    window = scan.train_intensities.window(options.percentiles, options.window_values)
+    if volumes is not None and volumes.window is not None:
+        window = volumes.window  # --dicom-window: the DICOM's own or a preset, on the modality values (HU)
+    else:
+        window = scan.train_intensities.window(options.percentiles, options.window_values)
     if window is None:
         for pair in val:
             if scan.dtypes[pair.name] != np.uint8:
@@ -513,6 +522,8 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
                                                            options, previews, bar, split_plan)
         meta = _dataset_meta(images, labels, options, num_classes, window, means["train"], splits)
         meta["train_tiles"] = plan.record()
+        if volumes is not None:
+            meta["reader"] = volumes.reader
         slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1
         if slices > 1:
             meta["source"]["z_slices"] = slices

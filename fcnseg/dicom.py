@@ -237,7 +237,8 @@ def open_dicom(path: str | Path) -> DicomSeries:
     sizes, two slices at one position."""
     pydicom = _pydicom()
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [path] if path.is_file() else \
+        sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     headers = []
     for f in files:
         ds = _header(pydicom, f)

@@ -31,6 +31,7 @@ from .errors import ConfigError, DataError, FcnsegError, RunError
 from .geometry import ceil_to, tile_origins
 from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
 from .metrics import softmax
+from .volumes import volume_format
 
 # Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
 # frame (700 x 1100 = 0.77 Mpx) still runs whole. Memory is what tiling saves: CPU Caffe needs about
@@ -219,6 +220,9 @@ class InferOptions:
     to_gray: bool = False
     gpu: Optional[int] = None
     onnx: Optional[str] = None  # an exported model instead of the run's Caffe net (run_dir unused)
+    axis: Optional[int] = None  # volumes (fcnseg.volumes): default from the run's reader record
+    volume: Optional[int] = None
+    dataset: Optional[str] = None
 
 
 @dataclass
@@ -267,7 +271,7 @@ def list_inputs(paths: list[str | Path]) -> list[Path]:
     recursive). Nothing is checked here; unreadable inputs fail one by one in `infer`."""
     files = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if path.is_dir() and volume_format(path) is None:  # a DICOM series or a Zarr store is one input
             found = sorted(p for p in path.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             files += found or [path]  # an empty folder is reported as a bad input
@@ -429,6 +433,15 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
 
     with tqdm(total=len(files), desc="infer", unit="img", file=sys.stderr, leave=False, disable=None) as bar:
         for path in files:
+            if volume_format(path) is not None:  # DICOM, NIfTI, HDF5, Zarr: a label volume (fcnseg.volume_infer)
+                from .volume_infer import label_volume  # noqa: PLC0415 - it imports this module
+
+                try:
+                    result.record(label_volume(predictor, path, out, options))
+                except FcnsegError as exc:
+                    fail(exc, str(path))
+                bar.update()
+                continue
             try:
                 frames = read_frames(path, options.to_gray)
             except FcnsegError as exc:
