@@ -38,7 +38,7 @@ import numpy as np
 from . import runs
 from .arrays import ArrayVolume
 from .dicom import DicomSeries
-from .errors import DataError
+from .errors import DataError, FcnsegError
 from .geometry import ceil_to
 from .infer import FrameOutcome, InferOptions, Predictor, label_image
 from .nifti import NiftiVolume
@@ -218,3 +218,140 @@ def label_block(predictor: Predictor, volume: ArrayVolume, output, block: Block,
         output[_index(volume, slice(block.z0, block.z1), slice(block.y0, block.y1),
                       slice(block.x0, block.x1))] = np.moveaxis(out, 0, volume.axis)
     return tiled
+
+
+# ---- HDF5 / Zarr on a Dask cluster (`fcnseg infer --workers`, fcnseg.distribute) ----------------------------
+
+BLOCKS_PER_TASK = 16  # blocks labelled by one task: fewer tasks for mostly empty volumes, small redo on a kill
+_VOLUME: dict[tuple, tuple] = {}  # the volume this worker process opened last, and its block grid
+
+
+@dataclass
+class VolumePlan:
+    """What a worker found planning a volume: how to read it, its blocks, its output and fill label."""
+
+    reading: VolumeOptions
+    blocks: int
+    target: str
+    fill: int
+    fill_fraction: float
+
+
+@dataclass
+class BlockResult:
+    """What one block task sends back: the blocks done, time in the net and pixels, or a failure."""
+
+    path: str
+    blocks: list[int]
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    tiled: bool = False
+    failure: Optional[str] = None
+
+
+def _worker_volume(path: str, reading: VolumeOptions) -> tuple[ArrayVolume, list[Block]]:
+    key = (path, reading)
+    if key not in _VOLUME:
+        for volume, _ in _VOLUME.values():
+            volume.close()
+        _VOLUME.clear()
+        volume = open_volume(Path(path), reading)
+        _VOLUME[key] = (volume, block_grid(volume))
+    return _VOLUME[key]
+
+
+def plan_volume(open_predictor, run_dir: Optional[str], options: InferOptions, path: str, out_dir: str,
+                reuse: bool) -> VolumePlan | str:
+    """Task: open the volume and the net, compute the fill label and create the output array (or keep the
+    one a previous run of the same weights and options left, `reuse`); the failure message for a bad input.
+    `open_predictor(run_dir, options)` is distribute.worker_predictor (the net cached per worker)."""
+    try:
+        if options.overlay or options.probs:
+            raise DataError(f"{path}: --overlay and --probs write 2-D pictures; a volume gets its label volume "
+                            "only: label it without them")
+        predictor = open_predictor(run_dir, options)
+        reading = reading_options(options, predictor, Path(path))
+        volume, blocks = _worker_volume(path, reading)
+        target = output_path(Path(path), Path(out_dir))
+        fill, fraction = fill_label(predictor, volume, options)
+        record = {"weights": str(predictor.weights)}
+        if not (reuse and _matches(target, volume, fill, record)):
+            create_output(volume, target, fill, fraction, record)
+        return VolumePlan(reading, len(blocks), str(target), fill, fraction)
+    except FcnsegError as exc:
+        return str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
+
+
+def _matches(target: Path, volume: ArrayVolume, fill: int, record: dict) -> bool:
+    if not target.is_dir():
+        return False
+    try:
+        made = dict(open_output(target).attrs).get(OUTPUT_ATTRIBUTE, {})
+    except Exception:  # noqa: BLE001 - an unreadable leftover output is simply made again
+        return False
+    return made.get("source") == volume.name() and made.get("axis") == volume.axis and \
+        made.get("fill_label") == fill and made.get("weights") == record["weights"]
+
+
+def label_blocks(open_predictor, run_dir: Optional[str], options: InferOptions, path: str, reading: VolumeOptions,
+                 indices: list[int], target: str) -> BlockResult:
+    """Task: label the blocks `indices` of the volume `path` into the output array `target`."""
+    start = time.perf_counter()
+    try:
+        predictor = open_predictor(run_dir, options)
+        volume, blocks = _worker_volume(path, reading)
+        output = open_output(Path(target))
+        tiled, pixels = False, 0
+        for i in indices:
+            b = blocks[i]
+            tiled |= label_block(predictor, volume, output, b, options)
+            pixels += (b.z1 - b.z0) * (b.y1 - b.y0) * (b.x1 - b.x0)
+    except FcnsegError as exc:
+        return BlockResult(path, indices, failure=str(exc) if str(exc).startswith(path) else f"{path}: {exc}")
+    return BlockResult(path, indices, time.perf_counter() - start, pixels / 1e6, tiled)
+
+
+class ClusterVolumes:
+    """The client's side of HDF5/Zarr volumes on a cluster: plan each volume on a worker, submit its blocks
+    not yet in the manifest as tasks of BLOCKS_PER_TASK, and record each finished task's blocks."""
+
+    def __init__(self, client, open_predictor, run_dir: Optional[str], options: InferOptions, out_dir: Path,
+                 manifest):
+        self.client, self.open_predictor, self.run_dir = client, open_predictor, run_dir
+        self.options, self.out_dir, self.manifest = options, out_dir, manifest
+        self.remaining: dict[str, int] = {}  # input -> tasks not finished
+        self.targets: dict[str, Path] = {}
+        self.skipped_blocks = 0
+
+    def submit(self, path: Path) -> list:
+        """The futures of `path`'s block tasks (none when every block is done); raises DataError for a bad input."""
+        reuse = self.manifest.known_frames(path) is not None
+        plan = self.client.submit(plan_volume, self.open_predictor, self.run_dir, self.options, str(path),
+                                  str(self.out_dir), reuse, pure=False).result()
+        if isinstance(plan, str):
+            raise DataError(plan)
+        self.manifest.record_file(path, [(Path(plan.target).name, f"{plan.blocks} blocks, fill label {plan.fill} "
+                                          f"({plan.fill_fraction:.4g} of a constant block)")])
+        todo = [i for i in range(plan.blocks) if (str(path), i) not in self.manifest.done]
+        self.skipped_blocks += plan.blocks - len(todo)
+        self.targets[str(path)] = Path(plan.target)
+        futures = [self.client.submit(label_blocks, self.open_predictor, self.run_dir, self.options, str(path),
+                                      plan.reading, todo[k:k + BLOCKS_PER_TASK], plan.target, pure=False)
+                   for k in range(0, len(todo), BLOCKS_PER_TASK)]
+        self.remaining[str(path)] = len(futures)
+        return futures
+
+    def finished(self, task: BlockResult, result) -> bool:
+        """Record a finished task's blocks in the manifest and its time in `result`; True when it was the
+        volume's last task (the volume is complete)."""
+        for i in task.blocks:
+            self.manifest.record_done(task.path, i)
+        result.seconds += task.seconds
+        result.megapixels += task.megapixels
+        result.tiled += int(task.tiled)
+        self.remaining[task.path] -= 1
+        if self.remaining[task.path]:
+            return False
+        result.images += 1
+        result.written.append(self.targets[task.path])
+        return True
