@@ -27,6 +27,7 @@ import numpy as np
 from . import runs
 from .errors import DataError, RunError
 from .onnxmodel import INPUT, PROBABILITIES, SCORES, metadata
+from .volumes import describe_reader
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17: runtimes from onnxruntime 1.13 on read it
@@ -43,6 +44,7 @@ class ExportResult:
     nodes: int
     size_bytes: int
     seconds: float
+    reader: Optional[dict] = None  # how the training volumes were read (metadata `reader`)
 
     def lines(self) -> list[str]:
         """The summary the CLI prints."""
@@ -51,7 +53,8 @@ class ExportResult:
         return [f"wrote {self.path} ({self.size_bytes / 2**20:.1f} MB, {self.nodes} nodes, opset {OPSET}) from "
                 f"{self.weights} in {self.seconds:.1f} s",
                 f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; "
-                f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"]
+                f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"] + \
+            [f"trained on volumes: {describe_reader(self.reader)}"] * bool(self.reader)
 
 
 class _Graph:
@@ -250,4 +253,4 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.write_bytes_atomic(out, data)
     return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
-                        len(data), time.perf_counter() - start)
+                        len(data), time.perf_counter() - start, facts.reader)

@@ -252,3 +252,20 @@ def _dicom_window(image, choice: Optional[str], window_values) -> Optional[dict]
         raise DataError("give either --dicom-window or --window-values, not both")
     window = image.window_from_file() if choice == "file" else preset_window(choice)
     return {**window, **fixed_window(window["low"], window["high"]), "method": window["method"]}
+
+
+def describe_reader(reader: dict) -> str:
+    """One line on how a dataset's volumes were read: what an exported model's input values must be."""
+    fmt = reader.get("format")
+    if fmt == "dicom":
+        text = f"DICOM {reader.get('modality') or ''} slices, {reader.get('values')}".replace("  ", " ")
+        if reader.get("monochrome1"):
+            text += ", MONOCHROME1 inverted"
+        if reader.get("window"):
+            text += f", window from {reader['window']}"
+        return text + "; feed those values (fcnseg infer reads DICOM this way)"
+    if fmt == "nifti":
+        volume = f", volume {reader['volume']}" if reader.get("volume") is not None else ""
+        return f"NIfTI slices along axis {reader.get('axis')}{volume}, values as stored (scl_slope/inter applied)"
+    return (f"{fmt} array{' ' + repr(reader.get('dataset')) if reader.get('dataset') else ''} sliced along axis "
+            f"{reader.get('axis')}, values as stored")
