@@ -325,7 +325,11 @@ class ClusterVolumes:
 
     def submit(self, path: Path) -> list:
         """The futures of `path`'s block tasks (none when every block is done); raises DataError for a bad input."""
-        reuse = self.manifest.known_frames(path) is not None
+        # the input as the manifest saw it (a Zarr store by its folder's size and mtime: a store rewritten
+        # in place without touching its top folder is not noticed; delete the manifest then)
+        seen = self.manifest.files.get(str(path))
+        stat = path.stat()
+        reuse = seen is not None and [seen["size"], seen["mtime_ns"]] == [stat.st_size, stat.st_mtime_ns]
         plan = self.client.submit(plan_volume, self.open_predictor, self.run_dir, self.options, str(path),
                                   str(self.out_dir), reuse, pure=False).result()
         if isinstance(plan, str):
