@@ -3,8 +3,6 @@ for a few iterations on a tiny net, and inferred back to a NIfTI label volume wi
 
 The frames are cropped to 256 x 320 so that the test runs in about a minute on 2 shared cores; the same
 steps at full size are `scripts/volume_demo.py` (docs/formats.md)."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
