@@ -54,7 +54,7 @@ class ExportResult:
                 f"{self.weights} in {self.seconds:.1f} s",
                 f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; "
                 f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"] + \
-            [f"trained on volumes: {describe_reader(self.reader)}"] * bool(self.reader)
+            ([f"trained on volumes: {describe_reader(self.reader)}"] if self.reader else [])
 
 
 class _Graph:

@@ -154,3 +154,24 @@ def test_bad_volume_inputs_are_listed_and_exit_2(run, tmp_path, capsys):
     assert "--overlay and --probs write 2-D pictures" in capsys.readouterr().err
     assert not list((tmp_path / "out").iterdir())
     shutil.rmtree(tmp_path / "out")
+
+
+def test_export_carries_the_reader_and_onnx_infer_reads_dicom_the_same_way(hu_run, tmp_path, capsys):
+    import yaml
+
+    from fcnseg.export import export_onnx
+    hu_run = Path(shutil.copytree(hu_run, tmp_path / "run"))  # a copied run folder works without its dataset
+    facts = yaml.safe_load((hu_run / "inference.yaml").read_text())
+    facts["reader"] = {"format": "dicom", "modality": "CT", "values": "modality LUT (rescale slope/intercept) -> HU",
+                       "monochrome1": None, "sorted_by": "position along the slice normal", "window": "dicom-preset"}
+    (hu_run / "inference.yaml").write_text(yaml.safe_dump(facts))
+    result = export_onnx(hu_run, tmp_path / "m.onnx", with_preprocessing=True)
+    assert any(line.startswith("trained on volumes: DICOM CT slices") and "HU" in line for line in result.lines())
+    onnx = pytest.importorskip("onnx")
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["reader"]["format"] == "dicom"
+    assert main(["infer", "--onnx", tmp_path / "m.onnx", CT_SERIES, "-o", tmp_path / "onnx"]) == 0
+    assert main(["infer", "--run", hu_run, CT_SERIES, "-o", tmp_path / "caffe"]) == 0
+    onnx_labels = np.asanyarray(nib.load(tmp_path / "onnx" / "CT5N_labels.nii.gz").dataobj)
+    caffe_labels = np.asanyarray(nib.load(tmp_path / "caffe" / "CT5N_labels.nii.gz").dataobj)
+    assert np.mean(onnx_labels == caffe_labels) > 0.99  # float rounding may flip a tie, nothing more
