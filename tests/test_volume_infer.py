@@ -124,11 +124,18 @@ def test_workers_write_the_same_zarr_and_resume_only_missing_blocks(run, zarr_re
     folder, reference = zarr_reference
     out = tmp_path / "out"
     with connect(workers=2) as client:
-        result = infer_on_cluster(client, run, [folder / "vol.zarr"], out, InferOptions(), report=print)
-        assert result.exit_code == 0 and result.images == 1
+        nifti = NIB_DATA / "anatomical.nii"
+        result = infer_on_cluster(client, run, [folder / "vol.zarr", nifti], out, InferOptions(), report=print)
+        assert result.exit_code == 0 and result.images == 2
         written = zarr.open_array(str(out / "vol_labels.zarr"))
         assert np.array_equal(written[:], reference[:])
-        lines = (out / MANIFEST_FILE).read_text().splitlines()
+        assert main(["infer", "--run", run, nifti, "-o", tmp_path / "one"]) == 0  # a NIfTI is one task
+        cluster, single = (nib.load(p) for p in (out / "anatomical_labels.nii", tmp_path / "one" / "anatomical_labels.nii"))
+        assert np.array_equal(cluster.affine, single.affine)
+        # the same labels, up to BLAS rounding (workers run single-threaded) flipping a near tie
+        assert np.mean(np.asanyarray(cluster.dataobj) == np.asanyarray(single.dataobj)) > 0.999
+        (out / "anatomical_labels.nii").unlink()
+        lines = [line for line in (out / MANIFEST_FILE).read_text().splitlines() if "anatomical" not in line]
         done = [json.loads(line) for line in lines if '"done"' in line]
         assert sorted(d["frame"] for d in done) == list(range(4 * 4 * 3))
         # as if killed after the first 20 blocks: the manifest lost the rest, and their chunks hold garbage
