@@ -23,7 +23,7 @@ import numpy as np
 from .arrays import ArrayVolume, is_hdf5, is_zarr, open_array
 from .dicom import DicomSeries, folder_has_dicom, looks_like_dicom, open_dicom, preset_window
 from .errors import DataError
-from .images import _check_values, fixed_window, read_stack
+from .images import MASK_SUFFIXES, _check_values, fixed_window, read_mask, read_stack
 from .nifti import NiftiVolume, check_same_grid, is_nifti, nifti_stem, open_nifti
 
 VOLUME_FORMATS = ("dicom", "nifti", "hdf5", "zarr")
@@ -162,7 +162,9 @@ def volume_sources(images: str | Path, labels: str | Path, options: VolumeOption
     if image_fmt == "dicom" and options.axis is not None and label_fmt not in (None, "dicom"):
         options = VolumeOptions(None, options.volume, options.dataset, options.label_dataset, options.dicom_window)
     image = open_volume(images, VolumeOptions(options.axis, options.volume, options.dataset))
-    if label_fmt is None:
+    if label_fmt is None and labels.is_dir():
+        mask = _mask_folder(image, labels)
+    elif label_fmt is None:
         mask = _Stack(labels, read_stack(labels, "mask"))
     elif label_fmt == "dicom":
         raise DataError(f"--labels {labels}: DICOM masks (SEG, RTSTRUCT) are not read; save the masks as "
@@ -192,6 +194,42 @@ def volume_sources(images: str | Path, labels: str | Path, options: VolumeOption
               image.where(i), mask.where(i))
              for i in range(image.shape[0])]
     return VolumeSources(pairs, window, reader, [image, mask])
+
+
+@dataclass
+class _MaskFolder:
+    """One mask file per DICOM slice file, paired by file stem (slice i's file a.dcm with a.png)."""
+
+    path: Path
+    files: list[Path]
+    rows: int
+    columns: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.files), self.rows, self.columns
+
+    def slice(self, index: int) -> np.ndarray:
+        return read_mask(self.files[index])
+
+    def where(self, index: int) -> str:
+        return str(self.files[index])
+
+
+def _mask_folder(image, folder: Path) -> _MaskFolder:
+    """Masks for a DICOM series folder given as a folder of mask images named like the slice files."""
+    if not isinstance(image, DicomSeries) or any(s.frame is not None for s in image.slices):
+        raise DataError(f"--labels {folder}: a folder of masks pairs with a DICOM series folder by file stem; give "
+                        "the masks of this volume as one NIfTI, HDF5, Zarr, TIFF or .npy stack")
+    by_stem = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in MASK_SUFFIXES}
+    files = []
+    for s in image.slices:
+        stem = s.path.stem if s.path.suffix.lower() in (".dcm", ".dicom", ".ima") else s.path.name
+        if stem not in by_stem:
+            raise DataError(f"{s.path}: no mask named {stem}{{{','.join(MASK_SUFFIXES)}}} in {folder}; masks for a "
+                            "DICOM series folder are paired with the slice files by name")
+        files.append(by_stem[stem])
+    return _MaskFolder(folder, files, image.rows, image.columns)
 
 
 def _name(volume) -> str:

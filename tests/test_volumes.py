@@ -160,6 +160,24 @@ def test_dicom_import_with_the_files_window_records_hu_and_the_window(tmp_path, 
     assert np.array_equal(stored, apply_window(series.slice(0), meta["window"]))
 
 
+def test_dicom_series_with_a_folder_of_png_masks_pairs_them_by_file_name(tmp_path):
+    from fcnseg.images import save_label_png
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i, src in enumerate(sorted(CT_SERIES.iterdir())):  # file names 2062 .. 3353: z from high to low
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:i + 1, :] = 1  # i + 1 rows of foreground identify the file
+        save_label_png(masks / f"{src.name}.png", mask)
+    out = tmp_path / "ds"
+    assert main(["data", "import", "--images", CT_SERIES, "--labels", masks, "--val", "0", "-o", out]) == 0
+    with lmdb.open(str(out / "val_labels_lmdb"), readonly=True, lock=False) as env, env.begin() as txn:
+        first = datum_array(txn.get(b"%08d" % 0))[0]
+    assert int(first[:, 0].sum()) == 5  # slice 0 is the lowest position: file 3353, the fifth name
+    (masks / "2392.png").unlink()
+    with pytest.raises(DataError, match="2392: no mask named 2392"):
+        volume_sources(CT_SERIES, masks)
+
+
 def test_ct_presets_are_centre_and_width_in_hu():
     from fcnseg.dicom import preset_window
     assert preset_window("soft-tissue")["low"] == -160.0 and preset_window("soft-tissue")["high"] == 240.0
