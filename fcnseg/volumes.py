@@ -7,7 +7,8 @@ Everything after reading is the import's and infer's own: the percentile window,
 tiling and the LMDBs see the slices exactly as they see the frames of a TIFF stack.
 
 `volume_sources(images, labels, options)` is the import's hook: the image and mask volumes (or a volume
-and a TIFF/.npy mask stack) checked against each other (slice count and size; shape and affine for two
+and a TIFF/.npy mask stack, or for a DICOM series folder a folder of mask images named like its slice
+files) checked against each other (slice count and size; shape and affine for two
 NIfTI files) and paired slice by slice, with the window a DICOM asks for and the `reader` record that
 dataset.yaml keeps and training copies into inference.yaml, so that `infer` reads new volumes the same
 way (same axis, volume, dataset key; DICOM values through the modality LUT).
