@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-after", type=int, default=3000, help="done blocks before the kill")
+    parser.add_argument("--tile", type=int, default=None, help="passed to fcnseg infer (bounds a worker's Caffe)")
     args = parser.parse_args()
 
     work = Path(args.out)
@@ -110,7 +111,7 @@ def main() -> None:
     stored = sum(f.stat().st_size for f in volume.rglob("*") if f.is_file())
     out = work / "labels"
     command = ["nice", "-n", "10", str(REPO / ".venv" / "bin" / "fcnseg"), "infer", "--run", args.run, str(volume),
-               "-o", str(out), "--workers", str(args.workers)]
+               "-o", str(out), "--workers", str(args.workers)] + (["--tile", str(args.tile)] if args.tile else [])
     env = {**os.environ, "GLOG_minloglevel": "2"}
     first = run_attempt(command, out / MANIFEST_FILE, args.kill_after, env)
     done_before = (out / MANIFEST_FILE).read_text().count('"done"') if (out / MANIFEST_FILE).is_file() else 0
@@ -128,7 +129,7 @@ def main() -> None:
     blocks = [b for b in block_grid(source) if b.z0 == z and b.y0 <= y + h // 2 < b.y1 and b.x0 <= x + w // 2 < b.x1]
     same = []
     for b in blocks:
-        label_block(predictor, source, check, b, InferOptions())
+        label_block(predictor, source, check, b, InferOptions(tile=args.tile))
         where = (slice(b.z0, b.z1), slice(b.y0, b.y1), slice(b.x0, b.x1))
         same.append(bool(np.array_equal(check[where], labels[where])))
     report = {
