@@ -124,7 +124,8 @@ def data_group():
 
 @data_group.command("import")
 @click.option("--images", required=True, type=click.Path(exists=True),
-              help="Folder of images (paired with --labels by file stem) or one multi-page TIFF / .npy stack.")
+              help="Folder of images (paired with --labels by file stem) or one multi-page TIFF / .npy stack; or a "
+                   "volume: DICOM file or series folder, NIfTI, HDF5, Zarr (docs/formats.md).")
 @click.option("--labels", required=True, type=click.Path(exists=True),
               help="Folder of masks, or a mask stack with one frame per image frame.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(),
@@ -337,6 +338,7 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --onnx demo.onnx data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --workers 2
+    Example: fcnseg infer --run runs/ct ct_series_folder scan.nii.gz em.h5 --dataset raw -o out (label volumes)
     """
     from .infer import InferOptions, infer  # noqa: PLC0415
 
