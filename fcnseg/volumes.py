@@ -160,8 +160,6 @@ def volume_sources(images: str | Path, labels: str | Path, options: VolumeOption
     if image_fmt is None:
         raise DataError(f"--images {images}: masks given as a {label_fmt} volume need their images as a volume "
                         "too (DICOM, NIfTI, HDF5, Zarr)")
-    if image_fmt == "dicom" and options.axis is not None and label_fmt not in (None, "dicom"):
-        options = VolumeOptions(None, options.volume, options.dataset, options.label_dataset, options.dicom_window)
     image = open_volume(images, VolumeOptions(options.axis, options.volume, options.dataset))
     if label_fmt is None and labels.is_dir():
         mask = _mask_folder(image, labels)
