@@ -30,6 +30,7 @@ from .resolve import resolve
 from .runs import build_definition, write_definition
 from .train import train
 from .verify import check_dataset
+from .volumes import VolumeOptions
 from .weights import convert_weights, inspect_weights
 
 SET_HELP = "Override a config key, e.g. --set solver.base_lr=1e-4 (value parsed as YAML; repeatable)."
@@ -117,6 +118,16 @@ def eval_cmd(run_dir, data_root, weights, split, gpu):
     click.echo(f"wrote {path}")
 
 
+def volume_options(command):
+    """--axis, --volume, --dataset: how DICOM / NIfTI / HDF5 / Zarr volumes are sliced (docs/formats.md)."""
+    command = click.option("--dataset", default=None, metavar="KEY",
+                           help="HDF5: the dataset's key; Zarr: the array's path in the store.")(command)
+    command = click.option("--volume", type=click.IntRange(min=0), default=None, metavar="T",
+                           help="4-D NIfTI: the volume to read.")(command)
+    return click.option("--axis", type=click.IntRange(0, 2), default=None, metavar="A",
+                        help="Volumes: the axis to slice along (NIfTI default 2, HDF5/Zarr default 0).")(command)
+
+
 @cli.group("data")
 def data_group():
     """Import images and masks into a dataset folder, inspect one, fetch the demo data."""
@@ -124,8 +135,9 @@ def data_group():
 
 @data_group.command("import")
 @click.option("--images", required=True, type=click.Path(exists=True),
-              help="Folder of images (paired with --labels by file stem), one multi-page TIFF / .npy stack, or a "
-                   "Caffe LMDB of image Datums (a folder holding data.mdb; paired with --labels by key).")
+              help="Folder of images (paired with --labels by file stem), one multi-page TIFF / .npy stack, a "
+                   "Caffe LMDB of image Datums (a folder holding data.mdb; paired with --labels by key), or a "
+                   "volume: DICOM file or series folder, NIfTI, HDF5, Zarr (docs/formats.md).")
 @click.option("--labels", required=True, type=click.Path(exists=True),
               help="Folder of masks, a mask stack with one frame per image frame, or a Caffe LMDB of label Datums.")
 @click.option("--val-images", type=click.Path(exists=True), default=None,
@@ -161,7 +173,13 @@ def data_group():
 @click.option("--augment/--no-augment", default=None,
               help="Store every train tile in its 8 flips/90-degree rotations. Default: from the data.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
-def data_import(images, labels, out_dir, **options):
+@volume_options
+@click.option("--label-dataset", default=None, metavar="KEY",
+              help="HDF5 key / Zarr array path of the masks (default: --dataset when both are in one format).")
+@click.option("--dicom-window", default=None, metavar="file|PRESET",
+              help="DICOM: window from the files' Window Center/Width ('file') or a CT preset: soft-tissue, lung, "
+                   "bone, brain, liver, mediastinum, abdomen (docs/formats.md).")
+def data_import(images, labels, out_dir, axis, volume, dataset, label_dataset, dicom_window, **options):
     """Import images and masks into train/val LMDBs of Caffe Datums.
 
     Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256
@@ -170,6 +188,7 @@ def data_import(images, labels, out_dir, **options):
     Example (Caffe LMDBs): fcnseg data import --images train_lmdb --labels train_label_lmdb --val-images val_lmdb
     --val-labels val_label_lmdb --mean-file mean.binaryproto -o data/mine
     """
+    options["volume"] = VolumeOptions(axis, volume, dataset, label_dataset, dicom_window)
     result = import_dataset(images, labels, out_dir, ImportOptions.from_cli(**options))
     for line in mean_lines(result.meta) + result.lines():
         click.echo(line)
@@ -348,14 +367,16 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
               help="Spread the images and frames over a local Dask cluster of N single-threaded worker processes.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Spread them over the Dask cluster at ADDRESS (tcp://host:port or a scheduler JSON file).")
+@volume_options
 def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile, tile_overlap, to_gray, gpu,
-              use_cpu, workers, scheduler):
+              use_cpu, workers, scheduler, axis, volume, dataset):
     """Label IMAGE... (files, folders, multi-page TIFFs) with a trained run or an exported ONNX model.
     Exit 1 if some inputs failed, 2 if all did.
 
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --onnx demo.onnx data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --workers 2
+    Example: fcnseg infer --run runs/ct ct_series_folder scan.nii.gz em.h5 --dataset raw -o out (label volumes)
     """
     if gpu is not None and use_cpu:
         raise click.UsageError("--gpu and --cpu exclude each other")
@@ -365,7 +386,7 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
         raise click.UsageError("--weights goes with --run; an ONNX model holds its weights (export with --weights)")
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")
-    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path)
+    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path, axis, volume, dataset)
     report = lambda line: click.echo(line, err=True)  # noqa: E731
     if workers is None and scheduler is None:
         result = infer(run_dir, list(images), out_dir, options, report=report)

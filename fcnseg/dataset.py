@@ -71,6 +71,7 @@ class DatasetInfo(BaseModel):
     window: Optional[dict] = None  # None: 8-bit data, used as it is; else at least numeric low and high
     mean: float = 0.0  # the train split's mean on 0-255
     tile: Optional[PositiveInt] = None  # None: whole images
+    reader: Optional[dict] = None  # how volumes were read (fcnseg.volumes), None for image files
     splits: dict[str, Split] = {}
     checksums: Optional[dict[str, LmdbChecksum]] = None  # by LMDB folder name; None: imported before they were
     ignore_label: int = Field(255, ge=0)  # the label value of pixels that are no class

@@ -44,23 +44,19 @@ from .files import file_sha256, write_atomic
 from .geometry import ceil_to
 from .infer import (
     PROBS_SUFFIX,
-    FrameOutcome,
-    InferOptions,
     InferResult,
     OutputClaims,
-    Predictor,
-    Tiling,
     failure_message,
     label_and_save,
     list_inputs,
-    open_predictor,
     output_names,
     prepare_output,
     read_frames,
-    tile_bands,
-    tiling_for,
     write_labels,
 )
+from .predict import FrameOutcome, InferOptions, Predictor, Tiling, open_predictor, tile_bands, tiling_for
+from .volume_infer import BlockResult, ClusterVolumes, label_volume
+from .volumes import volume_format
 
 MANIFEST_FILE = "infer-manifest.jsonl"
 # Set in every worker process before it imports numpy or Caffe: one core per worker.
@@ -164,6 +160,9 @@ def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir
     """Task for one input file: a single image is labelled and written; a stack returns its frames'
     (stem, name) for `label_frame` tasks; a bad file returns its message."""
     try:
+        if volume_format(path) in ("nifti", "dicom"):  # one task writes the label volume (HDF5/Zarr: blocks)
+            predictor = worker_predictor(run_dir, options)
+            return TaskResult(path, None, label_volume(predictor, Path(path), Path(out_dir), options))
         lazy = open_lazily(Path(path))
         if lazy is not None:
             predictor = worker_predictor(run_dir, options)
@@ -280,7 +279,8 @@ class Manifest:
         self.path = out_dir / MANIFEST_FILE
         self.header = {"weights_sha256": weights_sha256,
                        "options": {k: v for k, v in asdict(options).items() if k in
-                                   ("overlay", "probs", "tile", "tile_overlap", "to_gray")}}
+                                   ("overlay", "probs", "tile", "tile_overlap", "to_gray")
+                                   or (k in ("axis", "volume", "dataset") and v is not None)}}  # volumes
         self.files: dict[str, dict] = {}  # input -> {"size", "mtime_ns", "frames": [[stem, name], ...]}
         self.done: set[tuple[str, Optional[int]]] = set()
         text = self.path.read_text() if self.path.is_file() else ""
@@ -393,6 +393,7 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
     files = [p.resolve() if p.exists() else p for p in list_inputs(inputs)]
     pending = as_completed()
     names: dict[str, str] = {}  # task key -> the input (frame) it labels
+    volumes = ClusterVolumes(client, worker_predictor, run, options, out, manifest)  # HDF5/Zarr blocks
     start = time.perf_counter()
 
     def fail(message: str) -> None:
@@ -435,6 +436,20 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
         with tqdm(total=len(files), desc="infer", unit="img", file=sys.stderr, leave=False,
                   disable=None) as bar:
             for path in files:
+                if volume_format(path) in ("hdf5", "zarr"):  # blocks of a chunked volume (fcnseg.volume_infer)
+                    try:
+                        futures = volumes.submit(path)
+                    except DataError as exc:
+                        fail(str(exc))
+                        futures = []
+                    else:
+                        result.skipped += not futures
+                    bar.total += max(0, len(futures) - 1)
+                    bar.update(not futures)
+                    for future in futures:
+                        names[future.key] = str(path)
+                        pending.add(future)
+                    continue
                 known = manifest.known_frames(path)
                 if known is not None:
                     submit_frames(path, known, bar)
@@ -450,6 +465,13 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
                     bar.update()
                     continue
                 task: TaskResult = future.result()
+                if isinstance(task, BlockResult):
+                    if task.failure is not None:
+                        fail(task.failure)
+                    else:
+                        volumes.finished(task, result)
+                    bar.update()
+                    continue
                 path = Path(task.path)
                 if task.frames:  # a stack's file task: its frames become tasks
                     claims.release(path.stem)

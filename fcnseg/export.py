@@ -32,6 +32,7 @@ from .files import DEPLOY_FILE, write_bytes_atomic
 from .geometry import axis_crop_offsets
 from .inputs import InferenceFacts
 from .onnxmodel import INPUT, PROBABILITIES, SCORES, metadata
+from .volumes import describe_reader
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17: runtimes from onnxruntime 1.13 on read it
@@ -48,6 +49,7 @@ class ExportResult:
     nodes: int
     size_bytes: int
     seconds: float
+    reader: Optional[dict] = None  # how the training volumes were read (metadata `reader`)
 
     def lines(self) -> list[str]:
         """The summary the CLI prints."""
@@ -56,7 +58,8 @@ class ExportResult:
         return [f"wrote {self.path} ({self.size_bytes / 2**20:.1f} MB, {self.nodes} nodes, opset {OPSET}) from "
                 f"{self.weights} in {self.seconds:.1f} s",
                 f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; "
-                f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"]
+                f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"] + \
+            ([f"trained on volumes: {describe_reader(self.reader)}"] if self.reader else [])
 
 
 class _Graph:
@@ -252,4 +255,4 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     diskspace.require(out.parent, len(data), f"the ONNX model {out.name}", "free some space, or choose another -o")
     write_bytes_atomic(out, data)
     return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
-                        len(data), time.perf_counter() - start)
+                        len(data), time.perf_counter() - start, facts.reader)

@@ -24,6 +24,7 @@ from PIL import Image
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
 # ITU-R BT.601 luma, what PIL's convert("L") uses; applied to any dtype by --to-gray.

@@ -1,21 +1,14 @@
-"""`fcnseg infer`: label single-channel images with a trained run.
+"""`fcnseg infer`: label single-channel images with a trained run, files in, files out.
 
 `infer(run_dir, inputs, out_dir, options)` writes, per image (or per frame of a multi-page TIFF / 3-D
 .npy), OUT_DIR/<stem>.png: the class ids as a palette PNG in `images.PALETTE` colours, the input's width
-and height. `--overlay` adds <stem>_overlay.png, `--probs` <stem>_probs.npy (float16, K x H x W).
+and height. `--overlay` adds <stem>_overlay.png, `--probs` <stem>_probs.npy (float16, K x H x W). A DICOM,
+NIfTI, HDF5 or Zarr input becomes a label volume (`volume_infer`).
 
-The net sees exactly what training's Data layer produced: the dataset's intensity window onto uint8
-0-255 (`images.apply_window`), then (x - mean) * data.scale. It is reshaped to each image; with
-`model.pad: minimal` the image is first mirrored up to a multiple of the net stride and the score
-cropped back. Images above PIXEL_BUDGET pixels (or any, with --tile N) are cut into tiles whose origins
-are multiples of the net stride, so every tile sees the whole image's pooling grid; the tiles' softmax
-probabilities are averaged where they overlap.
-
-The net is either the run's Caffe deploy net (`load_predictor`, facts from the run's inference.yaml,
-so a moved or copied run folder works without its dataset) or an ONNX model written by `fcnseg export`
-run with onnxruntime (`load_onnx_predictor`, facts from the model's metadata); everything after that is
-shared. `label_image(predictor, image)` is the library entry for one array (load the predictor once,
-then call it per image or frame); `infer` adds files, outputs and the per-image error handling of the CLI.
+The net and what each image goes through (window, mean and scale, padding, tiles): `predict`. The net is
+either the run's Caffe deploy net (facts from the run's inference.yaml, so a moved or copied run folder works
+without its dataset) or an ONNX model written by `fcnseg export` (facts from the model's metadata);
+everything after that is shared. `infer` adds files, outputs and the per-image error handling of the CLI.
 """
 from __future__ import annotations
 
@@ -23,233 +16,23 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import runs
-from .errors import ConfigError, DataError, FcnsegError, RunError
+from .errors import DataError, FcnsegError
 from .files import write_atomic
-from .geometry import ceil_to, tile_origins
-from .images import IMAGE_SUFFIXES, apply_window, net_input, overlay, read_stack, save_label_png
-from .inputs import InferenceFacts
-from .metrics import softmax
-from .onnxmodel import INPUT, SCORES, open_session
+from .images import IMAGE_SUFFIXES, overlay, read_stack, save_label_png
+from .predict import FrameOutcome, InferOptions, Predictor, label_image, make_tiling, open_predictor
+from .volume_infer import label_volume
+from .volumes import volume_format
 
-# Above this many input pixels an image is tiled unless --tile 0 is given. 1024 x 1024: a full HeLa
-# frame (700 x 1100 = 0.77 Mpx) still runs whole. Memory is what tiling saves: CPU Caffe needs about
-# 6 GB per megapixel even for a 2-stage net (each convolution keeps its own im2col buffer, 2.3 GB for
-# conv1_2 alone), so 512-pixel tiles stay under 2 GB.
-PIXEL_BUDGET = 1024 * 1024
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP_FRACTION = 4  # default overlap: a quarter of the tile
 OVERLAY_ALPHA = 0.5
 
 
-# ---- the net and the input transformation ---------------------------------------------------------------
-
-@dataclass
-class Predictor:
-    """A trained net (Caffe or ONNX) and the input transformation it was trained with.
-
-    `score(x)` runs the net on one H x W net input and returns its K x H x W `score` (before softmax).
-    `raw_input`: the net applies the window, mean and scale itself (an ONNX model exported
-    `--with-preprocessing`), so it is fed the original pixel values.
-    """
-
-    score: Callable[[np.ndarray], np.ndarray]
-    facts: InferenceFacts
-    weights: Path  # the caffemodel or ONNX file the net came from
-    raw_input: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return self.facts.num_classes
-
-    @property
-    def multiple(self) -> int:
-        """Input sizes the net needs (the stride for pad: minimal, else 1)."""
-        return self.facts.input_multiple
-
-    @property
-    def stride(self) -> int:
-        """Tile origins are multiples of this (the trunk's total stride)."""
-        return self.facts.net_stride
-
-    def network_input(self, image: np.ndarray, source: str = "image") -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 windowed image, float32 net input) for one raw 2-D image: apply_window, then
-        (x - mean) * scale, as Caffe's DataTransformer does (the raw values for a `raw_input` net).
-        Raises DataError naming `source`."""
-        facts = self.facts
-        gray = apply_window(image, facts.window, source)
-        if self.raw_input:
-            return gray, (np.asarray(image) if facts.window is not None else gray).astype(np.float32)
-        return gray, net_input(gray, facts.mean, facts.scale)
-
-
-def _check_facts(facts: InferenceFacts, where: Path) -> None:
-    if facts.input_channels != 1:
-        raise RunError(f"{where}: the net has {facts.input_channels} input channels; fcnseg infer reads "
-                       "single-channel images only")
-    if facts.num_classes > 255:
-        raise RunError(f"{where}: {facts.num_classes} classes do not fit a palette PNG (at most 255)")
-
-
-def load_predictor(run_dir: str | Path, weights: Optional[str | Path] = None,
-                   gpu: Optional[int] = None) -> Predictor:
-    """The run's deploy net with its best weights (else final, else the newest snapshot; `weights`
-    overrides), and the input transformation from the run's inference.yaml: the run folder is all it
-    needs, wherever it is.
-
-    Raises RunError for a missing run folder, deploy.prototxt or weights; WeightsError when the weights
-    do not fit the net; CaffeUnavailableError for a `gpu` this Caffe cannot use (see
-    runs.load_deploy_net: all checked before Caffe reads a file).
-    """
-    run_dir, _ = runs.load_run(run_dir)
-    facts = runs.read_inference(run_dir)
-    _check_facts(facts, run_dir)
-    net, weights_path = runs.load_deploy_net(run_dir, weights, gpu)
-    return Predictor(lambda x: _caffe_score(net, x), facts, weights_path)
-
-
-def load_onnx_predictor(path: str | Path, gpu: Optional[int] = None) -> Predictor:
-    """An ONNX model written by `fcnseg export`, run with onnxruntime (CPU, or CUDA GPU `gpu`).
-    Raises RunError for a missing file or one without fcnseg's metadata (onnxmodel.open_session)."""
-
-    session, facts, raw_input = open_session(path, gpu)
-    _check_facts(facts, Path(path))
-
-    def score(x: np.ndarray) -> np.ndarray:
-        return session.run([SCORES], {INPUT: x[None, None].astype(np.float32, copy=False)})[0][0]
-    return Predictor(score, facts, Path(path), raw_input)
-
-
-def _caffe_score(net, x: np.ndarray) -> np.ndarray:
-    blob = net.blobs["data"]
-    if blob.data.shape[2:] != x.shape:
-        blob.reshape(1, 1, *x.shape)
-        net.reshape()
-    blob.data[0, 0] = x
-    net.forward()
-    return net.blobs["score"].data[0]
-
-
-# ---- whole-image and tiled prediction --------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Tiling:
-    """Square tiles of side `tile` (a multiple of the net stride) overlapping by `overlap` pixels."""
-
-    tile: int
-    overlap: int
-
-    @property
-    def step(self) -> int:
-        return self.tile - self.overlap
-
-
-def make_tiling(tile: Optional[int], overlap: Optional[int], stride: int) -> Tiling:
-    """Tiles of side `tile` (default DEFAULT_TILE) rounded up to a multiple of `stride`, overlapping by at
-    least `overlap` (default a quarter tile) so that the step between them is a multiple of `stride`.
-    Raises ConfigError when the overlap leaves no step."""
-    side = ceil_to(max(tile or DEFAULT_TILE, stride), stride)
-    wanted = side // DEFAULT_OVERLAP_FRACTION if overlap is None else overlap
-    step = (side - wanted) // stride * stride
-    if step < stride:
-        raise ConfigError(f"--tile-overlap {wanted} leaves no step between {side}-pixel tiles (net stride "
-                          f"{stride}); use an overlap of at most {side - stride}")
-    return Tiling(side, side - step)
-
-
-def tiling_for(shape: tuple[int, int], tile: Optional[int], overlap: Optional[int], stride: int) -> Optional[Tiling]:
-    """The tiling for an image of `shape`: None (whole image) for `tile` 0, for `tile` None when the
-    image has at most PIXEL_BUDGET pixels, and when it fits in one tile; else
-    `make_tiling(tile, overlap, stride)`."""
-    if tile == 0 or (tile is None and shape[0] * shape[1] <= PIXEL_BUDGET):
-        return None
-    tiling = make_tiling(tile, overlap, stride)
-    return None if max(shape) <= tiling.tile else tiling
-
-
-def probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:
-    """Softmax of the net's score for one net input `x` (no padding, no tiling); RunError when the
-    net's score is not the size of its input."""
-    score = predictor.score(x)
-    if score.shape[1:] != x.shape:  # the net crops its score to its input: anything else is a broken net
-        raise RunError(f"{predictor.weights}: the net's score is {score.shape[1]}x{score.shape[2]} for a "
-                       f"{x.shape[0]}x{x.shape[1]} input; rewrite deploy.prototxt with `fcnseg make-proto` "
-                       "(and export again)")
-    return softmax(score)
-
-
-def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None) -> np.ndarray:
-    """Class probabilities (float32, K x H x W) for one net input `x` (H x W, from `network_input`).
-
-    The image is mirrored at its bottom and right edges up to the net's input multiple, and that margin
-    cropped off again. Without `tiling` the net is reshaped to the whole image; with it, tiles are run
-    one at a time and their probabilities averaged where they overlap. Tiles and the whole image see
-    the same padding and pooling grid, so they agree wherever a tile's edges are out of reach.
-    """
-    h, w = x.shape
-    m = predictor.multiple
-    ph, pw = ceil_to(h, m), ceil_to(w, m)
-    if (ph, pw) != (h, w):
-        x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
-    if tiling is None or (ph <= tiling.tile and pw <= tiling.tile):
-        return np.ascontiguousarray(probabilities(predictor, x)[:, :h, :w])
-    out = np.empty((predictor.num_classes, ph, pw), np.float32)
-    for top, band in tile_bands(predictor, lambda y0, y1, x0, x1: x[y0:y1, x0:x1], ph, pw, tiling):
-        out[:, top:top + band.shape[1]] = band
-    return np.ascontiguousarray(out[:, :h, :w])
-
-
-def tile_bands(predictor: Predictor, net_input: Callable[[int, int, int, int], np.ndarray], ph: int, pw: int,
-               tiling: Tiling) -> Iterator[tuple[int, np.ndarray]]:
-    """Run the tiles of `tiling`'s grid over a padded ph x pw image and yield its class probabilities band by
-    band, top to bottom: (first row, K x n x pw float32), each pixel the mean over the tiles that cover it.
-
-    `net_input(y0, y1, x0, x1)` returns the net input of padded rows y0..y1-1 and columns x0..x1-1. A band is
-    yielded as soon as no later tile reaches it, so only one row of tiles' sums is ever held: `predict` and
-    `distribute.label_streamed` (an image too large to read whole) share this loop and its sums.
-    """
-    side = tiling.tile
-    rows = tile_origins(ph, side, tiling.step, predictor.stride)
-    cols = tile_origins(pw, side, tiling.step, predictor.stride)
-    total = np.zeros((predictor.num_classes, side, pw), np.float32)  # padded rows top .. top + side
-    count = np.zeros((side, pw), np.float32)
-    top = 0
-    for y in rows + [ph]:
-        n = y - top  # rows top..y are complete: no tile from y on reaches them
-        if n:
-            yield top, total[:, :n] / count[:n]
-            total[:, :side - n] = total[:, n:].copy()
-            total[:, side - n:] = 0
-            count[:side - n] = count[n:].copy()
-            count[side - n:] = 0
-            top = y
-        for x0 in cols if y < ph else ():
-            probs = probabilities(predictor, net_input(y, min(y + side, ph), x0, min(x0 + side, pw)))
-            total[:, :probs.shape[1], x0:x0 + probs.shape[2]] += probs
-            count[:probs.shape[1], x0:x0 + probs.shape[2]] += 1
-
-
 # ---- files in, files out ---------------------------------------------------------------------------------
-
-@dataclass
-class InferOptions:
-    """What `fcnseg infer` writes and how it tiles; see the module docstring."""
-
-    weights: Optional[str] = None
-    overlay: bool = False
-    probs: bool = False
-    tile: Optional[int] = None  # None: automatic (PIXEL_BUDGET); 0: never
-    tile_overlap: Optional[int] = None
-    to_gray: bool = False
-    gpu: Optional[int] = None
-    onnx: Optional[str] = None  # an exported model instead of the run's Caffe net (run_dir unused)
-
 
 @dataclass
 class InferResult:
@@ -302,7 +85,7 @@ def list_inputs(paths: list[str | Path]) -> list[Path]:
     recursive). Nothing is checked here; unreadable inputs fail one by one in `infer`."""
     files = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if path.is_dir() and volume_format(path) is None:  # a DICOM series or a Zarr store is one input
             found = sorted(p for p in path.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             files += found or [path]  # an empty folder is reported as a bad input
@@ -392,16 +175,6 @@ def write_outputs(out_dir: Path, stem: str, gray: np.ndarray, probs: np.ndarray,
     return paths
 
 
-@dataclass
-class FrameOutcome:
-    """What labelling one image or frame wrote, and the time spent in the net."""
-
-    written: list[Path]
-    tiled: bool
-    seconds: float
-    megapixels: float
-
-
 def label_and_save(predictor: Predictor, image: np.ndarray, where: str, out_dir: Path, stem: str,
                    options: InferOptions) -> FrameOutcome:
     """Label one raw 2-D image (`label_image`) and write its outputs as <stem>* into `out_dir`
@@ -417,22 +190,6 @@ def label_and_save(predictor: Predictor, image: np.ndarray, where: str, out_dir:
 def failure_message(exc: FcnsegError, where: str) -> str:
     """The one line listing a bad input: the error's message, prefixed with `where` unless it names it."""
     return str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
-
-
-def open_predictor(run_dir: Optional[str | Path], options: InferOptions) -> Predictor:
-    """The ONNX model `options.onnx` if given, else the run's Caffe net with `options.weights`."""
-    if options.onnx is not None:
-        return load_onnx_predictor(options.onnx, options.gpu)
-    return load_predictor(run_dir, options.weights, options.gpu)
-
-
-def label_image(predictor: Predictor, image: np.ndarray, source: str = "image", tile: Optional[int] = None,
-                overlap: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(uint8 windowed image, float32 K x H x W probabilities, whether it was tiled) for one raw 2-D
-    image. `tile`/`overlap` as in `tiling_for`. Raises DataError naming `source` for a bad image."""
-    gray, x = predictor.network_input(image, source)
-    tiling = tiling_for(x.shape, tile, overlap, predictor.stride)
-    return gray, predict(predictor, x, tiling), tiling is not None
 
 
 def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str | Path,
@@ -461,6 +218,13 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
 
     with tqdm(total=len(files), desc="infer", unit="img", file=sys.stderr, leave=False, disable=None) as bar:
         for path in files:
+            if volume_format(path) is not None:  # DICOM, NIfTI, HDF5, Zarr: a label volume (fcnseg.volume_infer)
+                try:
+                    result.record(label_volume(predictor, path, out, options))
+                except FcnsegError as exc:
+                    fail(exc, str(path))
+                bar.update()
+                continue
             try:
                 frames = read_frames(path, options.to_gray)
             except FcnsegError as exc:

@@ -74,6 +74,7 @@ class InferenceFacts:
     input_multiple: int
     dataset: Optional[str]  # the dataset the facts were copied from, for the record only
     fcnseg_version: str = __version__
+    reader: Optional[dict] = None  # how the training volumes were read (fcnseg.volumes); optional in files
 
     def to_dict(self) -> dict:
         """Plain data for YAML or ONNX metadata."""
@@ -84,7 +85,7 @@ class InferenceFacts:
         """Parse `to_dict`'s output (other keys are ignored); RunError naming `where` when a key is missing
         or malformed."""
         names = list(cls.__dataclass_fields__)
-        missing = [n for n in names if not isinstance(raw, dict) or n not in raw]
+        missing = [n for n in names if n != "reader" and (not isinstance(raw, dict) or n not in raw)]
         if missing:
             raise RunError(f"{where}: missing {', '.join(missing)}; write it again (`fcnseg make-proto` for a "
                            "run folder, `fcnseg export` for an ONNX model)")
@@ -92,7 +93,7 @@ class InferenceFacts:
             window = raw["window"]
             if window is not None:
                 window = {**window, "low": float(window["low"]), "high": float(window["high"])}
-            facts = cls(**{**{n: raw[n] for n in names}, "num_classes": int(raw["num_classes"]),
+            facts = cls(**{**{n: raw[n] for n in names if n in raw}, "num_classes": int(raw["num_classes"]),
                            "classes": [str(c) for c in raw["classes"]],
                            "ignore_label": int(raw["ignore_label"]), "window": window, "mean": float(raw["mean"]),
                            "scale": float(raw["scale"]), "input_channels": int(raw["input_channels"]),

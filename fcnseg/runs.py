@@ -108,7 +108,7 @@ def inference_facts(config: Config, info: DatasetInfo) -> InferenceFacts:
         window=info.window, mean=input_mean(config), scale=float(config.data.scale),
         input_channels=model.input_channels, pad=model.pad, arch=model.arch, stages=model.stages,
         net_stride=model.net_stride, input_multiple=input_multiple(model),
-        dataset=None if config.data.root is None else str(config.data.root))
+        dataset=None if config.data.root is None else str(config.data.root), reader=info.reader)
 
 
 def read_inference(run_dir: Path) -> InferenceFacts:

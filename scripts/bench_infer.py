@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fcnseg.images import read_stack
-from fcnseg.infer import load_onnx_predictor, load_predictor, make_tiling, predict
+from fcnseg.predict import load_onnx_predictor, load_predictor, make_tiling, predict
 
 
 def ms_per_megapixel(predictor, x, tiling, repeats: int) -> float:

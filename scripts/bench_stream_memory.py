@@ -29,7 +29,8 @@ from fcnseg.distribute import SINGLE_THREAD_ENV  # noqa: E402
 CHILD = """
 import resource, sys
 from pathlib import Path
-from fcnseg.infer import InferOptions, label_and_save, load_predictor, read_frames
+from fcnseg.infer import label_and_save, read_frames
+from fcnseg.predict import InferOptions, load_predictor
 from fcnseg import distribute
 run, image, out, tile, how = sys.argv[1:]
 options = InferOptions(probs=True, tile=int(tile))

@@ -14,7 +14,7 @@ from conftest import REPO, make_run, raw_image
 from fcnseg.cli import main
 from fcnseg.distribute import MANIFEST_FILE, SINGLE_THREAD_ENV, connect, infer_on_cluster
 from fcnseg.errors import ConfigError, RunError
-from fcnseg.infer import InferOptions
+from fcnseg.predict import InferOptions
 
 pytest.importorskip("caffe")
 distributed = pytest.importorskip("distributed")
@@ -178,7 +178,8 @@ def test_workers_and_scheduler_exclude_each_other(run, inputs, tmp_path, capsys)
 @pytest.mark.parametrize("suffix", [".tif", ".npy"])
 def test_large_image_streams_tile_by_tile_with_identical_outputs(run, tmp_path, suffix):
     from fcnseg import distribute
-    from fcnseg.infer import label_and_save, load_predictor, read_frames
+    from fcnseg.infer import label_and_save, read_frames
+    from fcnseg.predict import load_predictor
 
     raw = raw_image(203, 341, seed=5)
     path = tmp_path / f"big{suffix}"

@@ -18,7 +18,7 @@ from fcnseg.cli import main
 from fcnseg.caffe_env import caffe_pb2
 from fcnseg.errors import RunError
 from fcnseg.export import export_onnx, onnx_model
-from fcnseg.infer import load_onnx_predictor, load_predictor, predict
+from fcnseg.predict import load_onnx_predictor, load_predictor, predict
 from fcnseg.runs import InferenceFacts
 
 caffe = pytest.importorskip("caffe")

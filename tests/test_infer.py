@@ -8,11 +8,12 @@ import yaml
 from PIL import Image
 
 from conftest import K, WINDOW, make_run, raw_image, write_lmdb
-from fcnseg import infer as infer_mod
+from fcnseg import predict as predict_mod
 from fcnseg import files
 from fcnseg.cli import main
 from fcnseg.images import PALETTE, apply_window
-from fcnseg.infer import Tiling, load_predictor, predict, tile_origins, tiling_for
+from fcnseg.geometry import tile_origins
+from fcnseg.predict import Tiling, load_predictor, predict, tiling_for
 
 caffe = pytest.importorskip("caffe")
 
@@ -173,8 +174,8 @@ def test_tiled_agrees_with_whole_image(tmp_path, pad):
 
 
 def test_large_images_tile_by_themselves(run, images, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(infer_mod, "PIXEL_BUDGET", 1000)
-    monkeypatch.setattr(infer_mod, "DEFAULT_TILE", 64)
+    monkeypatch.setattr(predict_mod, "PIXEL_BUDGET", 1000)
+    monkeypatch.setattr(predict_mod, "DEFAULT_TILE", 64)
     assert main(["infer", "--run", run, images / "odd.tif", "-o", tmp_path]) == 0
     assert "(1 tiled)" in capsys.readouterr().out
     assert label_png(tmp_path / "odd.png").shape == (97, 131)

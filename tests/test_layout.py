@@ -15,16 +15,19 @@ MAX_LINES = 600
 LAYERS = [
     {"errors", "files", "geometry", "metrics", "vgg16", "recipes", "conventions"},  # facts; import nothing of ours
     {"config", "caffe_env", "images", "diskspace"},
-    {"caffemodel", "dataset", "nets"},
+    {"caffemodel", "dataset", "nets", "volumes"},
     {"inputs", "solver", "weight_formats", "verify"},
     {"resolve", "onnxmodel"},
     {"runs"},
-    {"data", "weights", "doctor", "evaluate", "export", "infer"},  # stages
-    {"train", "distribute"},  # stages built on stages: train runs doctor and weights, distribute runs infer
+    {"data", "weights", "doctor", "evaluate", "export", "predict"},  # stages, and the net on one image
+    {"train", "volume_infer"},  # train runs doctor and weights; volume_infer labels volumes with predict
+    {"infer"},  # files in, files out: images (predict) and volumes (volume_infer)
+    {"distribute"},  # infer on a Dask cluster
     {"cli"},
 ]
 # What a function may import lazily: heavy or optional dependencies only (pycaffe itself is loaded by caffe_env).
-LAZY_ALLOWED = {"caffe", "torch", "onnx", "onnxruntime", "dask", "distributed", "matplotlib", "h5py"}
+LAZY_ALLOWED = {"caffe", "torch", "onnx", "onnxruntime", "dask", "distributed", "matplotlib", "h5py", "pydicom",
+                "nibabel", "zarr"}
 
 
 def modules() -> dict[str, Path]:

@@ -22,11 +22,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__, diskspace, verify
-from . import caffe_lmdb
 from ..dataset import DatasetInfo, datum_bytes, read_dataset
 from ..errors import DataError
 from ..files import DATASET_FILE, SPLITS, dataset_paths
 from ..images import WindowEstimator, apply_window, overlay
+from ..volumes import volume_sources
+from . import caffe_lmdb
 from .options import ImportOptions
 from .show import dataset_warnings, summary_lines
 from .sources import Pair, list_pairs, split_pairs
@@ -103,7 +104,11 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
     started = time.monotonic()
     out = Path(out)
     _check_destination(out, options.overwrite)
-    pairs, frames = source_pairs(Path(images), Path(labels), options.to_gray)
+    volumes = volume_sources(images, labels, options.volume, options.window_values)
+    if volumes is None:
+        pairs, frames = source_pairs(Path(images), Path(labels), options.to_gray)
+    else:
+        pairs, frames = [Pair(*pair) for pair in volumes.pairs], True
     if options.val_images is not None:
         val_pairs, _ = source_pairs(Path(options.val_images), Path(options.val_labels), options.to_gray)
         train, val = caffe_lmdb.separate_val(pairs, val_pairs)
@@ -114,7 +119,10 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
     scan = _scan(train, val, options, progress)
     num_classes = _num_classes(train + val, scan, options)
     plan = plan_train_tiles(scan.foreground_tiles, scan.train_label_pixels[:num_classes], options)
-    window = scan.train_intensities.window(options.percentiles, options.window_values)
+    if volumes is not None and volumes.window is not None:
+        window = volumes.window  # --dicom-window: the DICOM's own or a preset, on the modality values (HU)
+    else:
+        window = scan.train_intensities.window(options.percentiles, options.window_values)
     if window is None:
         for pair in val:
             if scan.dtypes[pair.name] != np.uint8:
@@ -138,6 +146,8 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
         meta["checksums"] = verify.dataset_checksums(tmp)  # what `fcnseg data check` compares against
         if user_mean is not None:
             caffe_lmdb.record_mean(meta, user_mean, window)
+        if volumes is not None:
+            meta["reader"] = volumes.reader
         if options.val_images is not None:
             meta["source"].update(val_images=str(options.val_images), val_labels=str(options.val_labels))
         slices = sum(1 for p in pairs if p.key == pairs[0].key) if frames else 1

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..images import DEFAULT_PERCENTILES
+from ..volumes import VolumeOptions
 
 DEFAULT_IGNORE_LABEL = 255
 DEFAULT_VAL_FRACTION = 0.2
@@ -48,6 +49,7 @@ class ImportOptions:
     val_images: Optional[str] = None  # a val split given as its own sources (caffe_lmdb.separate_val)
     val_labels: Optional[str] = None
     mean_file: Optional[str] = None  # a Caffe mean .binaryproto for LMDB sources (caffe_lmdb.read_mean_file)
+    volume: VolumeOptions = VolumeOptions()  # DICOM / NIfTI / HDF5 / Zarr reading (fcnseg.volumes)
 
     def __post_init__(self):
         if self.ignore_label is not None and not 0 <= self.ignore_label <= 255:

@@ -11,7 +11,6 @@ from ..geometry import tile_origins
 from .options import MIN_CLASS_FRACTION, ImportOptions
 
 
-
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side `tile` overlapping by `overlap` that cover 0..length; the last may
     run past the end (the caller pads). `geometry.tile_origins` with every start a multiple of the step."""
