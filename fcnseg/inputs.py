@@ -77,8 +77,11 @@ class InferenceFacts:
     reader: Optional[dict] = None  # how the training volumes were read (fcnseg.volumes); optional in files
 
     def to_dict(self) -> dict:
-        """Plain data for YAML or ONNX metadata."""
-        return asdict(self)
+        """Plain data for YAML or ONNX metadata (`reader` only for volumes: image data writes what it always did)."""
+        facts = asdict(self)
+        if facts["reader"] is None:
+            del facts["reader"]
+        return facts
 
     @classmethod
     def from_dict(cls, raw: object, where: str) -> "InferenceFacts":
