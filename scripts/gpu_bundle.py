@@ -46,12 +46,21 @@ SCRIPTS = ["gpu_device_check.py", "gpu_check.py", "bench.py", "torch_fcn_worker.
 SKIP_DIRS = {"__pycache__", "tests", "test", "testing_data"}
 STDLIB_SKIP = {"site-packages", "config-3.11-x86_64-linux-gnu", "test", "idlelib", "tkinter", "turtledemo",
                "ensurepip", "lib2to3", "pydoc_data", "distutils"}
+# matplotlib's rc file and the fonts a plot with the default style may use (LastResortHE: matplotlib's
+# fallback, which it opens for every text); the trace adds what it saw opened.
 MPL_KEEP = ("mpl-data/matplotlibrc", "mpl-data/fonts/ttf/DejaVuSans.ttf", "mpl-data/fonts/ttf/DejaVuSans-Bold.ttf",
-            "mpl-data/fonts/ttf/DejaVuSansMono.ttf", "mpl-data/fonts/ttf/DejaVuSans-Oblique.ttf")
+            "mpl-data/fonts/ttf/DejaVuSans-Oblique.ttf", "mpl-data/fonts/ttf/DejaVuSans-BoldOblique.ttf",
+            "mpl-data/fonts/ttf/DejaVuSansMono.ttf", "mpl-data/fonts/ttf/LastResortHE-Regular.ttf",
+            "mpl-data/fonts/ttf/LICENSE_DEJAVU")
 
 # What the check imports, run in the venv's Python with the bundle's pycaffe first on sys.path.
 TRACE = r"""
 import json, os, sys, tempfile
+opened = set()
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], str):
+        opened.add(args[0])
+sys.addaudithook(_hook)
 os.environ["GLOG_minloglevel"] = "2"
 import numpy as np
 import caffe, caffe.coord_map
@@ -80,7 +89,8 @@ for line in open("/proc/self/maps"):
     p = line.split()[-1]
     if p.startswith("/"):
         files.add(os.path.realpath(p))
-print(json.dumps(sorted(files)))
+data = sorted({os.path.realpath(f) for f in opened if os.path.isfile(f) and not f.endswith(".pyc")} - files)
+print(json.dumps({"modules": sorted(files), "opened": data}))
 """
 
 
@@ -139,8 +149,12 @@ def ensure_data(py: str, root: Path) -> tuple[Path, Path]:
     return ds, raw / "hela_images.tif"
 
 
+# Sources of compiled modules (fontTools ships 2 MB of bezierTools.c) are never read at run time.
+SOURCE_SUFFIXES = (".pyc", ".c", ".cpp", ".h", ".hpp", ".pyx", ".pxd", ".pxi")
+
+
 def copy_tree(src: Path, dst: Path, skip: set[str] = SKIP_DIRS) -> None:
-    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n in skip or n.endswith(".pyc")],
+    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n in skip or n.endswith(SOURCE_SUFFIXES)],
                     symlinks=False, dirs_exist_ok=True)
 
 
@@ -168,7 +182,8 @@ def select_from(root: Path, traced: set[Path], dst: Path, skip_top: set[str] = f
         for entry in src.iterdir():
             # Extension modules at a package's top are taken only when loaded (PIL's _avif, _webp, _imagingtk
             # would bring 8 MB of codecs); a subpackage that was used is taken whole.
-            if entry.is_file() and not entry.name.endswith(".pyc") and (entry.suffix != ".so" or entry in traced):
+            if entry.is_file() and not entry.name.endswith(SOURCE_SUFFIXES) and (entry.suffix != ".so"
+                                                                                  or entry in traced):
                 shutil.copy2(entry, dst / top / entry.name)
             elif entry.is_dir() and entry.name in subs and entry.name not in SKIP_DIRS:
                 copy_tree(entry, dst / top / entry.name)
@@ -203,7 +218,7 @@ def stdlib(base: Path, traced: set[Path], dst: Path) -> None:
     (dst / "bin").mkdir(parents=True)
     (dst / "lib" / ver).mkdir(parents=True)
     shutil.copy2(base / "bin" / ver, dst / "bin" / ver)
-    for so in (base / "lib").glob(f"lib{ver}*.so*"):
+    for so in (base / "lib").glob(f"lib{ver}.so.*"):  # the soname the interpreter needs, not the dev link
         shutil.copy2(so, dst / "lib" / so.name, follow_symlinks=True)
     subs = {f.relative_to(lib).parts[0] for f in traced if f.is_relative_to(lib) and len(f.relative_to(lib).parts) > 1}
     subs |= {"encodings", "importlib", "json", "collections", "logging", "email", "concurrent", "xml", "urllib"}
@@ -296,7 +311,9 @@ def build(args) -> int:
     proc = subprocess.run([py, "-c", TRACE], capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"gpu_bundle: the import trace failed:\n{proc.stderr[-2000:]}")
-    traced = {Path(p) for p in json.loads(proc.stdout.strip().splitlines()[-1])}
+    trace = json.loads(proc.stdout.strip().splitlines()[-1])
+    traced = {Path(p) for p in trace["modules"]}
+    opened = {Path(p) for p in trace["opened"]}
     loaded_caffe = [p for p in traced if p.name.startswith("_caffe") and p.suffix == ".so"]
     if not loaded_caffe or not loaded_caffe[0].is_relative_to(caffe_py.resolve()):
         sys.exit(f"gpu_bundle: the trace imported another pycaffe ({loaded_caffe}), not {caffe_py}")
@@ -310,7 +327,14 @@ def build(args) -> int:
         stdlib(base, traced, stage / "python")
         log(f"packages from {site}")
         tops = site_packages(py, site, traced, stage / "site")
-        copy_tree(caffe_py, stage / "caffe")
+        # Data files the packages read while traced (matplotlib's fonts, rc file, ...), one by one.
+        for f in opened:
+            if f.is_relative_to(site.resolve()) and (f.relative_to(site.resolve()).parts[0] in tops):
+                dest = stage / "site" / f.relative_to(site.resolve())
+                if not dest.exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, dest)
+        copy_tree(caffe_py, stage / "caffe", skip=SKIP_DIRS | {"imagenet"})  # imagenet/: an example's mean
         for sub in ("fcnseg", "configs"):
             files = subprocess.run(["git", "ls-files", sub], capture_output=True, text=True, cwd=ROOT,
                                    check=True).stdout.split()
@@ -329,8 +353,11 @@ def build(args) -> int:
         log("shared libraries (ldd closure, without glibc and CUDA)")
         (stage / "lib").mkdir()
         libs = shared_libs(stage, stage / "lib")
-        strip([*(stage / "lib").iterdir(), *(stage / "python/lib").glob("libpython*"),
-               stage / "python/bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"])
+        # Debian's libraries, the interpreter and its extension modules (pyenv builds them with -g: 12 MB
+        # of lib-dynload become 5) and pycaffe; the wheels' own binaries are left as auditwheel made them.
+        ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        strip([*(stage / "lib").iterdir(), *(stage / "python/lib").glob("libpython*"), stage / "python/bin" / ver,
+               *(stage / "python/lib" / ver / "lib-dynload").glob("*.so"), *(stage / "caffe").rglob("*.so")])
         recipe = (caffe_py.parent / "RECIPE").read_text() if (caffe_py.parent / "RECIPE").is_file() else ""
         manifest = {
             "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -374,7 +401,7 @@ def main() -> int:
                     help="pycaffe variant (cpu: the same bundle around the CPU build, for tests without CUDA)")
     ap.add_argument("--data-dir", default=str(ROOT / "data"), help="where hela_raw/ and hela/ are (or are made)")
     ap.add_argument("--python", default=str(ROOT / ".venv/bin/python"), help="the venv's interpreter")
-    ap.add_argument("--xz-level", default="9", help="xz preset (9: smallest)")
+    ap.add_argument("--xz-level", default="6", help="xz preset (6: multithreads well; 9 is ~5 %% smaller, slower)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("FCNSEG_JOBS", "0")), help="xz threads (0: all)")
     return build(ap.parse_args())
 

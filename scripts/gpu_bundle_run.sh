@@ -14,7 +14,8 @@
 #   2. nvidia/cu13/lib (and nvidia/{cuda_runtime,cublas,curand}/lib) in the site-packages of every Python
 #      found: $FCNSEG_CUDA_PYTHONS, /opt/*/.venv/bin/python3, python3 on PATH, /usr/bin/python3, and the
 #      folders /opt/*/.venv/lib/python3*/site-packages, /usr/local/lib/python3*/dist-packages, then
-#   3. /usr/local/cuda*/lib64 and /usr/local/cuda*/targets/x86_64-linux/lib.
+#   3. /usr/local/cuda*/lib64, /usr/local/cuda*/targets/x86_64-linux/lib, and the toolkit that
+#      `make setup CAFFE=cuda` / `make gpu-bundle` installed (~/.cache/fcnseg/cuda-toolkit/*/nvidia/cu13/lib).
 # It prints which file it uses for each, or which it misses (then it stops, exit 3). The NVIDIA driver's
 # libcuda.so.1 is found the usual way (ld.so.conf, or $LD_LIBRARY_PATH, which is kept).
 # Exit: the check's (0 all passed, 1 a check failed or no usable GPU), 2 usage, 3 CUDA libraries missing.
@@ -62,7 +63,10 @@ for s in "${SITES[@]}"; do
     CANDIDATES+=("$d")
   done
 done
-for d in /usr/local/cuda*/lib64 /usr/local/cuda*/targets/x86_64-linux/lib; do CANDIDATES+=("$d"); done
+for d in /usr/local/cuda*/lib64 /usr/local/cuda*/targets/x86_64-linux/lib \
+         "${FCNSEG_CACHE:-${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/fcnseg}"/cuda-toolkit/*/nvidia/cu13/lib; do
+  CANDIDATES+=("$d")
+done
 CUDA_DIRS=""
 CUDA_REPORT=""
 MISSING=""

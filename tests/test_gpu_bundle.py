@@ -57,8 +57,7 @@ def test_run_sh_without_archive(tmp_path):
 
 @pytest.fixture(scope="module")
 def cpu_bundle(tmp_path_factory) -> Path:
-    """The bundle around the CPU pycaffe, built with the bundler's own size check (xz -6: never smaller than
-    what `make gpu-bundle`'s -9 gives, so the budget holds for it too)."""
+    """The bundle around the CPU pycaffe, built with the bundler's own size check (xz -6, as `make gpu-bundle`)."""
     base = tmp_path_factory.mktemp("bundle")
     out = base / "gpu"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/gpu_bundle.py"), "--caffe", "cpu", "--out", str(out),
