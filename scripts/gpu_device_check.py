@@ -178,7 +178,8 @@ class Worker:
     """A resident worker process answering one JSON line per command."""
 
     def __init__(self, cmd: list[str], env: dict, timeout: float):
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self.err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody reads while it runs
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
                                      text=True, env=env, cwd=ROOT)
         self.timeout = timeout
         self.ready = self._read()
@@ -195,8 +196,8 @@ class Worker:
         line = result.get("line")
         if not line:
             self.proc.kill()
-            err = self.proc.stderr.read() if t.is_alive() is False else ""
-            tail = [ln for ln in (err or "").strip().splitlines() if ln.strip()][-5:]
+            self.err.seek(0)
+            tail = [ln for ln in self.err.read().strip().splitlines() if ln.strip()][-5:]
             raise RuntimeError(f"worker {'timed out' if t.is_alive() else 'ended'}: {' | '.join(tail)}")
         return json.loads(line)
 
@@ -353,7 +354,7 @@ def summary(rep: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.txt")
+    ap.add_argument("--out", help="folder for gpu_check.json and gpu_check.txt (required)")
     ap.add_argument("--device", type=int, default=0)
     ap.add_argument("--data", default=str(ROOT / "data"), help="folder with hela/ (imported) and frame17.tif")
     ap.add_argument("--rounds", type=int, default=3)
@@ -364,6 +365,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.caffe_worker:
         return caffe_worker(args.device)
+    if not args.out:
+        ap.error("--out DIR is required")
     t0 = time.perf_counter()
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
