@@ -318,7 +318,11 @@ def infer_both(data: Path, run: Path, tmp: Path, gpu: list[str], mem: GpuMemory 
 
 
 def summary(rep: dict) -> list[str]:
-    lines = [f"gpu check: {'PASS' if rep['ok'] else 'FAIL'} - {rep['probe']}"]
+    if rep.get("rehearsal"):
+        lines = [f"gpu check rehearsal on the CPU (no GPU stage): {'PASS' if rep['ok'] else 'FAIL'}; the probe said: "
+                 f"{rep['probe']}"]
+    else:
+        lines = [f"gpu check: {'PASS' if rep['ok'] else 'FAIL'} - {rep['probe']}"]
     if rep.get("cuda_libraries"):
         lines.append("cuda libraries: " + ", ".join(f"{k} from {v or 'MISSING'}"
                                                     for k, v in rep["cuda_libraries"].items()))
@@ -342,7 +346,9 @@ def summary(rep: dict) -> list[str]:
         lines.append(f"train demo_hela: exit {t['exit']} in {t['seconds']} s, val mean IU {t.get('val_mean_iu')} "
                      f"(best {t.get('best_val_mean_iu')}), peak GPU MiB {t.get('peak_gpu_mib_all_processes')}")
     i = rep.get("infer")
-    if i:
+    if i and rep.get("rehearsal"):
+        lines.append(f"infer frame 17 on the CPU: exit {i['cpu']['exit']} in {i['cpu']['seconds']} s")
+    elif i:
         lines.append(f"infer frame 17: identical to CPU: {i.get('identical')} ({i.get('pixels_differing')} of "
                      f"{i.get('pixels')} pixels differ); " + ", ".join(
                          f"{k} exit {v['exit']} {v['seconds']} s" for k, v in i.items() if isinstance(v, dict))
