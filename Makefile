@@ -7,7 +7,7 @@ CAFFE     ?= cpu
 STAMP     := $(VENV)/.setup-done-$(CAFFE)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-bacteria otsu clean-venv
+.PHONY: setup test test-fast demo demo-bacteria otsu clean-venv gpu-bundle
 
 DEMO_RAW  := data/hela_raw
 DEMO_DATA := data/hela
@@ -70,6 +70,11 @@ demo-bacteria: $(STAMP)
 	  print('\nbacteria demo, val frames 16-19 (iteration, seconds since training started, mean IU, bacteria IU):'); \
 	  [print('%5d %7.0f s  %.4f  %.4f' % (e['iter'], e['elapsed'], e['mean_iu'], e['per_class_iu'][1])) for e in vals]; \
 	  print('run folder $(BACT_RUN)/ (metrics.jsonl, loss.png, val.png, best.caffemodel)')"
+
+# The GPU check for a GPU machine without registries (docs/gpu-check.md): .gpu/ (run.sh, one tar.xz) of at most
+# 60 MiB, checked here; CUDA pycaffe for sm_90 (FCNSEG_CUDA_ARCHS overrides), built once and cached.
+gpu-bundle: $(STAMP)
+	$(PY) scripts/gpu_bundle.py --out .gpu --max-mib 60
 
 clean-venv:
 	rm -rf $(VENV)

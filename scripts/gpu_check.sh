@@ -4,24 +4,16 @@
 # in OUT (default gpu_check.json). Exit 0 only when a GPU worked and every comparison agreed (1e-3 rel).
 #
 # Usage: scripts/gpu_check.sh [OUT.json] [GPU]
-# Interpreter, first found:
-#   - inside a bundle made by scripts/gpu_bundle.sh (a GPU machine with another Python and no package
-#     registry): the bundle's own Python 3.11, packages, CUDA pycaffe and shared libraries;
-#   - $FCNSEG_PY, else .venv/bin/python after `make setup CAFFE=cuda`.
+# Interpreter: $FCNSEG_PY, else .venv/bin/python after `make setup CAFFE=cuda`. For a GPU machine without
+# registries or Python 3.11, the whole check (this plus speed against PyTorch, train and infer --gpu) travels
+# as the bundle of `make gpu-bundle`: bash .gpu/run.sh (docs/gpu-check.md).
 # Needs an NVIDIA driver >= 580 (CUDA 13.0) on the machine; nothing else.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-gpu_check.json}
 DEVICE=${2:-0}
-if [ -d "$ROOT/.bundle" ]; then
-  B=$ROOT/.bundle
-  PY=$B/python/bin/python3.11
-  export PYTHONHOME=$B/python PYTHONPATH=$B/caffe:$B/site:$ROOT PYTHONNOUSERSITE=1
-  export LD_LIBRARY_PATH=$B/lib:$B/python/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-else
-  PY=${FCNSEG_PY:-$ROOT/.venv/bin/python}
-  export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
-fi
+PY=${FCNSEG_PY:-$ROOT/.venv/bin/python}
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export GLOG_minloglevel=2 OMP_WAIT_POLICY=PASSIVE
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv >&2 || true
 exec timeout 480 "$PY" "$ROOT/scripts/gpu_check.py" --device "$DEVICE" --out "$OUT"

@@ -23,11 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 
-# Pages that other work is still writing. A link to one of them is accepted while the file does not exist;
-# every other link must resolve. Remove a page from this set when it lands
-# (test_pending_pages_are_still_missing fails until then).
-PENDING_PAGES = {"docs/gpu-check.md"}
-
 README_MAX_LINES = 250
 README_FIRST_COMMAND_BY = 40
 FCNSEG = {"fcnseg", ".venv/bin/fcnseg"}
@@ -91,8 +86,7 @@ def link_problems(page: Path) -> list[str]:
             problems.append(f"{where} points outside the repository")
             continue
         if not dest.exists():
-            if rel(dest) not in PENDING_PAGES:
-                problems.append(f"{where}: no file {rel(dest)}")
+            problems.append(f"{where}: no file {rel(dest)}")
             continue
         if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             problems.append(f"{where}: {rel(dest)} has no heading with anchor #{anchor}")
@@ -205,7 +199,7 @@ def named_problems(page: Path) -> list[str]:
     for path in sorted(set(re.findall(r"(?<![\w./-])((?:fcnseg|scripts|configs|tests|docs|\.ci)/[\w./*-]*)", text))):
         path = path.rstrip(".")
         exists = any(REPO.glob(path)) if "*" in path else (REPO / path).exists()
-        if not exists and path not in PENDING_PAGES:
+        if not exists:
             problems.append(f"{rel(page)}: no file or folder {path}")
     dotted = set(re.findall(r"(?<![\w/])fcnseg(?:\.[A-Za-z_]\w*)+", text))
     for module, imported in re.findall(r"from (fcnseg[\w.]*) import ([\w, ]+)", text):
@@ -272,11 +266,6 @@ def test_github_slugs():
     assert github_slug("`fcnseg train` and `fcnseg eval`") == "fcnseg-train-and-fcnseg-eval"
     assert github_slug("Sparse objects: phase-contrast bacteria (`make demo-bacteria`)") == \
         "sparse-objects-phase-contrast-bacteria-make-demo-bacteria"
-
-
-def test_pending_pages_are_still_missing():
-    landed = sorted(page for page in PENDING_PAGES if (REPO / page).exists())
-    assert landed == [], f"{landed} exist now: remove them from PENDING_PAGES in tests/test_docs.py"
 
 
 def test_readme_is_a_quick_start():
