@@ -257,6 +257,13 @@ def geometry_problems(net, input_blob: str = "data", output: str = "score") -> l
     return problems
 
 
+def sliced_shape(shape: tuple[int, int, int], axis: int) -> tuple[int, int, int]:
+    """(slices, rows, columns) of a 3-D volume of `shape` read as 2-D slices along `axis`: the slicing axis
+    first, the other two in stored order."""
+    rest = [shape[i] for i in range(3) if i != axis]
+    return shape[axis], rest[0], rest[1]
+
+
 def ceil_to(n: int, m: int) -> int:
     """The smallest multiple of `m` that is >= `n`."""
     return -(-n // m) * m

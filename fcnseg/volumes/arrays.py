@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import DataError
+from ..geometry import sliced_shape
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -60,9 +61,7 @@ class ArrayVolume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(slices, rows, columns): the slicing axis first, the other two in stored order."""
-        s = self.full_shape
-        rest = [s[i] for i in range(3) if i != self.axis]
-        return s[self.axis], rest[0], rest[1]
+        return sliced_shape(self.full_shape, self.axis)
 
     @property
     def dtype(self) -> np.dtype:

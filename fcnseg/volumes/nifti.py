@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import files
 from ..errors import DataError
+from ..geometry import sliced_shape
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 AFFINE_TOLERANCE = 1e-3  # mm: image and mask affines closer than this are the same grid
@@ -58,9 +59,7 @@ class NiftiVolume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(slices, rows, columns): the slicing axis first, the other two in stored order."""
-        s = self.spatial_shape
-        rest = [s[i] for i in range(3) if i != self.axis]
-        return s[self.axis], rest[0], rest[1]
+        return sliced_shape(self.spatial_shape, self.axis)
 
     @property
     def affine(self) -> np.ndarray:
