@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import recipes, vgg16
 from .errors import ConfigError
 
-# Which pooling outputs a head fuses: fcn32s none, fcn16s the one before the last, fcn8s two.
+# Which pooling outputs a head fuses: fcn32s none, fcn16s the one before the last, fcn8s two. The U-Net
+# (`unet`) fuses every level, through its own decoder.
 SKIPS_BY_ARCH = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}
+FCN_ARCHS = tuple(SKIPS_BY_ARCH)
+UNET = "unet"
 # Config keys that hold file or folder paths (section, key).
 PATH_KEYS = (("data", "root"), ("init", "weights"))
 
@@ -29,7 +32,9 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    arch: Literal["fcn32s", "fcn16s", "fcn8s"] = "fcn32s"
+    arch: Literal["fcn32s", "fcn16s", "fcn8s", "unet"] = "fcn32s"
+    norm: Literal["none", "batch"] = "none"
+    base_channels: int = Field(64, ge=1)
     at_once: bool = False
     stages: int = Field(5, ge=1, le=5)
     num_classes: Optional[int] = Field(None, ge=2)
@@ -48,6 +53,10 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _depth_supports_arch(self):
+        if self.arch == UNET:
+            if self.at_once:
+                raise ValueError("model.at_once scales FCN skips; a unet has none: remove it")
+            return self
         skips = SKIPS_BY_ARCH[self.arch]
         if self.stages <= skips:
             raise ValueError(
@@ -71,7 +80,14 @@ class DataConfig(_Section):
 
 class LossConfig(_Section):
     normalize: bool = False
-    foreground_weight: float = Field(0.0, ge=0)
+    foreground_weight: Union[Literal["auto"], float] = "auto"
+
+    @field_validator("foreground_weight")
+    @classmethod
+    def _weight_non_negative(cls, v):
+        if not isinstance(v, str) and v < 0:
+            raise ValueError("must be 'auto' or a number >= 0")
+        return v
 
 
 class SolverConfig(_Section):
@@ -289,6 +305,12 @@ def config_differences(a: Config, b: Config) -> list[str]:
     left, right = dict(leaves(a.to_dict())), dict(leaves(b.to_dict()))
     return [f"{k}: {left.get(k)!r} -> {right.get(k)!r}" for k in sorted(set(left) | set(right))
             if left.get(k) != right.get(k)]
+
+
+def foreground_weight(config: Config) -> float:
+    """The weight of the foreground-only loss; `auto` left unresolved (no dataset) means 0."""
+    w = config.loss.foreground_weight
+    return 0.0 if isinstance(w, str) else float(w)
 
 
 def input_mean(config: Config) -> float:

@@ -30,10 +30,11 @@ class Split(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     samples: Optional[int] = Field(None, ge=0)  # None: not recorded
+    class_pixels: tuple[int, ...] = ()  # labelled pixels per class in the split's sources; () not recorded
     sources: tuple[str, ...] = ()
     sizes: tuple[tuple[PositiveInt, PositiveInt], ...] = ()
 
-    @field_validator("sources", "sizes", mode="before")
+    @field_validator("sources", "sizes", "class_pixels", mode="before")
     @classmethod
     def _null_is_empty(cls, value):
         return () if value is None else value
@@ -76,6 +77,13 @@ class DatasetInfo(BaseModel):
     checksums: Optional[dict[str, LmdbChecksum]] = None  # by LMDB folder name; None: imported before they were
     ignore_label: int = Field(255, ge=0)  # the label value of pixels that are no class
     input_channels: int = Field(1, ge=1)
+    train_tiles: Optional[dict] = None  # the import's tile plan; `sparse_classes` names the sparse classes
+
+    @property
+    def sparse_classes(self) -> tuple[str, ...]:
+        """The classes the import found under recipes.MIN_CLASS_FRACTION of the source pixels (() if none, or
+        imported before it recorded them)."""
+        return tuple(str(c) for c in (self.train_tiles or {}).get("sparse_classes") or ())
 
     @field_validator("tile", mode="before")
     @classmethod

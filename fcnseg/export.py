@@ -11,6 +11,8 @@ from the weights, so it computes what Caffe computes rather than an approximatio
 - Crop -> Slice from the layer's offsets to offset + the reference blob's runtime size, so H and W
   stay free; the 100-pixel pad of conv1_1 is an ordinary Conv pad.
 - Eltwise -> Add/Mul/Max (SUM coefficients as a Mul); Scale -> Mul (+ Add for a bias);
+- BatchNorm -> BatchNormalization with Caffe's running averages (its sums over their weight), eps as given;
+  Concat -> Concat;
   ReLU -> Relu/LeakyRelu; Dropout is the identity at inference, as in Caffe's TEST phase.
 
 Any other layer type raises RunError rather than being guessed at.
@@ -166,6 +168,19 @@ def _add_layer(g: _Graph, layer, params: dict[str, list[np.ndarray]]) -> None:
             out = g.node("Add", [out, g.const(f"{name}.bias", blobs[1].astype(np.float32).reshape(shape))],
                          f"{name}.biased")
         emit(out)
+    elif kind == "BatchNorm":
+        # Caffe keeps running sums and their weight: mean = blob0 / blob2, variance = blob1 / blob2 (0 when
+        # the weight is 0). The Scale that follows is its own layer, so the affine part here is 1, 0.
+        weight = float(blobs[2].ravel()[0])
+        factor = 0.0 if weight == 0 else 1.0 / weight
+        mean, var = (blobs[i].astype(np.float32) * np.float32(factor) for i in (0, 1))
+        ones, zeros = np.ones_like(mean), np.zeros_like(mean)
+        emit(g.node("BatchNormalization", [bottoms[0], g.const(f"{name}.gamma", ones), g.const(f"{name}.beta", zeros),
+                                           g.const(f"{name}.mean", mean), g.const(f"{name}.var", var)],
+                    name, epsilon=float(layer.batch_norm_param.eps)))
+    elif kind == "Concat":
+        axis = layer.concat_param.axis if layer.concat_param.HasField("axis") else 1
+        emit(g.node("Concat", bottoms, name, axis=int(axis)))
     else:
         raise RunError(f"layer {name}: Caffe layer type {kind} is not supported by fcnseg export")
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, input_mean
+from . import recipes
+from .config import Config, foreground_weight, input_mean
 from .dataset import DatasetInfo, read_dataset
 from .errors import ConfigError
 from .files import DATASET_FILE
@@ -30,6 +31,14 @@ class Resolved:
     config: Config
     dataset: Optional[DatasetInfo]
     mean_source: str
+    foreground_source: Optional[str] = None  # why `loss.foreground_weight: auto` became its number
+
+    def describe_loss(self) -> Optional[str]:
+        """One line on the foreground weight `auto` chose, e.g. `loss.foreground_weight 1 (auto: ...)`; None when
+        the config gave a number."""
+        if self.foreground_source is None:
+            return None
+        return f"loss.foreground_weight {foreground_weight(self.config):g} (auto: {self.foreground_source})"
 
     def describe_input(self) -> str:
         """One line for reports, e.g. `input: (image - 114.452) * 1; mean: recorded in ...`."""
@@ -86,4 +95,29 @@ def resolve(config: Config) -> Resolved:
     if config.model.num_classes is None:
         raise ConfigError("model.num_classes is not set; set it, or point data.root at a dataset "
                           "imported with `fcnseg data import`")
-    return Resolved(config, info, source)
+    weight_source = None
+    if config.loss.foreground_weight == "auto" and info is not None:
+        config.loss.foreground_weight, weight_source = foreground_weight_choice(info)
+    return Resolved(config, info, source, weight_source)
+
+
+def foreground_weight_choice(info: DatasetInfo) -> tuple[float, str]:
+    """(weight, why) for `loss.foreground_weight: auto`: recipes.SPARSE_FOREGROUND_WEIGHT when the import found a
+    class sparse in the source images (dataset.yaml's train_tiles.sparse_classes) or a foreground class is under
+    recipes.MIN_CLASS_FRACTION of the labelled train pixels (its class_pixels), else 0."""
+    if info.sparse_classes:
+        return recipes.SPARSE_FOREGROUND_WEIGHT, (f"{', '.join(info.sparse_classes)} under "
+                                                  f"{100 * recipes.MIN_CLASS_FRACTION:g} % of the source pixels, "
+                                                  "as the import found")
+    pixels = info.split("train").class_pixels
+    labelled = sum(pixels)
+    if not labelled:
+        return 0.0, "the dataset records no class pixels"
+    names = info.class_names()
+    fractions = {names[i] if i < len(names) else f"class {i}": c / labelled for i, c in enumerate(pixels) if i > 0}
+    sparse = {name: f for name, f in fractions.items() if f < recipes.MIN_CLASS_FRACTION}
+    shares = ", ".join(f"{name} {100 * f:.2g} %" for name, f in (sparse or fractions).items())
+    if sparse:
+        return recipes.SPARSE_FOREGROUND_WEIGHT, (f"{shares} of the train pixels, under "
+                                                  f"{100 * recipes.MIN_CLASS_FRACTION:g} %")
+    return 0.0, f"{shares} of the train pixels, none under {100 * recipes.MIN_CLASS_FRACTION:g} %"

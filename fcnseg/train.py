@@ -31,7 +31,7 @@ from .dataset import DatasetInfo
 from .doctor import diagnose_definition, format_findings
 from .errors import ConfigError, DataError, RunError
 from .metrics import read_events, validate
-from .recipes import NORMALIZED, SCRATCH, SCRATCH_MAX_STAGES, SUMMED
+from .recipes import NORMALIZED, SCRATCH, SCRATCH_MAX_STAGES, SCRATCH_NORM, SUMMED
 from .resolve import Resolved, resolve
 from .weights import format_report, initialize, scratch_warning
 
@@ -299,7 +299,8 @@ def one_class_verdict(train_losses: list[tuple[int, float]], foreground_probs: l
 LIKELY_CAUSES = f"""Likely causes:
   - no pretrained weights: VGG-depth nets trained from scratch with the reference recipe do not learn;
     convert ImageNet VGG16 with `fcnseg weights convert` and set init.weights, or use a shallower net
-    (model.stages {SCRATCH_MAX_STAGES}) with {SCRATCH.solver} (see configs/demo_hela.yaml);
+    (model.stages {SCRATCH_MAX_STAGES}) with {SCRATCH.solver} (configs/demo_hela_fcn8s.yaml), or any depth with
+    model.norm: batch and {SCRATCH_NORM.solver} at {SCRATCH_NORM.lr} (configs/demo_hela.yaml, a U-Net);
   - learning rate against loss normalisation: loss.normalize false sums the loss over every pixel, so
     base_lr must be tiny ({SUMMED.lr} for ~500x500 images); with normalize true use ~{SCRATCH.lr} ({SCRATCH.solver}) or
     1e-3..1e-2 with momentum {NORMALIZED.momentum:g};
@@ -380,6 +381,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         rows = initialize(solver.net, config, config.init.weights, definition.train_val)
         out(format_report(rows))
         out(resolved.describe_input())
+        if resolved.describe_loss():
+            out(resolved.describe_loss())
         warning = None if config.init.weights else scratch_warning(config)
         if warning:
             out(warning)

@@ -9,8 +9,8 @@ Stages (each in child processes, each with a time limit; the whole stays under 6
   3. speed     seconds per SGD iteration of FCN-32s 500x500 batch 1 in Caffe on the GPU and in PyTorch eager
                (the machine's own torch, scripts/torch_fcn_worker.py, FP32 with TF32 off) on the same card:
                two resident worker processes, --rounds alternated rounds of --iters iterations each.
-  4. train     `fcnseg train configs/demo_hela.yaml --gpu N` on the HeLa demo tiles (its own 160
-               iterations, validation every 40), with the val mean IU it reaches.
+  4. train     `fcnseg train configs/demo_hela.yaml --gpu N` on the HeLa demo tiles (its own
+               iterations and validations), with the val mean IU it reaches.
   5. infer     `fcnseg infer --run RUN frame17.tif --gpu N` and the same on the CPU: the label images must
                be identical.
 Peak GPU memory of every stage's process comes from `nvidia-smi --query-compute-apps` sampled every 0.2 s

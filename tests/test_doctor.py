@@ -214,7 +214,7 @@ def test_make_proto_nets_have_no_errors(monkeypatch, tmp_path, arch, stages, pad
 def test_shipped_configs_have_no_errors(monkeypatch):
     from fcnseg.config import load_config
     from conftest import REPO
-    for name in ("fcn32_1ch", "fcn16_1ch", "fcn8_1ch", "seed_reduced_1ch", "demo_hela", "demo_bacteria"):
+    for name in ("fcn32_1ch", "fcn16_1ch", "fcn8_1ch", "seed_reduced_1ch", "demo_hela", "demo_hela_fcn8s", "demo_bacteria"):
         config = load_config(REPO / "configs" / f"{name}.yaml", ["data.root=null", "model.num_classes=2"])
         if config.init.weights:
             _fake_weights(monkeypatch, config)

@@ -235,3 +235,32 @@ def test_export_to_a_folder_exits_2(tmp_path, capsys):
     run = make_run(tmp_path)
     assert main(["export", run, "-o", tmp_path]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def with_batchnorm_statistics(run: Path, seed: int = 0) -> None:
+    """Give the run's BatchNorm layers running sums and a weight as training leaves them (mean ~N(0, 0.5),
+    variance in [0.5, 2], weight 3), and its Scale layers scales around 1, so normalisation changes the scores."""
+    net = caffe.Net(str(run / files.DEPLOY_FILE), caffe.TEST)
+    net.copy_from(str(run / files.BEST_WEIGHTS))
+    rng = np.random.default_rng(seed)
+    for name, blobs in net.params.items():
+        if name.endswith("_bn"):
+            blobs[0].data[...] = 3.0 * rng.normal(0, 0.5, blobs[0].data.shape)
+            blobs[1].data[...] = 3.0 * rng.uniform(0.5, 2.0, blobs[1].data.shape)
+            blobs[2].data[...] = 3.0
+        elif name.endswith("_scale"):
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
+            blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
+    net.save(str(run / files.BEST_WEIGHTS))
+
+
+@pytest.mark.parametrize("arch,pad", [("unet", "minimal"), ("unet", 92), ("fcn8s", "minimal")])
+def test_batchnorm_nets_export_what_caffe_computes(tmp_path, arch, pad):
+    run = make_run(tmp_path, arch=arch, norm="batch", stages=3, base_channels=4, pad=pad, bias_std=0.1, seed=1)
+    with_batchnorm_statistics(run)
+    model = tmp_path / "model.onnx"
+    export_onnx(run, model)
+    rng = np.random.default_rng(0)
+    for h, w in sizes(pad, 8) if pad == "minimal" else [(37, 45), (40, 54)]:
+        x = rng.normal(0, 1, (h, w)).astype(np.float32)
+        assert_parity(onnx_outputs(model, x)[0], caffe_score(run, x))

@@ -291,13 +291,25 @@ def test_report_and_scratch_rows(tmp_path, models):
 
 def test_scratch_warning_only_where_the_setup_differs_from_the_scratch_recipe():
     from fcnseg.config import load_config
+    configs = Path(__file__).parents[1] / "configs"
+    for name, lr, recipe_lr in (("demo_hela_fcn8s", 1e-2, "1e-4"), ("demo_hela", 1e-1, "1e-3")):
+        demo = load_config(configs / f"{name}.yaml")
+        assert weights.scratch_differences(demo) == [] and weights.scratch_warning(demo) is None
+        demo.solver.base_lr = lr
+        demo.loss.normalize = False
+        warning = weights.scratch_warning(demo)
+        assert f"solver.base_lr is {lr:g}, far from {recipe_lr}" in warning and "loss.normalize is false" in warning
+        assert "model.stages is" not in warning and "solver.type is" not in warning
+
+
+def test_without_batchnorm_only_three_stages_are_known_to_train_from_scratch():
+    from fcnseg.config import load_config
     demo = load_config(Path(__file__).parents[1] / "configs" / "demo_hela.yaml")
-    assert weights.scratch_differences(demo) == [] and weights.scratch_warning(demo) is None
-    demo.solver.base_lr = 1e-2
-    demo.loss.normalize = False
-    warning = weights.scratch_warning(demo)
-    assert "solver.base_lr is 0.01, far from 1e-4" in warning and "loss.normalize is false" in warning
-    assert "model.stages is" not in warning and "solver.type is" not in warning
+    assert demo.model.stages == 4 and demo.model.norm == "batch"
+    demo.model.norm = "none"
+    demo.solver.base_lr = 1e-4
+    [difference] = weights.scratch_differences(demo)
+    assert difference.startswith("model.stages is 4 (10 convolutions on the way down, no normalisation")
 
 
 def test_score_layers_of_an_fcn_snapshot_are_copied_when_shapes_match(tmp_path, models):
@@ -386,3 +398,20 @@ def test_full_size_vgg16(tmp_path):
         assert {r.layer for r in rows if r.action == "copied"} == set(TRUNK + ["fc6", "fc7"])
         check_loaded(net, spec, before, gray_mean)
         del net
+
+
+def test_a_vgg16_without_batchnorm_initialises_a_batchnorm_nets_convolutions(tmp_path, models):
+    config = make_config(fc_channels=64, norm="batch")
+    net = build_net(tmp_path, config)
+    rows = weights.initialize(net, config, models["loadable_1ch"])
+    actions = {(r.layer, r.blob): r.action for r in rows}
+    assert actions[("conv1_1", 0)] == "copied" and actions[("conv1_1", 1)] == "copied"
+    assert actions[("conv5_3", 0)] == "copied"
+    index = caffemodel.read_caffemodel_index(models["loadable_1ch"])
+    with open(models["loadable_1ch"], "rb") as f:
+        held = caffemodel.load_blob(f, index["conv2_1"].blobs[0])
+    np.testing.assert_array_equal(net.params["conv2_1"][0].data.ravel(), np.ravel(held))
+    for layer in ("conv1_1_bn", "conv3_2_bn", "fc6_bn"):
+        assert {actions[(layer, i)] for i in range(3)} == {"filler"}
+    assert {actions[("conv1_1_scale", i)] for i in range(2)} == {"filler"}
+    np.testing.assert_array_equal(net.params["conv1_1_scale"][0].data, 1.0)

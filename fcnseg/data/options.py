@@ -7,15 +7,14 @@ from typing import Optional
 
 import numpy as np
 
+from .. import recipes
 from ..errors import DataError
 from ..images import DEFAULT_PERCENTILES
 from ..volumes import VolumeOptions
 
 DEFAULT_IGNORE_LABEL = 255
 DEFAULT_VAL_FRACTION = 0.2
-# Classes below this fraction of the train pixels are sparse: the import keeps empty tiles and augments for them,
-# and `data show` warns.
-MIN_CLASS_FRACTION = 0.02
+MIN_CLASS_FRACTION = recipes.MIN_CLASS_FRACTION  # below it a class is sparse (empty tiles kept, augmented)
 
 
 @dataclass(frozen=True)

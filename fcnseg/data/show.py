@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lmdb
 
+from .. import recipes
 from ..dataset import DatasetInfo, read_dataset, read_dataset_yaml
 from ..files import SPLITS, dataset_paths
 from .options import MIN_CLASS_FRACTION
@@ -87,8 +88,8 @@ def dataset_warnings(meta: dict, info: DatasetInfo) -> list[str]:
     sparse = (meta.get("train_tiles") or {}).get("sparse_classes")
     if sparse:
         found.append(f"train: {', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the source pixels; "
-                     "besides the tiling above, weight the loss towards it with loss.foreground_weight "
-                     "(configs/demo_bacteria.yaml uses 1.0)")
+                     "besides the tiling above, loss.foreground_weight auto (the default) weights the loss "
+                     f"towards it ({recipes.SPARSE_FOREGROUND_WEIGHT:g})")
     if len(info.split("val").sources) == 1:
         found.append("val: one source image only; val scores will be noisy")
     return found

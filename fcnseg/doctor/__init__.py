@@ -32,6 +32,7 @@ from ..runs import build_definition
 from .checks_data import check_data, check_housekeeping, check_mean, majority_share
 from .checks_geometry import check_geometry
 from .checks_head import check_head_classes
+from .checks_norm import check_batchnorm
 from .checks_init import check_from_scratch, check_initialisation, check_upsampling, check_weights, expected_shape
 from .checks_solver import check_batch, check_solver, loss_mode, solver_type
 from .facts import SEVERITIES, Finding, NetFacts
@@ -96,6 +97,7 @@ def _diagnose(n: NetFacts, solver, *, weights, input_channels, image_size, val_s
         findings += check_from_scratch(n, solver_type(solver) if solver is not None else None,
                                        weights is not None)
         findings += check_batch(batch, solver)
+        findings += check_batchnorm(n, shapes, batch, solver)
         if solver is not None:
             findings += check_solver(n, solver, image_size, batch)
     findings += check_mean(n, base_dirs, weights_channels)

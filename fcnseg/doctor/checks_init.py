@@ -9,7 +9,7 @@ from typing import Optional
 from .. import vgg16
 from ..caffemodel import CONVERT_HINT
 from ..geometry import conv_geometry
-from ..recipes import SCRATCH
+from ..recipes import SCRATCH, SCRATCH_NORM
 from .facts import (
     ADAPTIVE_SOLVERS,
     NORMALISATION,
@@ -161,7 +161,9 @@ def check_from_scratch(n: NetFacts, solver_type: Optional[str], weights_given: b
     fix = (f"Convert ImageNet VGG16 to {plural(chans, 'input channel') if chans else 'your input channels'} "
            f"with `{CONVERT_HINT}` and pass it (--weights, or init.weights in the config). "
            "From scratch, stay where it is known to work: at most 3 pooling stages, msra fillers on every "
-           f"layer, {SCRATCH.solver} at {SCRATCH.lr} on a normalized loss (configs/seed_reduced_1ch.yaml).")
+           f"layer, {SCRATCH.solver} at {SCRATCH.lr} on a normalized loss (configs/seed_reduced_1ch.yaml); or put "
+           f"BatchNorm + Scale after every convolution and use {SCRATCH_NORM.solver} at {SCRATCH_NORM.lr} "
+           "(fcnseg's model.norm: batch, configs/demo_hela.yaml).")
     if reasons:
         return [Finding(
             "error", "from-scratch",
@@ -181,7 +183,7 @@ def check_from_scratch(n: NetFacts, solver_type: Optional[str], weights_given: b
         "info", "from-scratch",
         f"No pretrained weights: {len(hidden)} learning layers ({names}) train from scratch; at this depth, "
         f"with msra fillers and {solver_type or 'an adaptive solver such as Adam'}, that is known to work "
-        "(HeLa demo, configs/demo_hela.yaml: val mean IU 0.91).",
+        "(HeLa FCN demo, configs/demo_hela_fcn8s.yaml: val mean IU 0.91).",
         f"Nothing to do; for deeper nets use pretrained weights (`{CONVERT_HINT}`).", names)]
 
 

@@ -204,7 +204,12 @@ def learns(layer) -> bool:
 
 
 def is_upsampling(layer) -> bool:
-    return layer.type == "Deconvolution" and conv_geometry(layer)[1] > 1
+    """A Deconvolution that interpolates (stride > 1, windows overlapping: kernel > stride, as the bilinear 2f/f).
+    A U-Net's learned up-convolution (kernel = stride, 2x2/2) is a learned layer like any convolution."""
+    if layer.type != "Deconvolution":
+        return False
+    kernel, stride, _ = conv_geometry(layer)
+    return stride > 1 and kernel > stride
 
 
 def weight_filler(layer):

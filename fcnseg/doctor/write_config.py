@@ -160,6 +160,10 @@ def _read_net(n: NetFacts, facts: FcnStructure, c: Choices, findings: list[Findi
     else:
         c.set("model", "pad", facts.conv1_pad, "conv1_1's padding")
     c.set("model", "at_once", facts.at_once)
+    norms = n.layers("BatchNorm")
+    if norms:
+        c.set("model", "norm", "batch", f"{len(norms)} BatchNorm layers (fcnseg puts one after every trunk "
+              "convolution and fc6/fc7)")
 
 
 def _score_reads_fc7(n: NetFacts, name: str, facts: FcnStructure) -> bool:

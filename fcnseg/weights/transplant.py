@@ -17,7 +17,7 @@ from ..caffemodel import CONVERT_HINT, LayerRecord, load_blob, read_caffemodel_i
 from ..config import Config
 from ..errors import WeightsError
 from ..nets import deploy_net
-from ..recipes import SCRATCH, SCRATCH_MAX_STAGES
+from ..recipes import SCRATCH, SCRATCH_MAX_STAGES, SCRATCH_NORM
 
 
 @dataclass(frozen=True)
@@ -198,22 +198,30 @@ def format_report(rows: list[TransplantRow]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def scratch_recipe(config: Config):
+    """The recipe a from-scratch `config` is held to: recipes.SCRATCH_NORM with `model.norm: batch`, else
+    recipes.SCRATCH."""
+    return SCRATCH_NORM if config.model.norm == "batch" else SCRATCH
+
+
 def scratch_differences(config: Config) -> list[str]:
-    """Where a from-scratch `config` differs from the setup known to train from scratch (recipes.SCRATCH: at
-    most SCRATCH_MAX_STAGES pooling stages, a normalized loss, Adam within 10x of its base_lr); [] when it
-    follows it."""
+    """Where a from-scratch `config` differs from the setup known to train from scratch (`scratch_recipe`: a
+    normalized loss, Adam within 10x of its base_lr, and without BatchNorm at most SCRATCH_MAX_STAGES pooling
+    stages); [] when it follows it."""
     m, s, found = config.model, config.solver, []
-    if m.stages > SCRATCH_MAX_STAGES:
-        found.append(f"model.stages is {m.stages} ({sum(vgg16.STAGE_CONVS[:m.stages]) + 2} convolutions before the "
-                     f"classifier; at most {SCRATCH_MAX_STAGES} stages are known to train from scratch)")
+    recipe = scratch_recipe(config)
+    if m.stages > SCRATCH_MAX_STAGES and m.norm == "none":
+        convs = 2 * m.stages + 2 if m.arch == "unet" else sum(vgg16.STAGE_CONVS[:m.stages]) + 2
+        found.append(f"model.stages is {m.stages} ({convs} convolutions on the way down, no normalisation; at most "
+                     f"{SCRATCH_MAX_STAGES} stages are known to train from scratch without model.norm: batch)")
     if not config.loss.normalize:
         found.append("loss.normalize is false (a loss summed over every pixel)")
-    if s.type != SCRATCH.solver:
-        found.append(f"solver.type is {s.type}, not {SCRATCH.solver}")
-    if not SCRATCH.base_lr / 10 <= s.base_lr <= SCRATCH.base_lr * 10:
+    if s.type != recipe.solver:
+        found.append(f"solver.type is {s.type}, not {recipe.solver}")
+    if not recipe.base_lr / 10 <= s.base_lr <= recipe.base_lr * 10:
         why = " (the reference's fine-tuning rate for a summed loss: random weights barely move)" \
             if s.base_lr < 1e-6 else ""
-        found.append(f"solver.base_lr is {s.base_lr:g}, far from {SCRATCH.lr}{why}")
+        found.append(f"solver.base_lr is {s.base_lr:g}, far from {recipe.lr}{why}")
     return found
 
 
@@ -227,5 +235,6 @@ def scratch_warning(config: Config) -> Optional[str]:
             "and this setup differs from what is known to train from scratch: " + "; ".join(differences)
             + ". The FCN reference never trains from scratch: it fine-tunes ImageNet VGG16 and calls training its "
             f"VGG-depth nets from scratch 'not feasible'. Convert VGG16 ({CONVERT_HINT}) and set init.weights, or "
-            f"train from scratch with at most {SCRATCH_MAX_STAGES} model.stages, loss.normalize: true and "
-            f"{SCRATCH.solver} around {SCRATCH.lr}.")
+            f"train from scratch with model.norm: batch, loss.normalize: true and {SCRATCH_NORM.solver} around "
+            f"{SCRATCH_NORM.lr} (configs/demo_hela.yaml), or without BatchNorm with at most {SCRATCH_MAX_STAGES} "
+            f"model.stages and {SCRATCH.solver} around {SCRATCH.lr}.")
