@@ -7,8 +7,9 @@ the notes), achieved GFLOP/s, and the machine's numpy sgemm GFLOP/s (the limit).
 prototxt, over a synthetic LMDB), `--torch` (the same architecture in PyTorch eager on the CPU,
 alternated with Caffe in the same run), `--import-mpix` (data-import pixels per second on a synthetic
 16-bit stack), `--layers` (forward + backward seconds of the slowest layers, and each convolution's
-GFLOP/s and percentage of the run's sgemm). Each run also reports the process's peak resident memory (`peak_rss_mib`); for one net's
-peak, run one padding per process.
+GFLOP/s and percentage of the run's sgemm). Each run also reports the process's peak resident memory
+(`peak_rss_mib`); for one net's peak, run one padding per process. FCNSEG_CAFFE_DNNL=0 runs Caffe's
+own im2col+GEMM instead of oneDNN (scripts/caffe_patches/0004), for a before/after on one build.
 
 Examples:
   .venv/bin/python scripts/bench.py --config configs/fcn32_1ch.yaml --size 500 --pads 100 --rounds 1
