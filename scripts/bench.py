@@ -6,8 +6,10 @@ the notes), achieved GFLOP/s, and the machine's numpy sgemm GFLOP/s (the limit).
 `--launcher` (per-iteration time inside `fcnseg train` against a bare `solver.step` loop on the same
 prototxt, over a synthetic LMDB), `--torch` (the same architecture in PyTorch eager on the CPU,
 alternated with Caffe in the same run), `--import-mpix` (data-import pixels per second on a synthetic
-16-bit stack). Each run also reports the process's peak resident memory (`peak_rss_mib`); for one net's
-peak, run one padding per process.
+16-bit stack), `--layers` (forward + backward seconds of the slowest layers, and each convolution's
+GFLOP/s and percentage of the run's sgemm). Each run also reports the process's peak resident memory
+(`peak_rss_mib`); for one net's peak, run one padding per process. FCNSEG_CAFFE_DNNL=0 runs Caffe's
+own im2col+GEMM instead of oneDNN (scripts/caffe_patches/0004), for a before/after on one build.
 
 Examples:
   .venv/bin/python scripts/bench.py --config configs/fcn32_1ch.yaml --size 500 --pads 100 --rounds 1
@@ -52,9 +54,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def forward_macs(net) -> int:
-    """Multiply-accumulates of one forward pass, from the blob shapes of a loaded net."""
-    total = 0
+def layer_macs(net) -> dict:
+    """Forward multiply-accumulates of each Convolution/Deconvolution layer, from the blob shapes."""
+    macs = {}
     for name, layer in zip(net._layer_names, net.layers):
         if layer.type not in ("Convolution", "Deconvolution"):
             continue
@@ -62,11 +64,13 @@ def forward_macs(net) -> int:
         top = net.blobs[net.top_names[name][0]].data.shape
         bottom = net.blobs[net.bottom_names[name][0]].data.shape
         per_position = w[1] * w[2] * w[3]
-        if layer.type == "Convolution":
-            total += int(np.prod(top)) * per_position
-        else:
-            total += int(np.prod(bottom)) * per_position
-    return total
+        macs[name] = int(np.prod(top if layer.type == "Convolution" else bottom)) * per_position
+    return macs
+
+
+def forward_macs(net) -> int:
+    """Multiply-accumulates of one forward pass, from the blob shapes of a loaded net."""
+    return sum(layer_macs(net).values())
 
 
 def input_solver(config, size: int, batch: int, workdir: Path, base_lr: float = 1e-12):
@@ -97,7 +101,7 @@ def input_solver(config, size: int, batch: int, workdir: Path, base_lr: float = 
     return solver, net_path
 
 
-def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
+def bench_net(config, size: int, batch: int, iters: int, workdir: Path, sgemm: float = 0.0) -> dict:
     """Forward ms and training-iteration seconds of `config` on random input of size x size."""
     import_caffe().set_mode_cpu()
     solver, _ = input_solver(config, size, batch, workdir)
@@ -106,7 +110,7 @@ def bench_net(config, size: int, batch: int, iters: int, workdir: Path) -> dict:
     step = min(_timed(lambda: solver.step(1)) for _ in range(iters))
     macs = forward_macs(solver.net)
     conv1 = solver.net.blobs["conv1_1"].data.shape
-    layers = layer_times(solver.net) if LAYER_TIMES else {}
+    layers = layer_times(solver.net, sgemm) if LAYER_TIMES else {}
     return {**({"layer_seconds": layers} if layers else {}), "pad": config.model.pad,
             "forward_ms": round(fwd * 1e3, 1), "train_iter_s": round(step, 3),
             "forward_gmac": round(macs / 1e9, 2), "train_gflop": round(6 * macs / 1e9, 1),
@@ -123,8 +127,10 @@ def peak_rss_mib() -> int:
 LAYER_TIMES = False  # set by --layers
 
 
-def layer_times(net, top: int = 12) -> dict:
-    """Forward + backward seconds of the slowest layers (one pass each, after the warm-up)."""
+def layer_times(net, sgemm: float, top: int = 12) -> dict:
+    """Forward + backward seconds of the slowest layers (one pass each, after the warm-up), and for
+    every convolution its GFLOP/s (3 x forward MACs x 2, as for the whole net) and the percentage of
+    the run's sgemm that is."""
     times = {}
     for i, name in enumerate(net._layer_names):
         t = time.perf_counter()
@@ -137,7 +143,10 @@ def layer_times(net, top: int = 12) -> dict:
         times[name] += time.perf_counter() - t
     total = sum(times.values())
     slowest = sorted(times.items(), key=lambda kv: -kv[1])[:top]
-    return {"total": round(total, 3), **{k: round(v, 3) for k, v in slowest}}
+    convs = {name: {"s": round(times[name], 4), "gflops": round(6 * macs / times[name] / 1e9, 1),
+                    "pct_of_sgemm": round(100 * 6 * macs / times[name] / 1e9 / sgemm, 1)}
+             for name, macs in layer_macs(net).items()}
+    return {"total": round(total, 3), **{k: round(v, 3) for k, v in slowest}, "convolutions": convs}
 
 
 def bench_torch(config, size: int, batch: int, iters: int) -> dict:
@@ -242,7 +251,7 @@ def main() -> None:
                 cfg = load_config(args.config, sets)
                 if cfg.model.num_classes is None:
                     cfg.model.num_classes = 2
-                entry = {"round": r, **bench_net(cfg, args.size, args.batch, args.iters, tmp)}
+                entry = {"round": r, **bench_net(cfg, args.size, args.batch, args.iters, tmp, result["sgemm_gflops"])}
                 entry["pct_of_sgemm"] = round(100 * entry["train_gflops_per_s"] / result["sgemm_gflops"], 1)
                 if args.torch:
                     entry.update(bench_torch(cfg, args.size, args.batch, args.iters))

@@ -48,11 +48,12 @@ MULTIARCH=$(gcc -print-multiarch 2>/dev/null || echo "$ARCH-linux-gnu")
 LIBDIR=/usr/lib/$MULTIARCH
 BOOST_PY=boost_python${PY_VER/./}
 # Portable flags only: the cache and the Docker image may land on other CPUs of the same arch.
-# -fopenmp: the patches in caffe_patches/ thread im2col/col2im and ReLU (BLAS is threaded already).
+# -fopenmp: the patches in caffe_patches/ thread im2col/col2im, ReLU, max pooling and crop (BLAS is
+# threaded already). -ldnnl: 0004 runs Convolution/Deconvolution on the CPU through oneDNN (libdnnl-dev).
 OPT_FLAGS="-O3 -DNDEBUG -fopenmp"
 DEFINES="-DUSE_LMDB"
 CXX_FLAGS="$OPT_FLAGS $DEFINES -I/usr/include/hdf5/serial -I$NUMPY_INC -I$PY_INC"
-LINK_LIBS="-l$BOOST_PY -L$LIBDIR/hdf5/serial -lhdf5_serial_hl -lhdf5_serial -llmdb -fopenmp"
+LINK_LIBS="-l$BOOST_PY -L$LIBDIR/hdf5/serial -lhdf5_serial_hl -lhdf5_serial -llmdb -ldnnl -fopenmp"
 PATCH_DIR=$HERE/caffe_patches
 # Paths (the venv's numpy headers, the interpreter prefix) stay out of the key so that every clone
 # of the repository on this machine shares one build; their versions are in it.
@@ -62,6 +63,7 @@ cxx=$(g++ --version | head -n1)
 protoc=$(protoc --version)
 boost=$(dpkg-query -W -f='${Version}' libboost-python-dev 2>/dev/null || true)
 openblas=$(dpkg-query -W -f='${Version}' libopenblas-dev 2>/dev/null || true)
+dnnl=$(dpkg-query -W -f='${Version}' libdnnl-dev 2>/dev/null || true)
 cxxflags=$OPT_FLAGS $DEFINES
 libs=$LINK_LIBS
 patches=$(cd "$PATCH_DIR" 2>/dev/null && find . -maxdepth 1 -name '*.patch' -type f | sort | xargs -r sha256sum | sha256sum | cut -c1-16)"

@@ -12,7 +12,7 @@ log() { echo "[setup] $*" >&2; }
 # ---- 1. Debian packages the Caffe build needs ----------------------------------------------------------
 DEBS="libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-regex-dev libboost-python-dev
 libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev libhdf5-dev liblmdb-dev libopenblas-dev
-cmake g++ make patch"
+libdnnl-dev cmake g++ make patch"
 missing=""
 for d in $DEBS; do
   dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q "install ok installed" || missing="$missing $d"

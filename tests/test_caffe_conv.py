@@ -1,0 +1,195 @@
+"""Every convolution and deconvolution shape of the shipped configs, on the patched pycaffe.
+
+scripts/caffe_patches/0004 runs Convolution and Deconvolution on the CPU through oneDNN (1x1 layers and
+what oneDNN refuses stay on Caffe's im2col+GEMM; FCNSEG_CAFFE_DNNL=0 turns it off). For each shape that
+configs/*.yaml produce (channels, kernel, stride, pad, group as in the net; small spatial size), the
+forward pass and both backward passes must equal a float64 numpy reference within 1e-4 relative, on
+both paths; the weight and bias gradients must accumulate onto what was there, as Caffe's contract is.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+caffe = pytest.importorskip("caffe")
+from fcnseg.config import load_config  # noqa: E402
+from fcnseg.nets import deploy_net  # noqa: E402
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+LAYER_TYPES = ("Convolution", "Deconvolution")
+
+
+def _one(values, default):
+    return int(values[0]) if len(values) else default
+
+
+def config_conv_shapes() -> list[tuple]:
+    """(type, in channels, num_output, kernel, stride, pad, group, dilation, bias) of every
+    Convolution/Deconvolution in the deploy nets of configs/*.yaml, each shape once."""
+    shapes = set()
+    for path in CONFIGS:
+        config = load_config(path, ["data.root=null", "init.weights=null"])
+        if config.model.num_classes is None:
+            config.model.num_classes = 2
+        channels = {}
+        for layer in deploy_net(config, 64, 64).layer:
+            if layer.type == "Input":
+                channels[layer.top[0]] = layer.input_param.shape[0].dim[1]
+                continue
+            cin = channels[layer.bottom[0]]
+            if layer.type in LAYER_TYPES:
+                p = layer.convolution_param
+                shapes.add((layer.type, cin, p.num_output, _one(p.kernel_size, 1), _one(p.stride, 1),
+                            _one(p.pad, 0), p.group, _one(p.dilation, 1), int(p.bias_term)))
+                cin = p.num_output
+            for top in layer.top:
+                channels[top] = cin
+    return sorted(shapes)
+
+
+def _taps(k, dil, stride, out):
+    """(kernel row/col, slice of the padded input it reads for each output position)."""
+    for i in range(k):
+        yield i, slice(i * dil, i * dil + stride * (out - 1) + 1, stride)
+
+
+def im2col(xp, k, stride, dil, oh, ow):
+    """(n, c*k*k, oh*ow) columns of a padded input, rows ordered (c, ki, kj) as Caffe's weights."""
+    n, c = xp.shape[:2]
+    cols = np.empty((n, c, k, k, oh, ow))
+    for i, rows in _taps(k, dil, stride, oh):
+        for j, colsl in _taps(k, dil, stride, ow):
+            cols[:, :, i, j] = xp[:, :, rows, colsl]
+    return cols.reshape(n, c * k * k, oh * ow)
+
+
+def col2im(cols, shape, k, stride, pad, dil, oh, ow):
+    """Adjoint of im2col: scatter-add columns back onto an (n, c, h, w) image."""
+    n, c, h, w = shape
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    cols = cols.reshape(n, c, k, k, oh, ow)
+    for i, rows in _taps(k, dil, stride, oh):
+        for j, colsl in _taps(k, dil, stride, ow):
+            xp[:, :, rows, colsl] += cols[:, :, i, j]
+    return xp[:, :, pad:pad + h, pad:pad + w]
+
+
+def conv_reference(x, w, stride, pad, dil, group, gy=None, out_hw=None):
+    """Convolution of image x (n, c, h, w) with Caffe weights w (o, c/group, k, k), float64.
+
+    Returns y; with gy (the gradient of y) also (dx, dw)."""
+    n, c, h, wd = x.shape
+    o, k = w.shape[0], w.shape[2]
+    ext = dil * (k - 1) + 1
+    oh, ow = out_hw or ((h + 2 * pad - ext) // stride + 1, (wd + 2 * pad - ext) // stride + 1)
+    cols = im2col(np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))), k, stride, dil, oh, ow)
+    cg, og, kk = c // group, o // group, k * k
+    y = np.empty((n, o, oh * ow))
+    dcols, dw = np.empty_like(cols), np.empty_like(w)
+    for g in range(group):
+        wg = w[g * og:(g + 1) * og].reshape(og, cg * kk)
+        colg = cols[:, g * cg * kk:(g + 1) * cg * kk]
+        y[:, g * og:(g + 1) * og] = wg @ colg
+        if gy is not None:
+            gyg = gy.reshape(n, o, -1)[:, g * og:(g + 1) * og]
+            dcols[:, g * cg * kk:(g + 1) * cg * kk] = wg.T @ gyg
+            dw[g * og:(g + 1) * og] = np.einsum("nop,nqp->oq", gyg, colg).reshape(og, cg, k, k)
+    y = y.reshape(n, o, oh, ow)
+    if gy is None:
+        return y
+    return y, col2im(dcols, x.shape, k, stride, pad, dil, oh, ow), dw
+
+
+def reference(kind, x, w, b, stride, pad, dil, group, gy_shape_rng):
+    """Forward output, then (given the top gradient from gy_shape_rng(top shape)): dx, dw, db, float64."""
+    if kind == "Convolution":
+        y = conv_reference(x, w, stride, pad, dil, group)
+        gy = gy_shape_rng(y.shape)
+        _, dx, dw = conv_reference(x, w, stride, pad, dil, group, gy)
+    else:  # the deconvolution is the convolution from its top (image side) to its bottom, reversed
+        n, _, h, wd = x.shape
+        ext = dil * (w.shape[2] - 1) + 1
+        top = (n, w.shape[1] * group, stride * (h - 1) + ext - 2 * pad, stride * (wd - 1) + ext - 2 * pad)
+        zeros = np.zeros(top)
+        _, y, _ = conv_reference(zeros, w, stride, pad, dil, group, x, out_hw=(h, wd))
+        gy = gy_shape_rng(y.shape)
+        dx = conv_reference(gy, w, stride, pad, dil, group, out_hw=(h, wd))
+        _, _, dw = conv_reference(gy, w, stride, pad, dil, group, x, out_hw=(h, wd))
+    if b is not None:
+        y = y + b[None, :, None, None]
+    return y, gy, dx, dw, gy.sum(axis=(0, 2, 3))
+
+
+def _input_hw(kind, kernel, stride, pad, dil):
+    """A small input that gives a 3 x 4 output (convolution) or is 3 x 4 (deconvolution)."""
+    if kind == "Deconvolution":
+        return 3, 4
+    ext = dil * (kernel - 1) + 1
+    return tuple(max(stride * (out - 1) + ext - 2 * pad, 1) for out in (3, 4))
+
+
+SHAPES = config_conv_shapes()
+
+
+def test_the_configs_have_the_shapes_this_file_checks():
+    kinds = {s[0] for s in SHAPES}
+    assert kinds == {"Convolution", "Deconvolution"}
+    kernels = {s[3] for s in SHAPES if s[0] == "Convolution"}
+    assert {1, 3, 7} <= kernels  # 1x1 (GEMM), 3x3 trunk, 7x7 fc6 (oneDNN)
+
+
+@pytest.mark.parametrize("dnnl", ["on", "off"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
+def test_convolution_shape_matches_numpy(tmp_path, monkeypatch, shape, dnnl):
+    kind, cin, cout, k, stride, pad, group, dil, bias = shape
+    if dnnl == "off":
+        monkeypatch.setenv("FCNSEG_CAFFE_DNNL", "0")
+    else:
+        monkeypatch.delenv("FCNSEG_CAFFE_DNNL", raising=False)
+    h, w = _input_hw(kind, k, stride, pad, dil)
+    n = 1 if cin * cout * k * k > 4e6 else 2  # the 4096-wide fc6/fc7: one image keeps the reference quick
+    proto = tmp_path / "conv.prototxt"
+    proto.write_text(f"""
+force_backward: true
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: {n} dim: {cin} dim: {h} dim: {w} }} }} }}
+layer {{ name: "conv" type: "{kind}" bottom: "data" top: "conv"
+  convolution_param {{ num_output: {cout} kernel_size: {k} stride: {stride} pad: {pad} group: {group}
+                      dilation: {dil} bias_term: {"true" if bias else "false"} }} }}
+""")
+    net = caffe.Net(str(proto), caffe.TEST)
+    rng = np.random.default_rng(sum(shape[1:]))
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    params = net.params["conv"]
+    wt = rng.standard_normal(params[0].data.shape).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    net.blobs["data"].data[...] = x
+    params[0].data[...] = wt
+    if bias:
+        params[1].data[...] = b
+    net.forward()
+    gy_holder = {}
+
+    def gradient(top_shape):
+        gy_holder["gy"] = rng.standard_normal(top_shape).astype(np.float32)
+        return gy_holder["gy"].astype(np.float64)
+
+    y, gy, dx, dw, db = reference(kind, x.astype(np.float64), wt.astype(np.float64),
+                                  None if b is None else b.astype(np.float64), stride, pad, dil, group, gradient)
+    assert os.environ.get("FCNSEG_CAFFE_DNNL") == ("0" if dnnl == "off" else None)
+
+    def close(actual, expected):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+    close(net.blobs["conv"].data, y)
+    # Backward, onto gradients that are already there: Caffe accumulates parameter gradients.
+    net.blobs["conv"].diff[...] = gy_holder["gy"]
+    w0 = rng.standard_normal(wt.shape).astype(np.float32)
+    params[0].diff[...] = w0
+    if bias:
+        params[1].diff[...] = 1.0
+    net.backward()
+    close(net.blobs["data"].diff, dx)
+    close(params[0].diff, w0 + dw)
+    if bias:
+        close(params[1].diff, 1.0 + db)
