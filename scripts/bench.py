@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fcnseg.caffe_env import import_caffe
 from fcnseg.config import load_config
-from fcnseg.nets import fcn_head, vgg_trunk
+from fcnseg.nets import body
 from fcnseg.solver import solver_param
 
 
@@ -85,8 +85,7 @@ def input_solver(config, size: int, batch: int, workdir: Path, base_lr: float = 
     c = config.model.input_channels
     n.data, n.label = caffe.layers.Input(shape=[dict(dim=[batch, c, size, size]),
                                                 dict(dim=[batch, 1, size, size])], ntop=2)
-    pools, fc7 = vgg_trunk(n, n.data, config.model)
-    score = fcn_head(n, n.data, pools, fc7, config.model)
+    score = body(n, n.data, config.model)
     n.loss = caffe.layers.SoftmaxWithLoss(score, n.label, loss_param=dict(ignore_label=255, normalize=True))
     net_path = workdir / f"bench_{config.model.pad}.prototxt"
     net_path.write_text(str(n.to_proto()))
@@ -109,7 +108,8 @@ def bench_net(config, size: int, batch: int, iters: int, workdir: Path, sgemm: f
     fwd = min(_timed(solver.net.forward) for _ in range(iters))
     step = min(_timed(lambda: solver.step(1)) for _ in range(iters))
     macs = forward_macs(solver.net)
-    conv1 = solver.net.blobs["conv1_1"].data.shape
+    first = next(name for name, layer in zip(solver.net._layer_names, solver.net.layers) if layer.type == "Convolution")
+    conv1 = solver.net.blobs[solver.net.top_names[first][0]].data.shape  # conv1_1 (enc1_1 in a U-Net)
     layers = layer_times(solver.net, sgemm) if LAYER_TIMES else {}
     return {**({"layer_seconds": layers} if layers else {}), "pad": config.model.pad,
             "forward_ms": round(fwd * 1e3, 1), "train_iter_s": round(step, 3),
