@@ -56,6 +56,11 @@ class ModelConfig(_Section):
         if self.arch == UNET:
             if self.at_once:
                 raise ValueError("model.at_once scales FCN skips; a unet has none: remove it")
+            least = unet_least_pad(self.stages)
+            if isinstance(self.pad, int) and self.pad < least:
+                raise ValueError(f"model.pad {self.pad} is too small for a valid-padded unet of {self.stages} levels: "
+                                 f"its convolutions take {least} pixels off each side; use model.pad >= {least}, "
+                                 "or pad: minimal")
             return self
         skips = SKIPS_BY_ARCH[self.arch]
         if self.stages <= skips:
@@ -68,6 +73,13 @@ class ModelConfig(_Section):
     def net_stride(self) -> int:
         """Total stride of the trunk: 2 ** stages."""
         return 2 ** self.stages
+
+
+def unet_least_pad(stages: int) -> int:
+    """The least enc1_1 pad of a valid-padded U-Net of `stages` levels: its 3x3 convolutions take 2 pixels per
+    level and side, scaled by the level's stride, on the way down, at the bottom and on the way up:
+    2 (2^S - 1) + 2^(S+1) + 2 (2^S - 1) = 6 * 2^S - 4 (92 for 4 levels, as in the paper)."""
+    return 6 * 2 ** stages - 4
 
 
 class DataConfig(_Section):

@@ -118,3 +118,23 @@ def test_batchnorm_uses_batch_statistics_in_train_and_running_ones_in_test(tmp_p
 def test_at_once_is_refused_for_a_unet():
     with pytest.raises(ConfigError, match="model.at_once"):
         validate_config({"model": {"arch": "unet", "at_once": True}})
+
+
+@pytest.mark.parametrize("stages,least", [(2, 20), (4, 92), (5, 188)])
+def test_valid_unet_pad_below_the_least_is_one_line_naming_it(tmp_path, stages, least):
+    from fcnseg.config import unet_least_pad
+    assert unet_least_pad(stages) == least
+    validate_config({"model": {"arch": "unet", "stages": stages, "pad": least, "num_classes": 2}})
+    with pytest.raises(ConfigError, match=rf"model.pad {least - 1} is too small .* use model.pad >= {least}"):
+        validate_config({"model": {"arch": "unet", "stages": stages, "pad": least - 1}})
+
+
+def test_make_proto_refuses_a_small_unet_pad_with_exit_2_writing_nothing(tmp_path, capsys):
+    from fcnseg.cli import main
+    from conftest import REPO
+    code = main(["make-proto", str(REPO / "configs" / "demo_hela.yaml"), "--set", "data.root=null",
+                 "--set", "model.arch=unet", "--set", "model.stages=4", "--set", "model.pad=50",
+                 "--set", "model.num_classes=2", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.pad 50 is too small" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
