@@ -9,7 +9,9 @@ alternated with Caffe in the same run), `--import-mpix` (data-import pixels per 
 16-bit stack), `--layers` (forward + backward seconds of the slowest layers, and each convolution's
 GFLOP/s and percentage of the run's sgemm). Each run also reports the process's peak resident memory
 (`peak_rss_mib`); for one net's peak, run one padding per process. FCNSEG_CAFFE_DNNL=0 runs Caffe's
-own im2col+GEMM instead of oneDNN (scripts/caffe_patches/0004), for a before/after on one build.
+own im2col+GEMM instead of oneDNN (scripts/caffe_patches/0004), FCNSEG_CAFFE_WINOGRAD=0 oneDNN's direct
+kernels instead of Winograd on the 3x3 layers (0006), for a before/after on one build. GFLOP/s count the
+direct convolution's FLOPs, so Winograd layers can exceed sgemm's rate.
 
 Examples:
   .venv/bin/python scripts/bench.py --config configs/fcn32_1ch.yaml --size 500 --pads 100 --rounds 1

@@ -48,8 +48,9 @@ MULTIARCH=$(gcc -print-multiarch 2>/dev/null || echo "$ARCH-linux-gnu")
 LIBDIR=/usr/lib/$MULTIARCH
 BOOST_PY=boost_python${PY_VER/./}
 # Portable flags only: the cache and the Docker image may land on other CPUs of the same arch.
-# -fopenmp: the patches in caffe_patches/ thread im2col/col2im, ReLU, max pooling and crop (BLAS is
-# threaded already). -ldnnl: 0004 runs Convolution/Deconvolution on the CPU through oneDNN (libdnnl-dev).
+# -fopenmp: the patches in caffe_patches/ thread im2col/col2im, ReLU, max pooling, crop, BatchNorm and
+# Scale (BLAS is threaded already). -ldnnl: 0004/0006 run Convolution/Deconvolution on the CPU through
+# oneDNN (libdnnl-dev): Winograd for 3x3 layers, direct kernels, and its sgemm for FCN's fc6.
 OPT_FLAGS="-O3 -DNDEBUG -fopenmp"
 DEFINES="-DUSE_LMDB"
 CXX_FLAGS="$OPT_FLAGS $DEFINES -I/usr/include/hdf5/serial -I$NUMPY_INC -I$PY_INC"

@@ -1,11 +1,17 @@
 """Every convolution and deconvolution shape of the shipped configs, on the patched pycaffe.
 
-scripts/caffe_patches/0004 runs Convolution and Deconvolution on the CPU through oneDNN (1x1 layers and
-what oneDNN refuses stay on Caffe's im2col+GEMM; FCNSEG_CAFFE_DNNL=0 turns it off). For each shape that
-configs/*.yaml produce (channels, kernel, stride, pad, group as in the net; small spatial size), the
-forward pass and both backward passes must equal a float64 numpy reference within 1e-4 relative, on
-both paths; the weight and bias gradients must accumulate onto what was there, as Caffe's contract is.
+scripts/caffe_patches/0004 runs Convolution and Deconvolution on the CPU through oneDNN: Winograd
+F(4x4, 3x3) for the 3x3 stride-1 layers (FCNSEG_CAFFE_WINOGRAD=0 gives oneDNN's direct kernels
+instead), direct kernels for the other shapes, and im2col + oneDNN's sgemm for weight-bound layers
+(FCN's fc6); 1x1 layers stay on Caffe's im2col+GEMM, and FCNSEG_CAFFE_DNNL=0 turns it all off. For
+each shape that configs/*.yaml produce (channels, kernel, stride, pad, group as in the net; small
+spatial size), the forward pass and both backward passes must equal a float64 numpy reference within
+1e-4 relative, on all three paths; the weight and bias gradients must accumulate onto what was there,
+as Caffe's contract is. Winograd is also checked on maps of many tiles with ragged edges, and shown to
+be the algorithm oneDNN runs.
 """
+import subprocess
+import sys
 import os
 from pathlib import Path
 
@@ -136,18 +142,84 @@ def test_the_configs_have_the_shapes_this_file_checks():
     kinds = {s[0] for s in SHAPES}
     assert kinds == {"Convolution", "Deconvolution"}
     kernels = {s[3] for s in SHAPES if s[0] == "Convolution"}
-    assert {1, 3, 7} <= kernels  # 1x1 (GEMM), 3x3 trunk, 7x7 fc6 (oneDNN)
+    assert {1, 3, 7} <= kernels  # 1x1 (GEMM), 3x3 trunk (Winograd), 7x7 fc6 (im2col + sgemm here)
 
 
-@pytest.mark.parametrize("dnnl", ["on", "off"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
+PATHS = {"winograd": {}, "direct": {"FCNSEG_CAFFE_WINOGRAD": "0"}, "off": {"FCNSEG_CAFFE_DNNL": "0"}}
+
+
+def _set_path(monkeypatch, path):
+    for name in ("FCNSEG_CAFFE_DNNL", "FCNSEG_CAFFE_WINOGRAD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in PATHS[path].items():
+        monkeypatch.setenv(name, value)
+
+
+def _winograd_shape(shape) -> bool:
+    kind, _, _, k, stride, *_ = shape
+    return kind == "Convolution" and k == 3 and stride == 1
+
+
+# FCNSEG_CAFFE_WINOGRAD=0 changes only the 3x3 stride-1 convolutions; the other shapes run two paths.
+SHAPE_PATHS = [(shape, path) for shape in SHAPES for path in PATHS if path != "direct" or _winograd_shape(shape)]
+
+
+@pytest.mark.parametrize("shape,dnnl", SHAPE_PATHS, ids=lambda v: "-".join(map(str, v)) if isinstance(v, tuple) else v)
 def test_convolution_shape_matches_numpy(tmp_path, monkeypatch, shape, dnnl):
     kind, cin, cout, k, stride, pad, group, dil, bias = shape
-    if dnnl == "off":
-        monkeypatch.setenv("FCNSEG_CAFFE_DNNL", "0")
-    else:
-        monkeypatch.delenv("FCNSEG_CAFFE_DNNL", raising=False)
-    h, w = _input_hw(kind, k, stride, pad, dil)
+    _set_path(monkeypatch, dnnl)
+    check_against_numpy(tmp_path, shape, *_input_hw(kind, k, stride, pad, dil))
+
+
+@pytest.mark.parametrize("dnnl", list(PATHS))
+@pytest.mark.parametrize("cin,cout,pad,hw", [(16, 32, 1, (37, 41)), (64, 64, 1, (29, 22)), (32, 16, 0, (18, 27))])
+def test_winograd_on_many_tiles_with_ragged_edges_matches_numpy(tmp_path, monkeypatch, cin, cout, pad, hw, dnnl):
+    # F(4x4, 3x3) works in 4x4 output tiles: these maps are several tiles wide, with partial tiles at the
+    # right and bottom edges, so every transform's boundary handling is exercised.
+    _set_path(monkeypatch, dnnl)
+    check_against_numpy(tmp_path, ("Convolution", cin, cout, 3, 1, pad, 1, 1, 1), *hw)
+
+
+WHICH_ALGORITHM = """
+import sys
+import numpy as np
+import caffe
+net = caffe.Net(sys.argv[1], caffe.TRAIN)
+net.forward()
+net.backward()
+"""
+
+
+@pytest.mark.parametrize("winograd", [True, False])
+def test_oneDNN_runs_winograd_for_3x3_layers_and_keeps_fc6_on_gemm(tmp_path, winograd):
+    # oneDNN's verbose mode names each primitive it executes. The 16 -> 32 channel 3x3 layer's three
+    # passes must be its Winograd implementation (direct with FCNSEG_CAFFE_WINOGRAD=0); the 1-channel
+    # 3x3 layer stays direct (Winograd pads channels to 16); the 7x7 layer with 8.5 M weights over 196
+    # positions (fc6-like) must not be a oneDNN convolution at all (im2col + sgemm).
+    proto = tmp_path / "net.prototxt"
+    proto.write_text("""
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 20 dim: 20 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "c3" type: "Convolution" bottom: "c1" top: "c3" convolution_param { num_output: 32 kernel_size: 3 pad: 1 } }
+layer { name: "fc6" type: "Convolution" bottom: "c3" top: "fc6" convolution_param { num_output: 5400 kernel_size: 7 } }
+""")
+    (tmp_path / "run.py").write_text(WHICH_ALGORITHM)
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "GLOG_minloglevel": "2"}
+    env.pop("FCNSEG_CAFFE_DNNL", None)
+    env["FCNSEG_CAFFE_WINOGRAD"] = "1" if winograd else "0"
+    out = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(proto)], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    convs = [line for line in out.splitlines() if line.startswith("onednn_verbose,exec") and ",convolution," in line]
+    c1 = [line for line in convs if "ic1oc16" in line]
+    c3 = [line for line in convs if "ic16oc32" in line]
+    assert len(c1) == 3 and len(c3) == 3 and len(convs) == 6, out  # fc6 has none
+    assert not any("wino" in line for line in c1), c1
+    assert all(("wino" in line) == winograd for line in c3), c3
+
+
+def check_against_numpy(tmp_path, shape, h, w):
+    kind, cin, cout, k, stride, pad, group, dil, bias = shape
     n = 1 if cin * cout * k * k > 4e6 else 2  # the 4096-wide fc6/fc7: one image keeps the reference quick
     proto = tmp_path / "conv.prototxt"
     proto.write_text(f"""
@@ -176,7 +248,6 @@ layer {{ name: "conv" type: "{kind}" bottom: "data" top: "conv"
 
     y, gy, dx, dw, db = reference(kind, x.astype(np.float64), wt.astype(np.float64),
                                   None if b is None else b.astype(np.float64), stride, pad, dil, group, gradient)
-    assert os.environ.get("FCNSEG_CAFFE_DNNL") == ("0" if dnnl == "off" else None)
 
     def close(actual, expected):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
