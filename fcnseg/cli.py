@@ -59,8 +59,8 @@ def make_proto(config, out_dir, overrides):
     click.echo(f"{cfg.model.arch}, {cfg.model.stages} stages (stride {cfg.model.net_stride}), "
                f"{cfg.model.num_classes} classes; upsampling: {plan}")
     click.echo(resolved.describe_input())
-    if resolved.describe_loss():
-        click.echo(resolved.describe_loss())
+    if loss_line := resolved.describe_loss():
+        click.echo(loss_line)
     for path in paths.values():
         click.echo(f"wrote {path}")
 

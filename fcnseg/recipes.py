@@ -11,7 +11,8 @@
   on the HeLa demo's U-Net).
 
 Used by config (the solver defaults), doctor (the effective-step check and its advice), train (the
-messages when a run does not learn or diverges) and weights (the from-scratch warning). Imports nothing.
+messages when a run does not learn or diverges) and weights (the from-scratch warning); `sparse_classes` by
+data (tiling, `data show`) and resolve (`loss.foreground_weight: auto`). Imports nothing.
 """
 from __future__ import annotations
 
@@ -59,3 +60,11 @@ MIN_CLASS_FRACTION = 0.02
 # The foreground weight `auto` picks for a sparse dataset (measured on the 0.6 %-foreground bacteria), else 0.
 SPARSE_FOREGROUND_WEIGHT = 1.0
 SCRATCH_MAX_STAGES = 3  # pooling stages (stride 8) measured to learn from scratch
+
+
+def sparse_classes(class_pixels, names) -> list[str]:
+    """The names of the classes below MIN_CLASS_FRACTION of the labelled pixels `class_pixels` (one count per class
+    id, `names` as long): the one test behind the import's tiling, `data show`'s warning and
+    `loss.foreground_weight: auto`."""
+    labelled = sum(int(c) for c in class_pixels)
+    return [names[i] for i, c in enumerate(class_pixels) if labelled and int(c) / labelled < MIN_CLASS_FRACTION]

@@ -114,9 +114,10 @@ def foreground_weight_choice(info: DatasetInfo) -> tuple[float, str]:
     if not labelled:
         return 0.0, "the dataset records no class pixels"
     names = info.class_names()
-    fractions = {names[i] if i < len(names) else f"class {i}": c / labelled for i, c in enumerate(pixels) if i > 0}
-    sparse = {name: f for name, f in fractions.items() if f < recipes.MIN_CLASS_FRACTION}
-    shares = ", ".join(f"{name} {100 * f:.2g} %" for name, f in (sparse or fractions).items())
+    names = [names[i] if i < len(names) else f"class {i}" for i in range(len(pixels))]
+    fractions = {names[i]: c / labelled for i, c in enumerate(pixels) if i > 0}  # the foreground classes
+    sparse = set(recipes.sparse_classes(pixels, names)) & set(fractions)
+    shares = ", ".join(f"{name} {100 * f:.2g} %" for name, f in fractions.items() if name in sparse or not sparse)
     if sparse:
         return recipes.SPARSE_FOREGROUND_WEIGHT, (f"{shares} of the train pixels, under "
                                                   f"{100 * recipes.MIN_CLASS_FRACTION:g} %")

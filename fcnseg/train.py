@@ -381,8 +381,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         rows = initialize(solver.net, config, config.init.weights, definition.train_val)
         out(format_report(rows))
         out(resolved.describe_input())
-        if resolved.describe_loss():
-            out(resolved.describe_loss())
+        if loss_line := resolved.describe_loss():
+            out(loss_line)
         warning = None if config.init.weights else scratch_warning(config)
         if warning:
             out(warning)

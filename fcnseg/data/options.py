@@ -7,14 +7,12 @@ from typing import Optional
 
 import numpy as np
 
-from .. import recipes
 from ..errors import DataError
 from ..images import DEFAULT_PERCENTILES
 from ..volumes import VolumeOptions
 
 DEFAULT_IGNORE_LABEL = 255
 DEFAULT_VAL_FRACTION = 0.2
-MIN_CLASS_FRACTION = recipes.MIN_CLASS_FRACTION  # below it a class is sparse (empty tiles kept, augmented)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import lmdb
 from .. import recipes
 from ..dataset import DatasetInfo, read_dataset, read_dataset_yaml
 from ..files import SPLITS, dataset_paths
-from .options import MIN_CLASS_FRACTION
 
 # `data show` warns above these.
 MAX_SATURATED_FRACTION = 0.05
@@ -67,11 +66,12 @@ def dataset_warnings(meta: dict, info: DatasetInfo) -> list[str]:
         s = meta.get("splits", {}).get(split, {})
         counts = s.get("class_pixels", [0] * k)
         labelled = sum(counts)
+        sparse = set(recipes.sparse_classes(counts, names)) if split == "train" else set()
         for i, c in enumerate(counts):
             if c == 0:
                 found.append(f"{split}: {names[i]} has no pixels; "
                              + ("the net cannot learn it" if split == "train" else "its val IU is undefined"))
-            elif split == "train" and labelled and c / labelled < MIN_CLASS_FRACTION:
+            elif names[i] in sparse:
                 found.append(f"train: {names[i]} is only {100 * c / labelled:.2f} % of the labelled pixels; "
                              "expect the net to predict the majority class at first: judge it by per-class "
                              "IU, not pixel accuracy")
@@ -87,7 +87,7 @@ def dataset_warnings(meta: dict, info: DatasetInfo) -> list[str]:
                          "data.batch_size: 1, or re-import with --tile N")
     sparse = (meta.get("train_tiles") or {}).get("sparse_classes")
     if sparse:
-        found.append(f"train: {', '.join(sparse)} below {100 * MIN_CLASS_FRACTION:g} % of the source pixels; "
+        found.append(f"train: {', '.join(sparse)} below {100 * recipes.MIN_CLASS_FRACTION:g} % of the source pixels; "
                      "besides the tiling above, loss.foreground_weight auto (the default) weights the loss "
                      f"towards it ({recipes.SPARSE_FOREGROUND_WEIGHT:g})")
     if len(info.split("val").sources) == 1:

@@ -8,7 +8,8 @@ from typing import Optional
 import numpy as np
 
 from ..geometry import tile_origins
-from .options import MIN_CLASS_FRACTION, ImportOptions
+from ..recipes import MIN_CLASS_FRACTION, sparse_classes
+from .options import ImportOptions
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -84,13 +85,6 @@ class TilePlan:
         return {"foreground": self.foreground, "empty": self.empty, "empty_kept": self.empty_kept,
                 "empty_fraction": round(self.empty_fraction, 6), "augment": self.augment,
                 "copies": self.copies, "chosen": self.reason, "sparse_classes": list(self.sparse)}
-
-
-def sparse_classes(class_pixels, names: list[str]) -> list[str]:
-    """The names of the classes below MIN_CLASS_FRACTION of the labelled pixels `class_pixels`
-    (one count per class id); the same test `data show` warns with."""
-    labelled = sum(int(c) for c in class_pixels)
-    return [names[i] for i, c in enumerate(class_pixels) if labelled and int(c) / labelled < MIN_CLASS_FRACTION]
 
 
 def plan_train_tiles(foreground_tiles: dict[str, list[bool]], class_pixels, options: "ImportOptions") -> TilePlan:
