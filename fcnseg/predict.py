@@ -173,13 +173,21 @@ def probabilities(predictor: Predictor, x: np.ndarray) -> np.ndarray:
     return softmax(score)
 
 
-def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None) -> np.ndarray:
+# Called before each run of the net with (runs done, runs in all): a front end's progress bar, and its way
+# to cancel between tiles (by raising; nothing is returned then).
+TileHook = Callable[[int, int], None]
+
+
+def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None,
+            on_tile: Optional[TileHook] = None) -> np.ndarray:
     """Class probabilities (float32, K x H x W) for one net input `x` (H x W, from `network_input`).
 
     The image is mirrored at its bottom and right edges up to the net's input multiple, and that margin
     cropped off again. Without `tiling` the net is reshaped to the whole image; with it, tiles are run
     one at a time and their probabilities averaged where they overlap. Tiles and the whole image see
     the same padding and pooling grid, so they agree wherever a tile's edges are out of reach.
+    `on_tile(done, total)` is called before each run of the net (once for a whole image); whatever it
+    raises ends the prediction there.
     """
     h, w = x.shape
     m = predictor.multiple
@@ -187,28 +195,31 @@ def predict(predictor: Predictor, x: np.ndarray, tiling: Optional[Tiling] = None
     if (ph, pw) != (h, w):
         x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
     if tiling is None or (ph <= tiling.tile and pw <= tiling.tile):
+        if on_tile is not None:
+            on_tile(0, 1)
         return np.ascontiguousarray(probabilities(predictor, x)[:, :h, :w])
     out = np.empty((predictor.num_classes, ph, pw), np.float32)
-    for top, band in tile_bands(predictor, lambda y0, y1, x0, x1: x[y0:y1, x0:x1], ph, pw, tiling):
+    for top, band in tile_bands(predictor, lambda y0, y1, x0, x1: x[y0:y1, x0:x1], ph, pw, tiling, on_tile):
         out[:, top:top + band.shape[1]] = band
     return np.ascontiguousarray(out[:, :h, :w])
 
 
 def tile_bands(predictor: Predictor, net_input: Callable[[int, int, int, int], np.ndarray], ph: int, pw: int,
-               tiling: Tiling) -> Iterator[tuple[int, np.ndarray]]:
+               tiling: Tiling, on_tile: Optional[TileHook] = None) -> Iterator[tuple[int, np.ndarray]]:
     """Run the tiles of `tiling`'s grid over a padded ph x pw image and yield its class probabilities band by
     band, top to bottom: (first row, K x n x pw float32), each pixel the mean over the tiles that cover it.
 
     `net_input(y0, y1, x0, x1)` returns the net input of padded rows y0..y1-1 and columns x0..x1-1. A band is
     yielded as soon as no later tile reaches it, so only one row of tiles' sums is ever held: `predict` and
-    `distribute.label_streamed` (an image too large to read whole) share this loop and its sums.
+    `distribute.label_streamed` (an image too large to read whole) share this loop and its sums. `on_tile`: as
+    in `predict`.
     """
     side = tiling.tile
     rows = tile_origins(ph, side, tiling.step, predictor.stride)
     cols = tile_origins(pw, side, tiling.step, predictor.stride)
     total = np.zeros((predictor.num_classes, side, pw), np.float32)  # padded rows top .. top + side
     count = np.zeros((side, pw), np.float32)
-    top = 0
+    top, done = 0, 0
     for y in rows + [ph]:
         n = y - top  # rows top..y are complete: no tile from y on reaches them
         if n:
@@ -219,6 +230,9 @@ def tile_bands(predictor: Predictor, net_input: Callable[[int, int, int, int], n
             count[side - n:] = 0
             top = y
         for x0 in cols if y < ph else ():
+            if on_tile is not None:
+                on_tile(done, len(rows) * len(cols))
+            done += 1
             probs = probabilities(predictor, net_input(y, min(y + side, ph), x0, min(x0 + side, pw)))
             total[:, :probs.shape[1], x0:x0 + probs.shape[2]] += probs
             count[:probs.shape[1], x0:x0 + probs.shape[2]] += 1
@@ -259,9 +273,11 @@ def open_predictor(run_dir: Optional[str | Path], options: InferOptions) -> Pred
 
 
 def label_image(predictor: Predictor, image: np.ndarray, source: str = "image", tile: Optional[int] = None,
-                overlap: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, bool]:
+                overlap: Optional[int] = None, on_tile: Optional[TileHook] = None
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
     """(uint8 windowed image, float32 K x H x W probabilities, whether it was tiled) for one raw 2-D
-    image. `tile`/`overlap` as in `tiling_for`. Raises DataError naming `source` for a bad image."""
+    image. `tile`/`overlap` as in `tiling_for`, `on_tile` as in `predict`. Raises DataError naming
+    `source` for a bad image."""
     gray, x = predictor.network_input(image, source)
     tiling = tiling_for(x.shape, tile, overlap, predictor.stride)
-    return gray, predict(predictor, x, tiling), tiling is not None
+    return gray, predict(predictor, x, tiling, on_tile), tiling is not None

@@ -13,8 +13,13 @@ log() { echo "[setup] $*" >&2; }
 DEBS="libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-regex-dev libboost-python-dev
 libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev libhdf5-dev liblmdb-dev libopenblas-dev
 libdnnl-dev cmake g++ make patch"
+# What Qt and OpenGL load for the napari plugin (fcnseg[napari]): Mesa's GL/EGL, xcb, xkbcommon, fontconfig, fonts;
+# and Xvfb, the X server its tests run a viewer in.
+GUI_DEBS="libgl1 libegl1 libgl1-mesa-dri libglib2.0-0 libdbus-1-3 libfontconfig1 fonts-dejavu-core libxkbcommon0
+libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
+libxcb-shape0 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1 libx11-xcb1 xvfb xauth"
 missing=""
-for d in $DEBS; do
+for d in $DEBS $GUI_DEBS; do
   dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q "install ok installed" || missing="$missing $d"
 done
 if [ -n "$missing" ]; then

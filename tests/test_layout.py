@@ -23,7 +23,7 @@ LAYERS = [
     {"train", "volume_infer"},  # train runs doctor and weights; volume_infer labels volumes with predict
     {"infer"},  # files in, files out: images (predict) and volumes (volume_infer)
     {"distribute"},  # infer on a Dask cluster
-    {"cli"},
+    {"cli", "napari_plugin"},  # the front ends: the command line, and napari's widgets (fcnseg[napari])
 ]
 # What a function may import lazily: heavy or optional dependencies only (pycaffe itself is loaded by caffe_env).
 LAZY_ALLOWED = {"caffe", "torch", "onnx", "onnxruntime", "dask", "distributed", "matplotlib", "h5py", "pydicom",
