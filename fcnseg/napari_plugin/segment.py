@@ -151,7 +151,8 @@ class SegmentWidget(Container):
                        "(as `fcnseg infer` without --to-gray)")
             return None
         run_dir, options = self.options()
-        data, name, with_probs = layer.data, layer.name, self.probs.value
+        data = layer.data[0] if layer.multiscale else layer.data  # a pyramid: its full resolution
+        name, with_probs = layer.name, self.probs.value
         self._cancel.clear()
 
         def job():

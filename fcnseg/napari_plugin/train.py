@@ -255,7 +255,8 @@ class TrainWidget(Container):
             val_image, val_labels = self.val_image.value, self.val_labels.value
             if (val_image is None) != (val_labels is None):
                 raise DataError("choose both a val image and its val labels, or neither")
-            pair = lambda layer: None if layer is None else (layer.name, np.asarray(layer.data))  # noqa: E731
+            # copies: painting may go on while the import runs
+            pair = lambda layer: None if layer is None else (layer.name, np.array(layer.data))  # noqa: E731
             return TrainingData(pair(image), pair(labels), pair(val_image), pair(val_labels))
         named = [str(f.value) if str(f.value) not in ("", ".") else None for f in (self.image_file, self.labels_file)]
         return TrainingData(image_file=named[0], labels_file=named[1], binarize=self.binarize.value)
@@ -324,13 +325,15 @@ class TrainWidget(Container):
     def _returned(self, code: Optional[int]):
         self.exit_code = code
         self._poll()
-        if code == 0:
+        if code is None:
+            self.status.value = "stopped before training started"
+        elif code == 0:
             self.status.value = f"done: {self.run_dir} (infer, eval and export work on it)"
             show_info(self.status.value)
         elif code == 130:
             self.status.value = f"stopped at iteration {Progress.read(self.run_dir).iteration}; Resume continues"
             show_info(self.status.value)
-        elif code is not None:
+        else:
             errors = [line for line in self.lines if line.startswith("error:")]
             self._error(errors[-1] if errors else f"fcnseg train exited with code {code}; see the console")
 
