@@ -1,4 +1,4 @@
-"""BatchNorm, Scale and ReLU on the patched pycaffe's CPU path, against numpy.
+"""BatchNorm, Scale, ReLU and max pooling on the patched pycaffe's CPU path, against numpy.
 
 scripts/caffe_patches/0006 replaces BVLC's CPU BatchNorm (about ten whole-blob BLAS and powx passes)
 with one OpenMP pass per statistic, threads Scale with its bias fused in, and makes ReLU's backward
@@ -205,3 +205,33 @@ layer {{ name: "relu" type: "ReLU" bottom: "data" top: "{top}" relu_param {{ neg
     net.backward()
     # In place, the forward pass overwrote x with the output, whose sign is x's (slope >= 0; 0 stays 0).
     np.testing.assert_allclose(net.blobs["data"].diff, np.where(x > 0, dy, np.float32(slope) * dy), rtol=1e-6)
+
+
+def test_max_pooling_of_nan_windows_keeps_every_index_inside_its_window(tmp_path):
+    # A diverged net feeds NaN into pooling. BVLC's loop never takes a NaN as the maximum, left the index at -1, and
+    # the backward pass scattered into bottom_diff[-1]: heap corruption, a random abort later (patch 0005 fixes it).
+    proto = tmp_path / "pool.prototxt"
+    proto.write_text("""
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+""")
+    net = caffe.Net(str(proto), caffe.TRAIN)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    x[0, 0] = np.nan  # a whole plane, the first in memory: its windows have no comparable maximum
+    x[1, 2, :2, :2] = np.nan  # one window of a later plane
+    net.blobs["data"].data[...] = x
+    net.forward()
+    mask = net.blobs["mask"].data
+    rows, cols = np.divmod(mask.astype(np.int64), 6)
+    window_rows, window_cols = np.meshgrid(np.arange(3) * 2, np.arange(3) * 2, indexing="ij")
+    assert (rows >= window_rows).all() and (rows < window_rows + 2).all()
+    assert (cols >= window_cols).all() and (cols < window_cols + 2).all()
+    assert np.isnan(net.blobs["pool"].data[0, 0]).all() and np.isnan(net.blobs["pool"].data[1, 2, 0, 0])
+    finite = np.isfinite(x).reshape(2, 3, 3, 2, 3, 2).all(axis=(3, 5))
+    np.testing.assert_array_equal(net.blobs["pool"].data[finite], x.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5))[finite])
+    net.blobs["pool"].diff[...] = 1.0
+    net.backward()
+    diff = net.blobs["data"].diff
+    assert diff.reshape(6, -1).sum(axis=1).tolist() == [9.0] * 6  # every plane gets its own 9 gradients back
