@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
@@ -14,16 +13,9 @@ from fcnseg.images import PALETTE
 from fcnseg.tensorboard_events import Board, val_overlay
 
 ALL = {"tensors": 0}  # keep every point (the default samples some away)
-TINY = {"model": {"arch": "fcn8s", "stages": 3, "fc_channels": 16, "dropout": 0, "pad": "minimal"},
-        "data": {"batch_size": 4, "scale": 0.02},
-        "loss": {"normalize": True},
-        "solver": {"type": "Adam", "base_lr": 1e-3, "momentum": 0.9, "max_iter": 30, "weight_decay": 0,
-                   "random_seed": 1},
-        "train": {"val_interval": 3, "snapshot_interval": 6, "display_interval": 3, "smoothing": 3}}
-
-
-def read_board(run: Path) -> "RunBoard":
-    return RunBoard(run)
+# test_train's tiny net, validating every 3 of 30 iterations: 10 points on each val curve
+FAST = {"solver__max_iter": 30, "train__val_interval": 3, "train__snapshot_interval": 6,
+        "train__display_interval": 3, "train__smoothing": 3}
 
 
 class RunBoard:
@@ -61,14 +53,6 @@ def jsonl(run: Path, kind: str) -> list[dict]:
     return [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["event"] == kind]
 
 
-def write_cfg(path: Path, data: Path, **train) -> Path:
-    raw = yaml.safe_load(yaml.safe_dump(TINY))
-    raw["data"]["root"] = str(data)
-    raw["train"].update(train)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_board_writes_each_event_under_its_tags(tmp_path):
     board = Board(tmp_path, 0, ["background", "nucleus"], "solver:\n  max_iter: 20\n")
     board.event({"event": "train", "iter": 10, "loss": 0.5, "raw_loss": 0.6, "lr": 1e-3, "elapsed": 2.0})
@@ -78,7 +62,7 @@ def test_board_writes_each_event_under_its_tags(tmp_path):
     board.event({"event": "done", "iter": 20, "best_mean_iu": 0.7})
     board.image(20, np.full((4, 12, 3), 7, np.uint8))
     board.close()
-    acc = read_board(tmp_path)
+    acc = RunBoard(tmp_path)
     assert acc.scalars("train/loss") == [(10, 0.5), (20, pytest.approx(0.4))]
     assert acc.values("train/lr") == pytest.approx([1e-3, 5e-4])
     # 10 iterations in 2 s from the start, then 10 in 4 s
@@ -111,16 +95,19 @@ caffe = pytest.importorskip("caffe")
 
 
 @pytest.fixture
-def data(tmp_path):
-    return write_tiny_dataset(tmp_path / "data", n_train=8, n_val=4, size=32)
+def cfg(tmp_path):
+    """A config file of test_train's tiny net on a tiny dataset, FAST, with `changes` (train__tensorboard=...)."""
+    from test_train import write_cfg
+    data = write_tiny_dataset(tmp_path / "data", n_train=8, n_val=4, size=32)
+    return lambda **changes: str(write_cfg(tmp_path / "c.yaml", data, **{**FAST, **changes}))
 
 
-def test_training_writes_curves_overlays_and_config(tmp_path, data):
+def test_training_writes_curves_overlays_and_config(tmp_path, cfg):
     from fcnseg.cli import main
     run = tmp_path / "run"
-    assert main(["train", str(write_cfg(tmp_path / "c.yaml", data)), "--out", str(run)]) == 0
+    assert main(["train", cfg(), "--out", str(run)]) == 0
     assert list(run.glob("events.out.tfevents.*"))
-    acc = read_board(run)
+    acc = RunBoard(run)
     val, train = jsonl(run, "val"), jsonl(run, "train")
     assert len(val) == 10
     for tag, key in (("val/mean_iu", "mean_iu"), ("val/loss", "loss"), ("val/pixel_acc", "pixel_acc"),
@@ -137,16 +124,16 @@ def test_training_writes_curves_overlays_and_config(tmp_path, data):
     assert step == 0 and "max_iter: 30" in text and "tensorboard: true" in text
 
 
-def test_resumed_runs_continue_their_curves_without_repeated_steps(tmp_path, data):
+def test_resumed_runs_continue_their_curves_without_repeated_steps(tmp_path, cfg):
     from fcnseg.cli import main
-    cfg = str(write_cfg(tmp_path / "c.yaml", data))
+    cfg = cfg()
     run = tmp_path / "run"
     assert main(["train", cfg, "--out", str(run), "--set", "solver.max_iter=12"]) == 0
     assert main(["train", cfg, "--resume", str(run), "--set", "solver.max_iter=18"]) == 0  # 12 -> 18
     # back to the snapshot of iteration 6: 7..18 are trained (and logged) a second time
     assert main(["train", cfg, "--resume", str(run), "--from-iter", "6", "--set", "solver.max_iter=18"]) == 0
     assert len(list(run.glob("events.out.tfevents.*"))) == 3
-    acc = read_board(run)
+    acc = RunBoard(run)
     val = jsonl(run, "val")
     assert [v["iter"] for v in val].count(9) == 2  # metrics.jsonl holds both passes over 7..18
     for tag in ("train/loss", "train/lr", "val/mean_iu", "val/loss", "val/iu/class_1"):
@@ -157,9 +144,8 @@ def test_resumed_runs_continue_their_curves_without_repeated_steps(tmp_path, dat
     assert [step for step, _ in acc.texts("config/text_summary")] == [0, 7]  # the second resume's purged
 
 
-def test_tensorboard_false_writes_no_events(tmp_path, data):
+def test_tensorboard_false_writes_no_events(tmp_path, cfg):
     from fcnseg.cli import main
     run = tmp_path / "run"
-    cfg = str(write_cfg(tmp_path / "c.yaml", data, tensorboard=False))
-    assert main(["train", cfg, "--out", str(run), "--set", "solver.max_iter=10"]) == 0
+    assert main(["train", cfg(train__tensorboard=False), "--out", str(run), "--set", "solver.max_iter=10"]) == 0
     assert not list(run.glob("events.out.tfevents.*")) and (run / "metrics.jsonl").is_file()
