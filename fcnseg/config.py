@@ -138,6 +138,7 @@ class TrainConfig(_Section):
     display_interval: int = Field(20, ge=1)
     smoothing: int = Field(20, ge=1)
     dead_loss_iters: int = Field(200, ge=1)
+    tensorboard: bool = True
 
 
 class Config(_Section):

@@ -26,13 +26,14 @@ from tqdm import tqdm
 
 from . import diskspace, files, runs, verify
 from .caffe_env import CaffeLogRedirect, caffe_pb2, require_gpu, set_device
-from .config import Config, config_differences, load_config
+from .config import Config, config_differences, input_mean, load_config
 from .dataset import DatasetInfo
 from .doctor import diagnose_definition, format_findings
 from .errors import ConfigError, DataError, RunError
 from .metrics import read_events, validate
 from .recipes import NORMALIZED, SCRATCH, SCRATCH_MAX_STAGES, SCRATCH_NORM, SUMMED
 from .resolve import Resolved, resolve
+from .tensorboard_events import Board, val_overlay
 from .weights import format_report, initialize, scratch_warning
 
 EXIT_NAN = 1
@@ -40,7 +41,7 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 DEAD_LOSS_TOLERANCE = 0.02  # relative distance from ln(K) that counts as "uniform prediction"
 # Config keys a resume may change without --force: training longer, or validating/saving more often.
 RESUMABLE_CHANGES = frozenset({"solver.max_iter", "train.val_interval", "train.snapshot_interval",
-                               "train.display_interval"})
+                               "train.display_interval", "train.tensorboard"})
 
 
 def learning_rate(config: Config, it: int) -> float:
@@ -181,10 +182,13 @@ class Trainer:
         self.dead_since: Optional[int] = None
         self.dead_warned = False
         self.t0 = time.time()
+        self.board: Optional[Board] = None  # TensorBoard's copy of the events (train.tensorboard), from _loop
 
     # -- events
     def log_event(self, event: dict) -> None:
         files.append_line(self.metrics_path, json.dumps(event))  # fsync'd: a power loss keeps every line
+        if self.board is not None:
+            self.board.event(event)
 
     def ensure_space(self, nbytes: int, what: str, it: int) -> None:
         """Stop with DiskFullError (exit 2) and a `stopped` event unless `nbytes` fit in the run folder, before
@@ -425,6 +429,8 @@ def _loop(solver, trainer: Trainer) -> int:
     restore_signals = _install_signal_handlers(trainer)
     last_snapshot = None
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
+    if c.train.tensorboard:
+        trainer.board = Board(run_dir, start, trainer.dataset.class_names(), (run_dir / files.CONFIG_FILE).read_text())
     try:
         while solver.iter < max_iter:
             with CaffeLogRedirect(run_dir / files.CAFFE_LOG):
@@ -483,6 +489,8 @@ def _loop(solver, trainer: Trainer) -> int:
     finally:
         bar.close()
         restore_signals()
+        if trainer.board is not None:
+            trainer.board.close()
 
 
 def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
@@ -496,6 +504,10 @@ def _validate(solver, trainer: Trainer, it: int, k: int, samples: int) -> None:
         "loss", "pixel_acc", "mean_acc", "mean_iu", "fw_iu", "per_class_iu", "confusion", "foreground_prob")},
         "elapsed": round(time.time() - trainer.t0, 3)}
     trainer.log_event(event)
+    if trainer.board is not None:
+        blobs, c = test_net.blobs, trainer.config
+        trainer.board.image(it, val_overlay(blobs["data"].data[0], blobs["label"].data[0, 0], blobs["score"].data[0],
+                                            input_mean(c), c.data.scale, c.data.ignore_label))
     trainer.history.val.append(event)
     trainer.out(f"\nval @ {it}: loss {result['loss']:.4f}  pixel acc {result['pixel_acc']:.4f}  "
                 f"mean IU {result['mean_iu']:.4f}")

@@ -19,15 +19,18 @@ LAYERS = [
     {"inputs", "solver", "weight_formats", "verify"},
     {"resolve", "onnxmodel"},
     {"runs"},
-    {"data", "weights", "doctor", "evaluate", "export", "predict"},  # stages, and the net on one image
-    {"train", "volume_infer"},  # train runs doctor and weights; volume_infer labels volumes with predict
+    # stages, and the net on one image; tensorboard_events writes train's events as TensorBoard files
+    {"data", "weights", "doctor", "evaluate", "export", "predict", "tensorboard_events"},
+    # train runs doctor and weights; volume_infer labels volumes with predict; bioimageio_package packs export's
+    # graph as a bioimage.io model
+    {"train", "volume_infer", "bioimageio_package"},
     {"infer"},  # files in, files out: images (predict) and volumes (volume_infer)
     {"distribute"},  # infer on a Dask cluster
     {"cli", "napari_plugin"},  # the front ends: the command line, and napari's widgets (fcnseg[napari])
 ]
 # What a function may import lazily: heavy or optional dependencies only (pycaffe itself is loaded by caffe_env).
 LAZY_ALLOWED = {"caffe", "torch", "onnx", "onnxruntime", "dask", "distributed", "matplotlib", "h5py", "pydicom",
-                "nibabel", "zarr"}
+                "nibabel", "zarr", "tensorboardX"}
 
 
 def modules() -> dict[str, Path]:
