@@ -13,14 +13,16 @@ MAX_LINES = 600
 # Each module's layer: a module imports only from lower layers (modules of one subpackage may import each other,
 # without a circle). Building blocks first, then the stages, then the command line.
 LAYERS = [
-    {"errors", "files", "geometry", "metrics", "vgg16", "recipes", "conventions"},  # facts; import nothing of ours
+    {"errors", "files", "geometry", "metrics", "object_metrics", "vgg16", "recipes", "conventions"},  # facts
     {"config", "caffe_env", "images", "diskspace"},
     {"caffemodel", "dataset", "nets", "volumes"},
     {"inputs", "solver", "weight_formats", "verify"},
     {"resolve", "onnxmodel"},
     {"runs"},
     {"data", "weights", "doctor", "evaluate", "export", "predict"},  # stages, and the net on one image
-    {"train", "volume_infer"},  # train runs doctor and weights; volume_infer labels volumes with predict
+    {"objects"},  # probabilities into objects, between the net on one image and the commands that write them
+    {"train", "volume_infer", "evaluate_objects"},  # train runs doctor and weights; volume_infer labels volumes
+    # with predict; evaluate_objects scores predict's objects
     {"infer"},  # files in, files out: images (predict) and volumes (volume_infer)
     {"distribute"},  # infer on a Dask cluster
     {"cli"},
