@@ -4,11 +4,14 @@ commands that write or score objects (`infer --instances`, `eval --instances`).
 A net trained on data imported with `--instances` gives three classes (`fcnseg.data.instances`): background,
 object interior, object boundary. `label_objects(probs, roles)` splits them into objects:
 
-1. foreground: the pixels where background is not the likelier half (P(background) < 0.5);
-2. seeds: the 4-connected regions of P(interior) > 0.5, each one object;
+1. foreground: the pixels whose likeliest class is not background (the pixels `infer` labels interior or
+   boundary);
+2. seeds: the 4-connected regions of P(interior) > 0.5 of at least `min_area` pixels, each one object;
 3. a seeded watershed (scikit-image) on -P(interior), inside the foreground, grows each seed out over its
    boundary band; a foreground region that holds no seed becomes one object of its own;
-4. objects under `min_area` pixels are dropped; ids are 1..N in raster order of each object's first pixel.
+4. objects under `min_area` pixels are dropped, and objects touching the image border under `border_min_area`
+   pixels when the training masks leave out objects cut by the border (`data.instances.ObjectCounts.border_rule`);
+   ids are 1..N in raster order of each object's first pixel.
 
 It runs on a whole image's probabilities: a tiled or streamed image is stitched first (`predict.tile_bands`),
 so an object cut by a tile edge comes out whole and the objects do not depend on who ran the tiles. The same
@@ -50,6 +53,7 @@ class ObjectRoles:
     interior: int
     boundary: int
     min_area: int = DEFAULT_MIN_AREA
+    border_min_area: int = 0  # objects touching the image border under this many pixels are dropped
 
     @classmethod
     def from_facts(cls, objects: Optional[dict], num_classes: int, where: str) -> "ObjectRoles":
@@ -59,7 +63,7 @@ class ObjectRoles:
             raise RunError(f"{where}: this net was not trained for objects (no class roles); import the data "
                            "with `fcnseg data import --instances` and train on it, or leave --instances out")
         roles = cls(int(objects["interior"]), int(objects["boundary"]),
-                    int(objects.get("min_area", DEFAULT_MIN_AREA)))
+                    int(objects.get("min_area", DEFAULT_MIN_AREA)), int(objects.get("border_min_area", 0)))
         if not (0 < roles.interior < num_classes and 0 < roles.boundary < num_classes):
             raise RunError(f"{where}: object classes {roles.interior}, {roles.boundary} outside the net's "
                            f"{num_classes} classes")
@@ -69,12 +73,17 @@ class ObjectRoles:
 def label_objects(probs: np.ndarray, roles: ObjectRoles) -> np.ndarray:
     """Object ids (uint32, 0 background, 1..N) from K x H x W class probabilities (see the module docstring)."""
     interior = probs[roles.interior]
-    foreground = probs[0] < 0.5
+    foreground = probs.argmax(axis=0) != 0
     seeds = connected_regions(foreground & (interior > 0.5), connectivity=1)
+    seeds[np.bincount(seeds.ravel())[seeds] < roles.min_area] = 0  # specks: their pixels go to a neighbour
     ids = watershed(-interior, markers=seeds, mask=foreground) if seeds.any() else np.zeros(interior.shape, np.int64)
     orphans = connected_regions(foreground & (ids == 0), connectivity=1)
     if orphans.any():
         ids = np.where(orphans > 0, orphans + ids.max(), ids)
+    if roles.border_min_area:
+        edge = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
+        small = edge[(edge > 0) & (np.bincount(ids.ravel())[edge] < roles.border_min_area)]
+        ids = np.where(np.isin(ids, small), 0, ids)
     return _renumber(ids, roles.min_area)
 
 

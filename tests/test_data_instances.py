@@ -70,8 +70,10 @@ def test_import_keeps_objects_and_records_them(tmp_path, capsys):
     assert "ids read per frame" in printed
     meta = yaml.safe_load((out / "dataset.yaml").read_text())
     assert meta["instances"]["boundary_width"] == 2
-    assert meta["instances"]["splits"]["val"] == {"objects": 3, "frames": 1, "per_frame": [3, 3],
+    assert meta["instances"]["splits"]["val"] == {"objects": 3, "frames": 1, "at_border": 0, "per_frame": [3, 3],
                                                   "area_px": [120, 144, 144]}
+    # No train object touches the border, where 48 % would at random: border objects are dropped at inference.
+    assert meta["instances"]["border"] == {"observed": 0.0, "expected": 0.4846, "drop_below_px": 144}
     assert read_dataset(out).object_roles == {"interior": 1, "boundary": 2}
     [(name, gray, ids)] = read_val_objects(out)
     assert name == "img.tif#3" and gray.dtype == np.uint8 and ids.shape == (48, 48)

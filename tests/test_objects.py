@@ -61,6 +61,14 @@ def test_a_foreground_region_without_a_seed_is_one_object():
     assert ids.max() == 1 and np.array_equal(ids > 0, true > 0)
 
 
+def test_small_objects_cut_by_the_border_are_dropped_when_the_masks_leave_them_out():
+    true = discs((60, 60), [(30, 30), (2, 30), (30, 60)], 8)  # whole; cut by the top (~120 px); half (~100 px)
+    probs = soft_probabilities(true, width=1)
+    assert label_objects(probs, ROLES).max() == 3
+    kept = label_objects(probs, ObjectRoles(1, 2, 10, border_min_area=150))
+    assert kept.max() == 1 and kept[30, 30] == 1 and kept[2, 30] == 0 and kept[30, 58] == 0
+
+
 def test_object_table_measures_in_input_coordinates():
     ids = np.zeros((20, 30), np.uint32)
     ids[2:5, 10:14] = 1  # 12 px, centroid (3, 11.5), box rows 2-4, cols 10-13

@@ -101,14 +101,36 @@ class ObjectCounts:
     counts: dict[str, list[int]] = field(default_factory=dict)
     areas: dict[str, list[np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    border: dict[str, int] = field(default_factory=dict)  # objects touching the image border, per split
+    frame_sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def add(self, split: str, ids: np.ndarray, note: Optional[str]) -> None:
         areas = np.bincount(ids.ravel())[1:]
         areas = areas[areas > 0]
         self.counts.setdefault(split, []).append(int(areas.size))
         self.areas.setdefault(split, []).append(areas)
+        edge = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
+        self.border[split] = self.border.get(split, 0) + int(np.count_nonzero(edge))
+        self.frame_sizes.append(ids.shape)
         if note is not None:
             self.notes.append(note)
+
+    def border_rule(self) -> dict:
+        """Whether the train masks leave out objects cut by the image border (as the Cell Tracking Challenge's
+        do): the fraction of train objects touching the border against the fraction expected of objects of the
+        median area placed at random (centre within one radius of the border). Under half of it, inference
+        drops border objects smaller than the median train object (`drop_below_px`); else 0 (keeps them)."""
+        counts, areas = self.counts.get("train", []), self.areas.get("train", [])
+        objects = sum(counts)
+        if not objects:
+            return {"observed": None, "expected": None, "drop_below_px": 0}
+        median = float(np.median(np.concatenate(areas)))
+        radius = np.sqrt(median / np.pi)
+        expected = float(np.mean([1 - max(h - 2 * radius, 0) * max(w - 2 * radius, 0) / (h * w)
+                                  for h, w in self.frame_sizes]))
+        observed = self.border.get("train", 0) / objects
+        return {"observed": round(observed, 4), "expected": round(expected, 4),
+                "drop_below_px": int(median) if observed < expected / 2 else 0}
 
     def record(self, width: int) -> dict:
         """The `instances` entry of dataset.yaml."""
@@ -116,8 +138,16 @@ class ObjectCounts:
         for split, counts in self.counts.items():
             areas = np.concatenate(self.areas[split]) if self.areas[split] else np.zeros(0, np.int64)
             splits[split] = {"objects": int(sum(counts)), "frames": len(counts),
+                             "at_border": self.border.get(split, 0),
                              "per_frame": [int(min(counts)), int(max(counts))],
                              "area_px": ([int(areas.min()), int(np.median(areas)), int(areas.max())]
                                          if areas.size else None)}
+        border = self.border_rule()
+        notes = list(self.notes[:20])
+        if border["drop_below_px"]:
+            notes.append(f"{100 * border['observed']:.1f} % of the train objects touch the image border, where "
+                         f"{100 * border['expected']:.1f} % would at random: the masks leave out objects cut by the "
+                         f"border, so `infer --instances` drops border objects under {border['drop_below_px']} px "
+                         "(the median object)")
         return {"interior": INTERIOR, "boundary": BOUNDARY, "boundary_width": int(width), "ids": "per frame",
-                "splits": splits, "notes": self.notes[:20]}
+                "splits": splits, "border": border, "notes": notes}
