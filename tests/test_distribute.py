@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, make_run, raw_image
+from conftest import REPO, make_objects_run, make_run, raw_image
 from fcnseg.cli import main
 from fcnseg.distribute import MANIFEST_FILE, SINGLE_THREAD_ENV, connect, infer_on_cluster
 from fcnseg.errors import ConfigError, RunError
@@ -258,14 +258,7 @@ def test_objects_on_two_workers_are_the_single_process_objects(client, tmp_path)
     """A large image labelled for objects on the cluster (streamed tile by tile, the objects split on the
     stitched map) and in one process: the same ids, table and outlines, byte for byte; and a stack's frames
     spread over both workers."""
-    import yaml
-
-    from fcnseg import files
-
-    run = make_run(tmp_path / "r", bias_std=1.0, seed=3)
-    facts = yaml.safe_load((run / files.INFERENCE_FILE).read_text())
-    facts["objects"] = {"interior": 1, "boundary": 2, "min_area": 4}
-    (run / files.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
+    run = make_objects_run(tmp_path / "r")
     inputs = tmp_path / "in"
     inputs.mkdir()
     tifffile.imwrite(inputs / "big.tif", raw_image(203, 341, seed=5))

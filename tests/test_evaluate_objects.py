@@ -3,9 +3,7 @@ import json
 
 import numpy as np
 import pytest
-import yaml
-
-from conftest import make_run, raw_image
+from conftest import make_objects_run, make_run, raw_image
 from fcnseg import files
 from fcnseg.dataset import save_val_objects
 from fcnseg.errors import DataError, RunError
@@ -18,16 +16,8 @@ from fcnseg.predict import load_predictor, predict
 pytest.importorskip("caffe")
 
 
-def objects_run(root):
-    run = make_run(root, bias_std=1.0, seed=3)
-    facts = yaml.safe_load((run / files.INFERENCE_FILE).read_text())
-    facts["objects"] = {"interior": 1, "boundary": 2, "min_area": 4}
-    (run / files.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
-    return run
-
-
 def test_scores_each_val_frame_and_pools_them(tmp_path):
-    run = objects_run(tmp_path)
+    run = make_objects_run(tmp_path)
     predictor = load_predictor(run)
     frames = []
     for i in range(2):
@@ -50,7 +40,7 @@ def test_scores_each_val_frame_and_pools_them(tmp_path):
 
 
 def test_needs_an_instances_dataset_and_a_net_trained_for_objects(tmp_path):
-    run = objects_run(tmp_path / "a")
+    run = make_objects_run(tmp_path / "a")
     with pytest.raises(DataError, match="data import --instances"):
         evaluate_objects(run)
     plain = make_run(tmp_path / "b")

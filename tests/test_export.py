@@ -12,7 +12,7 @@ import tifffile
 from google.protobuf import text_format
 from PIL import Image
 
-from conftest import K, WINDOW, make_run, raw_image
+from conftest import K, WINDOW, make_objects_run, make_run, raw_image
 from fcnseg import files, runs
 from fcnseg.cli import main
 from fcnseg.caffe_env import caffe_pb2
@@ -269,12 +269,7 @@ def test_batchnorm_nets_export_what_caffe_computes(tmp_path, arch, pad):
 def test_onnx_carries_the_object_roles_and_gives_the_same_objects(tmp_path):
     """A run trained for objects: the roles travel in the metadata, and `infer --onnx --instances` splits the
     ONNX probabilities into the objects the Caffe run gives (scores agree to 1e-4 relative)."""
-    import yaml
-
-    run = make_run(tmp_path, bias_std=1.0, seed=3)
-    facts = yaml.safe_load((run / files.INFERENCE_FILE).read_text())
-    facts["objects"] = {"interior": 1, "boundary": 2, "min_area": 4}
-    (run / files.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
+    run = make_objects_run(tmp_path)
     export_onnx(run, tmp_path / "m.onnx")
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert meta["objects"] == {"interior": 1, "boundary": 2, "min_area": 4}

@@ -7,7 +7,7 @@ import tifffile
 import yaml
 from PIL import Image
 
-from conftest import K, WINDOW, make_run, raw_image, write_lmdb
+from conftest import K, WINDOW, make_objects_run, make_run, raw_image, write_lmdb
 from fcnseg import predict as predict_mod
 from fcnseg import files
 from fcnseg.cli import main
@@ -333,20 +333,10 @@ def test_malformed_inference_yaml_exits_2_naming_it(tmp_path, capsys):
 
 # ---- objects (--instances) -----------------------------------------------------------------------------
 
-def objects_run(root: Path) -> Path:
-    """A tiny run (random weights, biased so that all three classes occur) whose facts say it was trained for
-    objects, as a dataset imported with --instances makes them."""
-    run = make_run(root, bias_std=1.0, seed=3)
-    facts = yaml.safe_load((run / files.INFERENCE_FILE).read_text())
-    facts["objects"] = {"interior": 1, "boundary": 2, "min_area": 4}
-    (run / files.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
-    return run
-
-
 def test_instances_write_ids_table_and_outlines_per_frame(tmp_path):
     from fcnseg.objects import ObjectRoles, label_objects
 
-    run = objects_run(tmp_path / "r")
+    run = make_objects_run(tmp_path / "r")
     stack = np.stack([raw_image(70, 90, seed=1), raw_image(70, 90, seed=2)])
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     out = tmp_path / "out"
@@ -374,7 +364,7 @@ def test_instances_need_a_net_trained_for_objects(run, images, tmp_path, capsys)
 
 def test_instances_are_refused_for_volumes_in_one_line(tmp_path, capsys):
     nib = pytest.importorskip("nibabel")
-    run = objects_run(tmp_path / "r")
+    run = make_objects_run(tmp_path / "r")
     nib.save(nib.Nifti1Image(np.stack([raw_image(40, 40)] * 3, axis=2).astype(np.int16), np.eye(4)),
              str(tmp_path / "v.nii.gz"))
     code = main(["infer", "--run", run, tmp_path / "v.nii.gz", "-o", tmp_path / "out", "--instances"])
