@@ -42,22 +42,24 @@ test-fast: $(STAMP)
 # ~11 min of training on 2 cores (configs/demo_hela.yaml).
 demo: $(STAMP)
 	$(FCNSEG) data fetch-demo -o $(DEMO_RAW)
-	test -f $(DEMO_DATA)/dataset.yaml || $(FCNSEG) data import --images $(DEMO_RAW)/hela_images.tif \
-	    --labels $(DEMO_RAW)/hela_masks.tif --binarize --tile 256 --val 16-19 -o $(DEMO_DATA)
+	grep -qs '^instances:' $(DEMO_DATA)/dataset.yaml || $(FCNSEG) data import --images $(DEMO_RAW)/hela_images.tif \
+	    --labels $(DEMO_RAW)/hela_masks.tif --instances --tile 256 --val 16-19 -o $(DEMO_DATA) --overwrite
 	rm -rf $(DEMO_RUN)
 	$(FCNSEG) train configs/demo_hela.yaml --data $(DEMO_DATA) --out $(DEMO_RUN)
-	$(FCNSEG) eval $(DEMO_RUN)
+	$(FCNSEG) eval $(DEMO_RUN) --instances
 	$(PY) scripts/demo_frame.py $(DEMO_RAW)/hela_images.tif 17 $(DEMO_RUN)/frame17.tif
-	$(FCNSEG) infer --run $(DEMO_RUN) $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer --overlay
+	$(FCNSEG) infer --run $(DEMO_RUN) $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer --overlay --instances
 	$(FCNSEG) export $(DEMO_RUN) -o $(DEMO_RUN)/demo.onnx --with-preprocessing
-	$(FCNSEG) infer --onnx $(DEMO_RUN)/demo.onnx $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer_onnx --overlay
+	$(FCNSEG) infer --onnx $(DEMO_RUN)/demo.onnx $(DEMO_RUN)/frame17.tif -o $(DEMO_RUN)/infer_onnx --overlay --instances
 	$(FCNSEG) export $(DEMO_RUN) --bioimageio -o $(DEMO_RUN)/demo.zip
 	$(PY) scripts/otsu_baseline.py $(DEMO_RAW)/hela_images.tif $(DEMO_RAW)/hela_masks.tif --frames 16-19
-	@$(PY) -c "import json; r = json.load(open('$(DEMO_RUN)/eval.json')); \
-	  print('\ndemo done: val mean IU %.4f, pixel acc %.4f (frames 16-19)' % (r['mean_iu'], r['pixel_acc'])); \
+	@$(PY) -c "import json; r = json.load(open('$(DEMO_RUN)/eval.json')); o = r['objects']; \
+	  print('\ndemo done (frames 16-19): val mean IU %.4f (background/interior/boundary), foreground-vs-background' \
+	        ' mean IU %.4f; objects AP@0.5 %.4f, AP@0.75 %.4f, SEG %.4f' % (r['mean_iu'], o['foreground_mean_iu'], \
+	        o['overall']['ap50'], o['overall']['ap75'], o['overall']['seg'])); \
 	  print('run folder $(DEMO_RUN)/ (metrics.jsonl, TensorBoard events, loss.png, val.png, best.caffemodel, eval.json)'); \
 	  print('bioimage.io package $(DEMO_RUN)/demo.zip; curves: .venv/bin/tensorboard --logdir runs'); \
-	  print('segmentation of frame 17: $(DEMO_RUN)/infer/frame17.png and frame17_overlay.png')"
+	  print('frame 17: $(DEMO_RUN)/infer/frame17.png, frame17_instances.tif, frame17_objects.csv, frame17_instances_overlay.png')"
 
 # Sparse objects: phase-contrast bacteria (0.6 % foreground), imported with fcnseg's defaults (which pick
 # --empty-tiles and --augment from the class fractions), frames 0-15 train, 16-19 val, ~5 min of training.

@@ -23,9 +23,11 @@ from .doctor import diagnose_config, diagnose_files, diagnose_log, findings_json
 from .doctor.write_config import write_config
 from .errors import FcnsegError
 from .evaluate import evaluate
+from .evaluate_objects import add_to_eval, evaluate_objects
 from .export import export_onnx
 from .infer import InferOptions, infer
 from .metrics import format_table
+from .object_metrics import object_lines
 from .nets import upsampling_plan
 from .resolve import resolve
 from .runs import build_definition, write_definition
@@ -110,14 +112,24 @@ def train_cmd(config, data_root, weights, out_dir, overrides, resume_dir, from_i
               help="Weights to score (default: the run's best, else final, else newest snapshot).")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--gpu", type=int, default=None, metavar="N", help="Run on GPU N (needs a CUDA Caffe).")
-def eval_cmd(run_dir, data_root, weights, split, gpu):
+@click.option("--instances", is_flag=True, help="Also score objects on the whole val frames (AP, F1, SEG, counts).")
+def eval_cmd(run_dir, data_root, weights, split, gpu, instances):
     """Score a run's weights: per-class IU, pixel acc, mean acc, mean IU, fw IU.
 
     Example: fcnseg eval runs/demo
+    Example (objects): fcnseg eval runs/demo --instances
     """
+    if instances and split != "val":
+        raise click.UsageError("--instances scores the val frames; leave --split out")
     result, path = evaluate(run_dir, data_root, weights, split, gpu)
     click.echo(f"{split} split of {result['data']} ({result['samples']} images), weights {result['weights']}")
     click.echo(format_table(result))
+    if instances:
+        objects = evaluate_objects(run_dir, data_root, weights, gpu)
+        add_to_eval(path, objects)
+        click.echo(f"objects on the whole val frames (foreground-vs-background mean IU "
+                   f"{objects['foreground_mean_iu']:.4f}):")
+        click.echo("\n".join(object_lines(objects["frames"], objects["overall"])))
     click.echo(f"wrote {path}")
 
 
@@ -156,6 +168,10 @@ def data_group():
 @click.option("--to-gray", is_flag=True, help="Convert RGB(A) images to gray (BT.601 luma) instead of refusing them.")
 @click.option("--label-map", multiple=True, metavar="SRC:DST", help="Map a mask value, e.g. 255:1 (repeatable).")
 @click.option("--binarize", is_flag=True, help="Every non-zero mask value becomes class 1 (instance masks).")
+@click.option("--instances", is_flag=True, help="Masks hold one id per object: keep them apart (background, "
+              "interior, boundary; for infer/eval --instances).")
+@click.option("--boundary-width", type=int, default=2, show_default=True, metavar="N",
+              help="With --instances: the boundary band's width in pixels.")
 @click.option("--ignore-label", type=int, default=None, metavar="N",
               help="Label of pixels to ignore (default 255); giving it confirms that N means 'ignore'.")
 @click.option("--num-classes", type=int, default=None, metavar="K", help="Class count (default: largest label + 1).")
@@ -187,6 +203,9 @@ def data_import(images, labels, out_dir, axis, volume, dataset, label_dataset, d
 
     Example: fcnseg data import --images hela_images.tif --labels hela_masks.tif --binarize --tile 256
     --val 16-19 -o data/hela_ds
+
+    Example (objects): fcnseg data import --images hela_images.tif --labels hela_masks.tif --instances --tile 256
+    --val 16-19 -o data/hela
 
     Example (Caffe LMDBs): fcnseg data import --images train_lmdb --labels train_label_lmdb --val-images val_lmdb
     --val-labels val_label_lmdb --mean-file mean.binaryproto -o data/mine
@@ -359,6 +378,8 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
               help="Weights to use (default: the run's best, else final, else newest snapshot).")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (classes coloured over the image).")
 @click.option("--probs", is_flag=True, help="Also write <stem>_probs.npy (float16 class probabilities, K x H x W).")
+@click.option("--instances", is_flag=True, help="Also write the objects: <stem>_instances.tif (ids), _objects.csv, "
+              "_instances_overlay.png (a net trained with data import --instances).")
 @click.option("--tile", type=click.IntRange(min=0), default=None, metavar="N",
               help="Run NxN tiles (default: only images above 1024x1024 pixels, in 512 tiles; 0: never).")
 @click.option("--tile-overlap", type=click.IntRange(min=0), default=None, metavar="M",
@@ -371,7 +392,7 @@ def doctor_cmd(files, config_path, overrides, weights, data_check, as_json, log_
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Spread them over the Dask cluster at ADDRESS (tcp://host:port or a scheduler JSON file).")
 @volume_options
-def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile, tile_overlap, to_gray, gpu,
+def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, instances, tile, tile_overlap, to_gray, gpu,
               use_cpu, workers, scheduler, axis, volume, dataset):
     """Label IMAGE... (files, folders, multi-page TIFFs) with a trained run or an exported ONNX model.
     Exit 1 if some inputs failed, 2 if all did.
@@ -379,6 +400,7 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --onnx demo.onnx data/hela_raw/hela_images.tif -o out --overlay
     Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --workers 2
+    Example: fcnseg infer --run runs/demo data/hela_raw/hela_images.tif -o out --instances (objects)
     Example: fcnseg infer --run runs/ct ct_series_folder scan.nii.gz em.h5 --dataset raw -o out (label volumes)
     """
     if gpu is not None and use_cpu:
@@ -389,7 +411,8 @@ def infer_cmd(images, run_dir, onnx_path, out_dir, weights, overlay, probs, tile
         raise click.UsageError("--weights goes with --run; an ONNX model holds its weights (export with --weights)")
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers and --scheduler exclude each other")
-    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path, axis, volume, dataset)
+    options = InferOptions(weights, overlay, probs, tile, tile_overlap, to_gray, gpu, onnx_path, axis, volume, dataset,
+                           instances)
     report = lambda line: click.echo(line, err=True)  # noqa: E731
     if workers is None and scheduler is None:
         result = infer(run_dir, list(images), out_dir, options, report=report)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from .caffe_env import caffe_pb2
 from .config import read_yaml, validation_message
 from .errors import ConfigError, DataError
-from .files import DATASET_FILE
+from .files import DATASET_FILE, VAL_OBJECTS_FILE
 
 
 class Split(BaseModel):
@@ -78,6 +78,14 @@ class DatasetInfo(BaseModel):
     ignore_label: int = Field(255, ge=0)  # the label value of pixels that are no class
     input_channels: int = Field(1, ge=1)
     train_tiles: Optional[dict] = None  # the import's tile plan; `sparse_classes` names the sparse classes
+    instances: Optional[dict] = None  # `data import --instances`: class roles (interior, boundary), objects
+
+    @property
+    def object_roles(self) -> Optional[dict]:
+        """{'interior': id, 'boundary': id} for a dataset imported with --instances, else None."""
+        if not self.instances:
+            return None
+        return {"interior": int(self.instances["interior"]), "boundary": int(self.instances["boundary"])}
 
     @property
     def sparse_classes(self) -> tuple[str, ...]:
@@ -161,6 +169,31 @@ def datum_array(raw: bytes) -> np.ndarray:
     if datum.data:
         return np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
     return np.asarray(datum.float_data, np.float32).reshape(datum.channels, datum.height, datum.width)
+
+
+def save_val_objects(path: Path, frames: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """Write the val frames of an --instances import: (source name, uint8 windowed image, object ids) each,
+    as one compressed .npz (plain arrays, read back without pickle by `read_val_objects`)."""
+    arrays = {"names": np.array([name for name, _, _ in frames], dtype=str)}
+    for i, (_, gray, ids) in enumerate(frames):
+        arrays[f"image_{i}"] = gray
+        arrays[f"ids_{i}"] = ids.astype(np.uint16 if ids.max(initial=0) < 1 << 16 else np.uint32)
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def read_val_objects(root: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(source name, uint8 windowed image, object ids) per val frame of a dataset imported with --instances.
+    Raises DataError when the file is missing or unreadable."""
+    path = Path(root) / VAL_OBJECTS_FILE
+    if not path.is_file():
+        raise DataError(f"{root}: no {VAL_OBJECTS_FILE}; objects are scored on data imported with "
+                        "`fcnseg data import --instances`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [(str(name), data[f"image_{i}"], data[f"ids_{i}"]) for i, name in enumerate(data["names"])]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); import the data again") from None
 
 
 def read_dataset_yaml(root: str | Path) -> dict:

@@ -49,11 +49,14 @@ from .infer import (
     failure_message,
     label_and_save,
     list_inputs,
+    object_roles,
     output_names,
     prepare_output,
     read_frames,
+    refuse_volume_objects,
     write_labels,
 )
+from .objects import label_objects, write_objects
 from .predict import FrameOutcome, InferOptions, Predictor, Tiling, open_predictor, tile_bands, tiling_for
 from .volume_infer import BlockResult, ClusterVolumes, label_volume
 from .volumes import volume_format
@@ -151,6 +154,7 @@ def probe_model(run_dir: Optional[str], options: InferOptions) -> tuple[str, str
     has its traceback logged by the Dask worker, and a bad run or --gpu is the user's one-line message."""
     try:
         predictor = worker_predictor(run_dir, options)
+        object_roles(predictor, options)
     except FcnsegError as exc:
         return exc
     return str(predictor.weights), file_sha256(predictor.weights), predictor.stride
@@ -160,6 +164,8 @@ def label_file(path: str, run_dir: Optional[str], options: InferOptions, out_dir
     """Task for one input file: a single image is labelled and written; a stack returns its frames'
     (stem, name) for `label_frame` tasks; a bad file returns its message."""
     try:
+        if volume_format(path) is not None:
+            refuse_volume_objects(Path(path), options)
         if volume_format(path) in ("nifti", "dicom"):  # one task writes the label volume (HDF5/Zarr: blocks)
             predictor = worker_predictor(run_dir, options)
             return TaskResult(path, None, label_volume(predictor, Path(path), Path(out_dir), options))
@@ -235,7 +241,11 @@ def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: 
     k = predictor.num_classes
     ph, pw = ceil_to(h, predictor.multiple), ceil_to(w, predictor.multiple)
     labels = np.empty((h, w), np.uint8)
-    gray = np.empty((h, w), np.uint8) if options.overlay else None
+    gray = np.empty((h, w), np.uint8) if options.overlay or options.instances else None
+    roles = object_roles(predictor, options)
+    # Objects are split on the whole stitched map (fcnseg.objects), so with --instances it is kept: 4 bytes a
+    # pixel and class, the same float32 sums `label_and_save` splits, hence the same objects.
+    whole = np.empty((k, h, w), np.float32) if roles is not None else None
 
     def net_input(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         block = np.asarray(image[np.ix_(_reflected(y0, y1, h), _reflected(x0, x1, w))])
@@ -246,6 +256,8 @@ def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: 
             real = max(0, min(top + band.shape[1], h) - top)  # the band's rows inside the image
             done = band[:, :real, :w]
             labels[top:top + real] = done.argmax(axis=0)
+            if whole is not None:
+                whole[:, top:top + real] = done
             if probs_out is not None:
                 probs_out[:, top:top + real] = done.astype(np.float16)
             if gray is not None:
@@ -260,8 +272,10 @@ def label_streamed(predictor: Predictor, image: np.ndarray, where: str, tiling: 
     else:
         run_tiles(None)
     seconds = time.perf_counter() - start
-    written = write_labels(out_dir, stem, gray, labels, options.overlay)
-    return FrameOutcome(written + [probs_path] * options.probs, True, seconds, h * w / 1e6)
+    written = write_labels(out_dir, stem, gray, labels, options.overlay) + [probs_path] * options.probs
+    if roles is not None:
+        written += write_objects(out_dir, stem, image, gray, label_objects(whole, roles), whole)
+    return FrameOutcome(written, True, seconds, h * w / 1e6)
 
 
 # ---- the manifest ---------------------------------------------------------------------------------------
@@ -280,7 +294,8 @@ class Manifest:
         self.header = {"weights_sha256": weights_sha256,
                        "options": {k: v for k, v in asdict(options).items() if k in
                                    ("overlay", "probs", "tile", "tile_overlap", "to_gray")
-                                   or (k in ("axis", "volume", "dataset") and v is not None)}}  # volumes
+                                   or (k in ("axis", "volume", "dataset") and v is not None)  # volumes
+                                   or (k == "instances" and v)}}
         self.files: dict[str, dict] = {}  # input -> {"size", "mtime_ns", "frames": [[stem, name], ...]}
         self.done: set[tuple[str, Optional[int]]] = set()
         text = self.path.read_text() if self.path.is_file() else ""
@@ -438,6 +453,7 @@ def infer_on_cluster(client, run_dir: Optional[str | Path], inputs: list[str | P
             for path in files:
                 if volume_format(path) in ("hdf5", "zarr"):  # blocks of a chunked volume (fcnseg.volume_infer)
                     try:
+                        refuse_volume_objects(path, options)
                         futures = volumes.submit(path)
                     except DataError as exc:
                         fail(str(exc))

@@ -35,6 +35,7 @@ INFERENCE_FILE = "inference.yaml"
 
 # ---- the dataset folder
 DATASET_FILE = "dataset.yaml"
+VAL_OBJECTS_FILE = "val_objects.npz"  # --instances: the whole val images and their object ids (eval --instances)
 PLACEHOLDER_ROOT = "DATA_ROOT"  # written into prototxts when no data.root is set
 SPLITS = ("train", "val")
 

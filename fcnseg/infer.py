@@ -25,6 +25,14 @@ from tqdm import tqdm
 from .errors import DataError, FcnsegError
 from .files import write_atomic
 from .images import IMAGE_SUFFIXES, overlay, read_stack, save_label_png
+from .objects import (
+    INSTANCES_OVERLAY_SUFFIX,
+    INSTANCES_SUFFIX,
+    OBJECTS_SUFFIX,
+    ObjectRoles,
+    label_objects,
+    write_objects,
+)
 from .predict import FrameOutcome, InferOptions, Predictor, label_image, make_tiling, open_predictor
 from .volume_infer import label_volume
 from .volumes import volume_format
@@ -113,7 +121,16 @@ LABELS_SUFFIX, OVERLAY_SUFFIX, PROBS_SUFFIX = ".png", "_overlay.png", "_probs.np
 def output_names(stem: str, options: InferOptions) -> list[str]:
     """The file names `options` makes for one image or frame, in the order they are written."""
     return ([stem + LABELS_SUFFIX] + [stem + OVERLAY_SUFFIX] * options.overlay
-            + [stem + PROBS_SUFFIX] * options.probs)
+            + [stem + PROBS_SUFFIX] * options.probs
+            + [stem + s for s in (INSTANCES_SUFFIX, OBJECTS_SUFFIX, INSTANCES_OVERLAY_SUFFIX)] * options.instances)
+
+
+def object_roles(predictor: Predictor, options: InferOptions) -> Optional[ObjectRoles]:
+    """The net's object classes when `options.instances` asks for objects, else None; RunError when the net
+    was not trained for objects (checked before any image is read)."""
+    if not options.instances:
+        return None
+    return ObjectRoles.from_facts(predictor.facts.objects, predictor.num_classes, str(predictor.weights))
 
 
 def prepare_output(out_dir: str | Path, options: InferOptions, stride: int) -> Path:
@@ -184,7 +201,18 @@ def label_and_save(predictor: Predictor, image: np.ndarray, where: str, out_dir:
     gray, probs, tiled = label_image(predictor, image, where, options.tile, options.tile_overlap)
     seconds = time.perf_counter() - start
     written = write_outputs(out_dir, stem, gray, probs, options.overlay, options.probs)
+    roles = object_roles(predictor, options)
+    if roles is not None:
+        written += write_objects(out_dir, stem, image, gray, label_objects(probs, roles), probs)
     return FrameOutcome(written, tiled, seconds, gray.size / 1e6)
+
+
+def refuse_volume_objects(path: Path, options: InferOptions) -> None:
+    """DataError for --instances on a volume (DICOM, NIfTI, HDF5, Zarr): objects are written for 2-D images and
+    stacks only so far."""
+    if options.instances:
+        raise DataError(f"{path}: --instances labels objects in 2-D images and stacks, not yet in volumes; "
+                        "export the slices as a multi-page TIFF (objects per slice), or leave --instances out")
 
 
 def failure_message(exc: FcnsegError, where: str) -> str:
@@ -205,6 +233,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
 
     options = options or InferOptions()
     predictor = open_predictor(run_dir, options)
+    object_roles(predictor, options)
     out = prepare_output(out_dir, options, predictor.stride)
     result = InferResult(out, predictor.weights)
     files = list_inputs(inputs)
@@ -220,6 +249,7 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
         for path in files:
             if volume_format(path) is not None:  # DICOM, NIfTI, HDF5, Zarr: a label volume (fcnseg.volume_infer)
                 try:
+                    refuse_volume_objects(path, options)
                     result.record(label_volume(predictor, path, out, options))
                 except FcnsegError as exc:
                     fail(exc, str(path))

@@ -75,12 +75,14 @@ class InferenceFacts:
     dataset: Optional[str]  # the dataset the facts were copied from, for the record only
     fcnseg_version: str = __version__
     reader: Optional[dict] = None  # how the training volumes were read (fcnseg.volumes); optional in files
+    objects: Optional[dict] = None  # trained for objects (--instances): interior/boundary class ids, min_area
 
     def to_dict(self) -> dict:
         """Plain data for YAML or ONNX metadata (`reader` only for volumes: image data writes what it always did)."""
         facts = asdict(self)
-        if facts["reader"] is None:
-            del facts["reader"]
+        for optional in ("reader", "objects"):
+            if facts[optional] is None:
+                del facts[optional]
         return facts
 
     @classmethod
@@ -88,7 +90,7 @@ class InferenceFacts:
         """Parse `to_dict`'s output (other keys are ignored); RunError naming `where` when a key is missing
         or malformed."""
         names = list(cls.__dataclass_fields__)
-        missing = [n for n in names if n != "reader" and (not isinstance(raw, dict) or n not in raw)]
+        missing = [n for n in names if n not in ("reader", "objects") and (not isinstance(raw, dict) or n not in raw)]
         if missing:
             raise RunError(f"{where}: missing {', '.join(missing)}; write it again (`fcnseg make-proto` for a "
                            "run folder, `fcnseg export` for an ONNX model)")

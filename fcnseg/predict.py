@@ -253,6 +253,7 @@ class InferOptions:
     axis: Optional[int] = None  # volumes (fcnseg.volumes): default from the run's reader record
     volume: Optional[int] = None
     dataset: Optional[str] = None
+    instances: bool = False  # also write the objects (fcnseg.objects): needs a net trained with --instances
 
 
 @dataclass

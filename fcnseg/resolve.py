@@ -104,7 +104,11 @@ def resolve(config: Config) -> Resolved:
 def foreground_weight_choice(info: DatasetInfo) -> tuple[float, str]:
     """(weight, why) for `loss.foreground_weight: auto`: recipes.SPARSE_FOREGROUND_WEIGHT when the import found a
     class sparse in the source images (dataset.yaml's train_tiles.sparse_classes) or a foreground class is under
-    recipes.MIN_CLASS_FRACTION of the labelled train pixels (its class_pixels), else 0."""
+    recipes.MIN_CLASS_FRACTION of the labelled train pixels (its class_pixels), or the data was imported with
+    --instances (OBJECT_FOREGROUND_WEIGHT: interior against boundary is learnt from the object pixels), else 0."""
+    if info.object_roles is not None:
+        return recipes.OBJECT_FOREGROUND_WEIGHT, "objects (data imported with --instances): the interior and " \
+            "boundary pixels weighted up, as the U-Net paper weights its separation borders"
     if info.sparse_classes:
         return recipes.SPARSE_FOREGROUND_WEIGHT, (f"{', '.join(info.sparse_classes)} under "
                                                   f"{100 * recipes.MIN_CLASS_FRACTION:g} % of the source pixels, "

@@ -108,7 +108,20 @@ def inference_facts(config: Config, info: DatasetInfo) -> InferenceFacts:
         window=info.window, mean=input_mean(config), scale=float(config.data.scale),
         input_channels=model.input_channels, pad=model.pad, arch=model.arch, stages=model.stages,
         net_stride=model.net_stride, input_multiple=input_multiple(model),
-        dataset=None if config.data.root is None else str(config.data.root), reader=info.reader)
+        dataset=None if config.data.root is None else str(config.data.root), reader=info.reader,
+        objects=object_facts(info))
+
+
+def object_facts(info: DatasetInfo) -> Optional[dict]:
+    """What `infer --instances` needs of a dataset imported with --instances: the interior and boundary class
+    ids, the smallest object kept (half the smallest train object, at least 16 px) and the smallest kept where it
+    touches the image border (dataset.yaml `instances.border`); None otherwise."""
+    if info.object_roles is None:
+        return None
+    areas = ((info.instances.get("splits") or {}).get("train") or {}).get("area_px")
+    border = int((info.instances.get("border") or {}).get("drop_below_px") or 0)
+    return {**info.object_roles, "min_area": max(16, int(areas[0]) // 2) if areas else 16,
+            "border_min_area": border}
 
 
 def read_inference(run_dir: Path) -> InferenceFacts:

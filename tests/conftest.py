@@ -109,6 +109,19 @@ def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, bia
     return run
 
 
+def make_objects_run(root: Path) -> Path:
+    """`make_run` (random weights, biases drawn so that all K = 3 classes occur) whose inference.yaml says it was
+    trained for objects (interior 1, boundary 2, min_area 4), as a dataset imported with --instances makes it."""
+    import yaml
+
+    from fcnseg import files
+    run = make_run(root, bias_std=1.0, seed=3)
+    facts = yaml.safe_load((run / files.INFERENCE_FILE).read_text())
+    facts["objects"] = {"interior": 1, "boundary": 2, "min_area": 4}
+    (run / files.INFERENCE_FILE).write_text(yaml.safe_dump(facts))
+    return run
+
+
 def raw_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """uint16 blobs and noise spanning the test window."""
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, make_run, raw_image
+from conftest import REPO, make_objects_run, make_run, raw_image
 from fcnseg.cli import main
 from fcnseg.distribute import MANIFEST_FILE, SINGLE_THREAD_ENV, connect, infer_on_cluster
 from fcnseg.errors import ConfigError, RunError
@@ -250,3 +250,31 @@ def test_onnx_model_on_the_cluster_is_byte_identical(run, client, inputs, tmp_pa
     result = infer_on_cluster(client, None, [inputs], tmp_path / "cluster", options, report=print)
     assert (result.exit_code, result.images) == (0, 8)
     assert contents(tmp_path / "cluster") == contents(single)
+
+
+# ---- objects (--instances) -----------------------------------------------------------------------------
+
+def test_objects_on_two_workers_are_the_single_process_objects(client, tmp_path):
+    """A large image labelled for objects on the cluster (streamed tile by tile, the objects split on the
+    stitched map) and in one process: the same ids, table and outlines, byte for byte; and a stack's frames
+    spread over both workers."""
+    run = make_objects_run(tmp_path / "r")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "big.tif", raw_image(203, 341, seed=5))
+    tifffile.imwrite(inputs / "stack.tif", np.stack([raw_image(45, 60, seed=i) for i in range(3)]),
+                     photometric="minisblack")
+    options = InferOptions(instances=True, tile=64)
+    single, cluster = tmp_path / "single", tmp_path / "cluster"
+    env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONPATH": str(REPO)}  # the workers' BLAS threads (see reference)
+    done = subprocess.run([sys.executable, "-m", "fcnseg.cli", "infer", "--run", str(run), str(inputs), "-o",
+                           str(single), "--instances", "--tile", "64"], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    result = infer_on_cluster(client, run, [inputs], cluster, options)
+    assert result.exit_code == 0 and result.images == 4
+    expected = contents(single)
+    assert {n for n in expected if n.endswith("_instances.tif")} == {
+        "big_instances.tif", "stack_000_instances.tif", "stack_001_instances.tif", "stack_002_instances.tif"}
+    assert tifffile.imread(single / "big_instances.tif").max() > 1
+    assert contents(cluster) == expected

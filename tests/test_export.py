@@ -12,7 +12,7 @@ import tifffile
 from google.protobuf import text_format
 from PIL import Image
 
-from conftest import K, WINDOW, make_run, raw_image
+from conftest import K, WINDOW, make_objects_run, make_run, raw_image
 from fcnseg import files, runs
 from fcnseg.cli import main
 from fcnseg.caffe_env import caffe_pb2
@@ -264,3 +264,19 @@ def test_batchnorm_nets_export_what_caffe_computes(tmp_path, arch, pad):
     for h, w in sizes(pad, 8) if pad == "minimal" else [(37, 45), (40, 54)]:
         x = rng.normal(0, 1, (h, w)).astype(np.float32)
         assert_parity(onnx_outputs(model, x)[0], caffe_score(run, x))
+
+
+def test_onnx_carries_the_object_roles_and_gives_the_same_objects(tmp_path):
+    """A run trained for objects: the roles travel in the metadata, and `infer --onnx --instances` splits the
+    ONNX probabilities into the objects the Caffe run gives (scores agree to 1e-4 relative)."""
+    run = make_objects_run(tmp_path)
+    export_onnx(run, tmp_path / "m.onnx")
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["objects"] == {"interior": 1, "boundary": 2, "min_area": 4}
+    assert load_onnx_predictor(tmp_path / "m.onnx").facts.objects == meta["objects"]
+    tifffile.imwrite(tmp_path / "a.tif", raw_image(64, 96, seed=4))
+    for how in (["--run", run], ["--onnx", tmp_path / "m.onnx"]):
+        assert main(["infer", *how, tmp_path / "a.tif", "-o", tmp_path / how[0][2:], "--instances"]) == 0
+    caffe_ids = tifffile.imread(tmp_path / "run" / "a_instances.tif")
+    onnx_ids = tifffile.imread(tmp_path / "onnx" / "a_instances.tif")
+    assert caffe_ids.max() > 1 and np.array_equal(caffe_ids, onnx_ids)

@@ -7,7 +7,7 @@ import tifffile
 import yaml
 from PIL import Image
 
-from conftest import K, WINDOW, make_run, raw_image, write_lmdb
+from conftest import K, WINDOW, make_objects_run, make_run, raw_image, write_lmdb
 from fcnseg import predict as predict_mod
 from fcnseg import files
 from fcnseg.cli import main
@@ -329,3 +329,43 @@ def test_malformed_inference_yaml_exits_2_naming_it(tmp_path, capsys):
     assert main(["infer", "--run", run, tmp_path / "a.tif", "-o", tmp_path / "out"]) == 2
     err = capsys.readouterr().err
     assert files.INFERENCE_FILE in err and "window" in err
+
+
+# ---- objects (--instances) -----------------------------------------------------------------------------
+
+def test_instances_write_ids_table_and_outlines_per_frame(tmp_path):
+    from fcnseg.objects import ObjectRoles, label_objects
+
+    run = make_objects_run(tmp_path / "r")
+    stack = np.stack([raw_image(70, 90, seed=1), raw_image(70, 90, seed=2)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["infer", "--run", run, tmp_path / "stack.tif", "-o", out, "--instances", "--probs"]) == 0
+    predictor = load_predictor(run)
+    for i in range(2):
+        stem = f"stack_{i:03d}"
+        assert {p.name for p in out.glob(stem + "*")} == {stem + s for s in (
+            ".png", "_probs.npy", "_instances.tif", "_objects.csv", "_instances_overlay.png")}
+        ids = tifffile.imread(out / f"{stem}_instances.tif")
+        _, x = predictor.network_input(stack[i])
+        expected = label_objects(predict(predictor, x), ObjectRoles(1, 2, 4))
+        assert ids.dtype == np.uint16 and np.array_equal(ids, expected)
+        rows = (out / f"{stem}_objects.csv").read_text().splitlines()
+        assert len(rows) == 1 + int(ids.max())
+        assert ids.max() > 1 and set(np.unique(ids)) - {0} == set(range(1, int(ids.max()) + 1))
+
+
+def test_instances_need_a_net_trained_for_objects(run, images, tmp_path, capsys):
+    code = main(["infer", "--run", run, images, "-o", tmp_path / "out", "--instances"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not trained for objects" in err and "data import --instances" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_instances_are_refused_for_volumes_in_one_line(tmp_path, capsys):
+    nib = pytest.importorskip("nibabel")
+    run = make_objects_run(tmp_path / "r")
+    nib.save(nib.Nifti1Image(np.stack([raw_image(40, 40)] * 3, axis=2).astype(np.int16), np.eye(4)),
+             str(tmp_path / "v.nii.gz"))
+    code = main(["infer", "--run", run, tmp_path / "v.nii.gz", "-o", tmp_path / "out", "--instances"])
+    assert code == 2 and "not yet in volumes" in capsys.readouterr().err

@@ -13,7 +13,7 @@ MAX_LINES = 600
 # Each module's layer: a module imports only from lower layers (modules of one subpackage may import each other,
 # without a circle). Building blocks first, then the stages, then the command line.
 LAYERS = [
-    {"errors", "files", "geometry", "metrics", "vgg16", "recipes", "conventions"},  # facts; import nothing of ours
+    {"errors", "files", "geometry", "metrics", "object_metrics", "vgg16", "recipes", "conventions"},  # facts
     {"config", "caffe_env", "images", "diskspace"},
     {"caffemodel", "dataset", "nets", "volumes"},
     {"inputs", "solver", "weight_formats", "verify"},
@@ -21,9 +21,10 @@ LAYERS = [
     {"runs"},
     # stages, and the net on one image; tensorboard_events writes train's events as TensorBoard files
     {"data", "weights", "doctor", "evaluate", "export", "predict", "tensorboard_events"},
-    # train runs doctor and weights; volume_infer labels volumes with predict; bioimageio_package packs export's
-    # graph as a bioimage.io model
-    {"train", "volume_infer", "bioimageio_package"},
+    {"objects"},  # probabilities into objects, between the net on one image and the commands that write them
+    # train runs doctor and weights; volume_infer labels volumes with predict; evaluate_objects scores predict's
+    # objects; bioimageio_package packs export's graph as a bioimage.io model
+    {"train", "volume_infer", "evaluate_objects", "bioimageio_package"},
     {"infer"},  # files in, files out: images (predict) and volumes (volume_infer)
     {"distribute"},  # infer on a Dask cluster
     {"cli", "napari_plugin"},  # the front ends: the command line, and napari's widgets (fcnseg[napari])

@@ -34,6 +34,9 @@ def test_auto_mean_comes_from_the_converted_weights(tmp_path, models, tiny_datas
     ({"class_pixels": [967, 33]}, {"train_tiles": {"sparse_classes": ["bacteria"]}}, 1.0,
      "bacteria under 2 % of the source pixels, as the import found"),
     ({}, {}, 0.0, "the dataset records no class pixels"),
+    ({"class_pixels": [880, 80, 40]}, {"instances": {"interior": 1, "boundary": 2}}, 1.0,
+     "objects (data imported with --instances): the interior and boundary pixels weighted up, as the U-Net "
+     "paper weights its separation borders"),
 ])
 def test_auto_foreground_weight_follows_the_class_fractions(tmp_path, tiny_dataset, train_split, extra, weight, why):
     import yaml

@@ -3,6 +3,7 @@
 - `options`: `ImportOptions` (everything `data import` can be told), `map_labels`, the sparse threshold;
 - `sources`: the pairs of image and mask (two folders paired by file stem, or two stacks paired by frame) and
   the train/val split;
+- `instances`: instance masks (`--instances`): their checks, the 3-class target, the objects recorded;
 - `tiles`: tiles of an image and its labels, and for sparse foreground which train tiles are written with
   which flips and rotations (`plan_train_tiles`);
 - `importer`: `import_dataset(images, labels, out, options)`, the two passes (check, then write LMDBs, a

@@ -22,12 +22,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__, diskspace, verify
-from ..dataset import DatasetInfo, datum_bytes, read_dataset
+from ..dataset import DatasetInfo, datum_bytes, read_dataset, save_val_objects
 from ..errors import DataError
-from ..files import DATASET_FILE, SPLITS, dataset_paths
+from ..files import DATASET_FILE, SPLITS, VAL_OBJECTS_FILE, dataset_paths
 from ..images import WindowEstimator, apply_window, overlay
 from ..volumes import volume_sources
 from . import caffe_lmdb
+from .instances import INSTANCE_CLASSES, ObjectCounts, instance_hint, instance_ids, instance_target
 from .options import ImportOptions
 from .show import dataset_warnings, summary_lines
 from .sources import Pair, list_pairs, split_pairs
@@ -64,6 +65,8 @@ class _Scan:
     train_intensities: WindowEstimator = field(default_factory=WindowEstimator)
     train_label_pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     foreground_tiles: dict[str, list[bool]] = field(default_factory=dict)  # train pairs: per tile, in cut order
+    objects: ObjectCounts = field(default_factory=ObjectCounts)  # --instances: objects per split
+    instance_hint: Optional[str] = None  # a mask that looks like instance labels (for --binarize's note)
 
 
 @dataclass
@@ -137,11 +140,18 @@ def import_dataset(images: str | Path, labels: str | Path, out: str | Path,
     try:
         tmp.mkdir()
         previews, splits, means = [], {}, {}
+        val_objects = [] if options.instances else None
         with _bar(len(pairs), "writing", progress) as bar:
             for split, chosen, split_plan in (("train", train, plan), ("val", val, None)):
                 splits[split], means[split] = _write_split(tmp, split, chosen, scan, window, num_classes,
-                                                           options, previews, bar, split_plan)
+                                                           options, previews, bar, split_plan,
+                                                           val_objects if split == "val" else None)
         meta = _dataset_meta(images, labels, options, num_classes, window, means["train"], splits)
+        if options.instances:
+            meta["instances"] = scan.objects.record(options.boundary_width)
+            save_val_objects(tmp / VAL_OBJECTS_FILE, val_objects)
+        elif scan.instance_hint is not None:
+            meta["instance_hint"] = scan.instance_hint
         meta["train_tiles"] = plan.record()
         meta["checksums"] = verify.dataset_checksums(tmp)  # what `fcnseg data check` compares against
         if user_mean is not None:
@@ -190,7 +200,7 @@ def _scan(train: list[Pair], val: list[Pair], options: ImportOptions, progress: 
                 raise DataError(f"{pair.image_where} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask "
                                 f"{pair.mask_where} is {mask.shape[0]}x{mask.shape[1]}; they must match pixel "
                                 "for pixel")
-            labels = options.map_labels(mask)
+            labels = _labels(pair, mask, options, scan, "train" if pair.name in train_names else "val")
             scan.values[pair.name] = _values(labels)
             scan.sizes[pair.name] = image.shape
             scan.dtypes[pair.name] = image.dtype
@@ -204,6 +214,22 @@ def _scan(train: list[Pair], val: list[Pair], options: ImportOptions, progress: 
     return scan
 
 
+def _labels(pair: Pair, mask: np.ndarray, options: ImportOptions, scan: Optional[_Scan] = None,
+            split: str = "") -> np.ndarray:
+    """The class ids stored for `mask`: --label-map/--binarize applied, or with --instances the 3-class target
+    of its objects (`instances.instance_target`). With `scan`, the objects are counted and a mask that looks
+    like instance labels under --binarize is noted."""
+    if not options.instances:
+        if scan is not None and options.binarize and scan.instance_hint is None and instance_hint(mask):
+            scan.instance_hint = (f"{pair.mask_where} looks like instance labels (one id per object); --binarize "
+                                  "keeps only foreground/background, --instances keeps the objects apart")
+        return options.map_labels(mask)
+    ids, note = instance_ids(mask, pair.mask_where)
+    if scan is not None:
+        scan.objects.add(split, ids, note)
+    return instance_target(ids, options.boundary_width).astype(np.int32)
+
+
 def _num_classes(pairs: list[Pair], scan: _Scan, options: ImportOptions) -> int:
     """K from --classes/--num-classes or the masks; then every mask value must be in [0, K) or ignore."""
     ignore = options.ignore
@@ -213,7 +239,8 @@ def _num_classes(pairs: list[Pair], scan: _Scan, options: ImportOptions) -> int:
         raise DataError(f"the masks hold only 0 and 255 (e.g. {where}): 255 is usually the foreground of a "
                         "binary mask saved as white, but it is also the default ignore label; map it with "
                         "--label-map 255:1 (or --binarize), or pass --ignore-label 255 if it marks pixels to ignore")
-    explicit = options.num_classes or (len(options.classes) if options.classes else None)
+    explicit = options.num_classes or (len(options.classes) if options.classes else None) \
+        or (len(INSTANCE_CLASSES) if options.instances else None)
     num_classes = explicit
     if num_classes is None:
         labelled = everything - {ignore}
@@ -224,8 +251,8 @@ def _num_classes(pairs: list[Pair], scan: _Scan, options: ImportOptions) -> int:
         if num_classes > MAX_INFERRED_CLASSES:
             where = next(p.mask_where for p in pairs if scan.values[p.name].max() == num_classes - 1)
             raise DataError(f"mask values go up to {num_classes - 1} (e.g. {where}): are these instance ids? "
-                            "Use --binarize for foreground/background, or confirm the class count with "
-                            "--num-classes K")
+                            "Use --instances to keep the objects apart, --binarize for foreground/background, "
+                            "or confirm the class count with --num-classes K")
     if ignore < num_classes:
         raise DataError(f"--ignore-label {ignore} is a class id of a {num_classes}-class dataset; pick an "
                         f"ignore label >= {num_classes} (255 is customary)")
@@ -262,10 +289,12 @@ class _LmdbWriter:
 
 
 def _write_split(root: Path, split: str, pairs: list[Pair], scan: _Scan, window, num_classes: int,
-                 options: ImportOptions, previews: list, bar, plan: Optional[TilePlan] = None) -> tuple[dict, float]:
+                 options: ImportOptions, previews: list, bar, plan: Optional[TilePlan] = None,
+                 objects: Optional[list] = None) -> tuple[dict, float]:
     """Window, tile and write one split's LMDBs; returns (its dataset.yaml entry, mean stored intensity).
     With a `plan`, only its tiles are written, in its orientations and record order (the train split).
-    The first pairs' windowed images and labels are appended to `previews`."""
+    The first pairs' windowed images and labels are appended to `previews`; with --instances, the whole
+    windowed images and their object ids to `objects` (the val objects `fcnseg eval --instances` scores)."""
     tile, overlap, ignore = options.tile, options.tile_overlap, options.ignore
     copies = 1 if plan is None else plan.copies
     stored = 0
@@ -282,7 +311,10 @@ def _write_split(root: Path, split: str, pairs: list[Pair], scan: _Scan, window,
     try:
         for pair in pairs:
             gray = apply_window(pair.image(), window, pair.image_where)
-            labels = options.map_labels(pair.mask()).astype(np.uint8)
+            mask = pair.mask()
+            labels = _labels(pair, mask, options).astype(np.uint8)
+            if objects is not None:
+                objects.append((pair.name, gray, instance_ids(mask, pair.mask_where)[0]))
             kept = None if plan is None else set(plan.keep[pair.name])
             for index, (image_tile, label_tile) in enumerate(cut_tiles(gray, labels, tile, overlap, ignore)):
                 if kept is not None and index not in kept:
@@ -315,7 +347,8 @@ def _dataset_meta(images, labels, options: ImportOptions, num_classes: int, wind
                   splits: dict) -> dict:
     return {
         "num_classes": int(num_classes),
-        "classes": list(options.classes) if options.classes else None,
+        "classes": list(options.classes) if options.classes else (list(INSTANCE_CLASSES) if options.instances
+                                                                  else None),
         "input_channels": 1,
         "ignore_label": int(options.ignore),
         "window": window,
@@ -325,7 +358,7 @@ def _dataset_meta(images, labels, options: ImportOptions, num_classes: int, wind
         "splits": splits,
         "source": {"images": str(images), "labels": str(labels),
                    "label_map": {int(k): int(v) for k, v in options.label_map.items()} or None,
-                   "binarize": bool(options.binarize)},
+                   "binarize": bool(options.binarize), "instances": bool(options.instances)},
         "fcnseg_version": __version__,
     }
 

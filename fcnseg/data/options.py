@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import DataError
 from ..images import DEFAULT_PERCENTILES
 from ..volumes import VolumeOptions
+from .instances import DEFAULT_BOUNDARY_WIDTH
 
 DEFAULT_IGNORE_LABEL = 255
 DEFAULT_VAL_FRACTION = 0.2
@@ -47,6 +48,8 @@ class ImportOptions:
     val_labels: Optional[str] = None
     mean_file: Optional[str] = None  # a Caffe mean .binaryproto for LMDB sources (caffe_lmdb.read_mean_file)
     volume: VolumeOptions = VolumeOptions()  # DICOM / NIfTI / HDF5 / Zarr reading (fcnseg.volumes)
+    instances: bool = False  # masks are instance ids: store the 3-class target of `fcnseg.data.instances`
+    boundary_width: int = DEFAULT_BOUNDARY_WIDTH  # with instances: the boundary band's width in pixels
 
     def __post_init__(self):
         if self.ignore_label is not None and not 0 <= self.ignore_label <= 255:
@@ -80,6 +83,15 @@ class ImportOptions:
             raise DataError(f"--val-fraction {self.val_fraction}: need a fraction strictly between 0 and 1")
         if (self.val_images is None) != (self.val_labels is None):
             raise DataError("--val-images and --val-labels go together: the val images and their labels")
+        if self.instances:
+            given = [name for name, value in (("--binarize", self.binarize), ("--label-map", self.label_map),
+                                              ("--num-classes", self.num_classes), ("--classes", self.classes))
+                     if value]
+            if given:
+                raise DataError(f"--instances derives its own 3 classes (background, interior, boundary) from "
+                                f"the object ids; drop {', '.join(given)}")
+            if not 1 <= self.boundary_width <= 16:
+                raise DataError(f"--boundary-width {self.boundary_width}: need 1..16 pixels")
         if self.val_images is not None and (self.val is not None or self.val_fraction is not None):
             raise DataError("--val-images/--val-labels give the val split; drop --val and --val-fraction")
 

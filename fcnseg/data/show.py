@@ -45,6 +45,7 @@ def summary_lines(meta: dict, info: DatasetInfo) -> list[str]:
                      + (f"each in {plan['copies']} flips/rotations (--augment)" if plan["augment"]
                         else "no augmentation")
                      + f"; {plan['chosen']}")
+    lines += object_lines(meta.get("instances"))
     for split in SPLITS:
         s, recorded = meta.get("splits", {}).get(split, {}), info.split(split)
         counts = s.get("class_pixels", [])
@@ -57,11 +58,26 @@ def summary_lines(meta: dict, info: DatasetInfo) -> list[str]:
     return lines
 
 
+def object_lines(instances: dict | None) -> list[str]:
+    """What an --instances import recorded: objects per split, the boundary width, how ids were read, and the
+    interpretations it made (dataset.yaml `instances`)."""
+    if not instances:
+        return []
+    parts = []
+    for split, s in (instances.get("splits") or {}).items():
+        area = s.get("area_px") or [0, 0, 0]
+        parts.append(f"{split} {s['objects']} in {s['frames']} frame(s) ({s['per_frame'][0]}-{s['per_frame'][1]} "
+                     f"a frame, {area[0]}/{area[1]}/{area[2]} px min/median/max)")
+    return ([f"objects (--instances): {'; '.join(parts)}; boundary band {instances.get('boundary_width')} px; "
+             "ids read per frame (the same id in two frames is two objects)"]
+            + [f"note: {note}" for note in instances.get("notes") or []])
+
+
 def dataset_warnings(meta: dict, info: DatasetInfo) -> list[str]:
     """The risks in a dataset.yaml worth a warning: rare or missing classes, a clipping window, mostly
     ignored pixels, mixed sizes without tiles, a tiny val split (`meta` and `info` as in `summary_lines`)."""
     k, names = info.num_classes, info.class_names()
-    found = []
+    found = [meta["instance_hint"]] if meta.get("instance_hint") else []
     for split in SPLITS:
         s = meta.get("splits", {}).get(split, {})
         counts = s.get("class_pixels", [0] * k)
