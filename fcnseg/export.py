@@ -57,6 +57,7 @@ class ExportResult:
     size_bytes: int
     seconds: float
     reader: Optional[dict] = None  # how the training volumes were read (metadata `reader`)
+    input_multiple: int = 1  # the smallest H, W; the graph pads other sizes to its multiples itself
 
     def lines(self) -> list[str]:
         """The summary the CLI prints."""
@@ -64,7 +65,7 @@ class ExportResult:
             "the windowed 0-255 image"
         return [f"wrote {self.path} ({self.size_bytes / 2**20:.1f} MB, {self.nodes} nodes, opset {OPSET}) from "
                 f"{self.weights} in {self.seconds:.1f} s",
-                f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; "
+                f"input `{INPUT}` (1 x {self.channels} x H x W float32, any H, W >= {self.input_multiple}): {takes}; "
                 f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"] + \
             ([f"trained on volumes: {describe_reader(self.reader)}"] if self.reader else [])
 
@@ -300,4 +301,4 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     diskspace.require(out.parent, len(data), f"the ONNX model {out.name}", "free some space, or choose another -o")
     write_bytes_atomic(out, data)
     return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
-                        len(data), time.perf_counter() - start, facts.reader)
+                        len(data), time.perf_counter() - start, facts.reader, facts.input_multiple)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,15 +34,13 @@ def main() -> None:
     parser.add_argument("--crop", action="append", default=[], metavar="HxW", help="Also a crop of HxW (repeatable)")
     args = parser.parse_args()
 
-    import onnxruntime as ort
-
     session = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
     _, raw_input = read_metadata(session.get_modelmeta().custom_metadata_map, args.onnx)
     caffe = load_predictor(args.run)
     frame = read_stack(args.image)[args.frame]
     images = [frame] + [frame[:int(h), :int(w)] for h, w in (c.lower().split("x") for c in args.crop)]
     for image in images:
-        _, reference = label_image(caffe, image, tile=0)  # `fcnseg infer` on the whole image
+        _, reference, _ = label_image(caffe, image, tile=0)  # `fcnseg infer` on the whole image
         _, x = caffe.network_input(image)
         feed = image.astype(np.float32) if raw_input else x
         scores = session.run(["scores"], {"image": feed[None, None]})[0][0]
