@@ -107,13 +107,16 @@ def test_dataset_gives_classes_channels_and_ignore_label(tmp_path):
     from test_caffe_lmdb import import_args, lmdb_set
 
     paths, _ = lmdb_set(tmp_path / "src")
-    assert main([str(a) for a in import_args(paths, tmp_path / "ds", "--ignore-label", "254")]) == 0
+    assert main([str(a) for a in import_args(paths, tmp_path / "ds", "--ignore-label", "254", "--tile", "16")]) == 0
     net, solver = hand_written(tmp_path / "post", 3)
     out = tmp_path / "post.yaml"
     written = write_config(net, solver, out, data_root=tmp_path / "ds")
     cfg = load_config(out)
     assert (cfg.model.num_classes, cfg.model.input_channels, cfg.data.ignore_label) == (2, 1, 254)
     assert (cfg.model.arch, cfg.model.stages, cfg.model.norm) == ("fcn8s", 5, "batch")
+    # BatchNorm added on a tiled dataset: the recipe's batch of tiles, not one image per step
+    assert cfg.data.batch_size == recipes.SCRATCH_NORM_BATCH and "data.batch_size: 4" in written.summary
+    assert "doctor batchnorm-batch-one" in comments(out)["data.batch_size"]
     notes = comments(out)
     assert notes["model.input_channels"].endswith("was: 3, now: 1, because: the dataset "
                                                   f"{tmp_path / 'ds'} holds 1-channel images")
@@ -157,7 +160,8 @@ def test_reference_without_weights_moves_to_the_from_scratch_recipe(tmp_path, ca
     summary = [line for line in printed if line.startswith("no --weights:")]
     assert len(summary) == 1, printed
     assert f"kept {name[4:]} with 5 stages" in summary[0] and "model.norm: batch" in summary[0]
-    assert "Adam base_lr 0.001 momentum 0.9 on a normalized loss" in summary[0]
+    assert "model.pad: minimal, Adam base_lr 0.001 momentum 0.9, poly power 1 on a normalized loss" in summary[0]
+    assert "data.batch_size" not in summary[0]  # the image size is unknown without --data: batch kept
     # the original needs weights: for this 3-channel net, not the 1-channel conversion's file
     assert "no BatchNorm, SGD 1e-" in summary[0] and "--weights" in summary[0] and "3 input channels" in summary[0]
     assert "vgg16_1ch" not in summary[0]
@@ -165,7 +169,10 @@ def test_reference_without_weights_moves_to_the_from_scratch_recipe(tmp_path, ca
     assert (cfg.model.arch, cfg.model.stages, cfg.model.norm, cfg.model.input_channels) == (name[4:], 5, "batch", 3)
     assert (cfg.solver.type, cfg.solver.base_lr, cfg.solver.momentum, cfg.loss.normalize) == \
         ("Adam", recipes.SCRATCH_NORM.base_lr, recipes.SCRATCH_NORM.momentum, True)
+    assert (cfg.solver.lr_policy, cfg.solver.power, cfg.model.pad, cfg.data.batch_size) == ("poly", 1.0, "minimal", 1)
     notes = comments(out)
+    assert notes["solver.lr_policy"].startswith("was: fixed, now: poly, because: the from-scratch recipe with BatchNorm")
+    assert "was: 100, now: minimal, because:" in notes["model.pad"]
     assert notes["model.norm"].startswith("was: none (no normalisation layers), now: batch, because: no pretrained "
                                           "weights, and 5 pooling stages (stride 32)")
     assert notes["solver.type"].startswith("was: SGD base_lr 1e-")

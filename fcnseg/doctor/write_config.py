@@ -313,6 +313,8 @@ def _correct(n: NetFacts, facts: FcnStructure, c: Choices, findings: list[Findin
             c.change("loss", "normalize", "false", True, "the from-scratch recipe's loss is normalized")
         if c.values[("solver", "type")] != "Adam":
             c.values.pop(("solver", "momentum2"), None)
+        if added_norm:
+            _batchnorm_schedule_and_pad(c)
     elif solver is not None and step_wrong:
         old = (f"{c.values[('solver', 'type')]} base_lr {_fmt(_num(solver.base_lr))} momentum "
                f"{_fmt(_num(solver.momentum))}, normalize {_text(c.values[('loss', 'normalize')])}")
@@ -374,6 +376,40 @@ def _scratch_recipe(facts: FcnStructure, c: Choices) -> recipes.Recipe:
     return recipes.SCRATCH_NORM
 
 
+def _added_norm(c: Choices) -> bool:
+    """Whether `_scratch_recipe` added BatchNorm to a net that had none."""
+    return any(t.startswith("was:") for t in c.comments.get(("model", "norm"), []))
+
+
+def _batchnorm_schedule_and_pad(c: Choices) -> None:
+    """What comes with BatchNorm added for training from scratch: the rate decaying linearly to 0 at max_iter
+    (poly), and conv1_1 padded by 1 (pad: minimal) instead of a large pad whose zeros would make up most of what
+    the first BatchNorms average over on small tiles."""
+    policy = c.values.get(("solver", "lr_policy"), "fixed")
+    if policy != "poly" or c.values.get(("solver", "power")) != recipes.SCRATCH_NORM_POWER:
+        c.change("solver", "lr_policy", policy, "poly", "the from-scratch recipe with BatchNorm decays the rate to 0 "
+                 "at solver.max_iter (configs/demo_hela.yaml): the last iterations settle the noisy from-scratch "
+                 "curve and the running averages of BatchNorm that validation and inference use")
+        c.change("solver", "power", _text(c.values.get(("solver", "power"))), recipes.SCRATCH_NORM_POWER,
+                 "a linear decay")
+        for key in ("gamma", "stepsize", "stepvalue"):  # parameters of the policy it replaces
+            if c.values.pop(("solver", key), None) is not None:
+                c.comments.pop(("solver", key), None)
+    pad = c.values.get(("model", "pad"))
+    if pad != "minimal":
+        c.change("model", "pad", pad, "minimal", "from scratch nothing needs the reference's large conv1_1 pad, "
+                 "whose zeros would be most of what the first BatchNorms average over on small tiles; minimal pads "
+                 "conv1_1 by 1 and fc6 by 3 (inputs: multiples of the stride, which fcnseg infer pads to)")
+
+
+def _batchnorm_batch(c: Choices, tile: Optional[int]) -> None:
+    """With BatchNorm added and a dataset of equal-size tiles, SCRATCH_NORM_BATCH tiles per step instead of one."""
+    if _added_norm(c) and tile and c.values.get(("data", "batch_size")) == 1:
+        c.change("data", "batch_size", 1, recipes.SCRATCH_NORM_BATCH, "BatchNorm over one image per step has "
+                 "statistics that jump from tile to tile, and validation uses their running averages (doctor "
+                 f"batchnorm-batch-one); the dataset's {tile}-pixel tiles batch")
+
+
 def scratch_summary(config: Config, c: Choices, solver) -> Optional[str]:
     """The one line on what --write-config changed to make a weightless net train from scratch, and what
     keeping the original would need; None when nothing was changed for that."""
@@ -383,12 +419,17 @@ def scratch_summary(config: Config, c: Choices, solver) -> Optional[str]:
         return None
     m, s = config.model, config.solver
     norm = "model.norm: batch, " if ("model", "norm") in changed else ""
+    with_norm = [(sec, key) for sec, key in (("model", "pad"), ("data", "batch_size")) if ("model", "norm") in changed
+                 and any(t.startswith("was:") for t in c.comments.get((sec, key), []))]
+    norm += "".join(f"{sec}.{key}: {_text(c.values[(sec, key)])}, " for sec, key in with_norm)
+    schedule = f", {s.lr_policy} power {_fmt(s.power)}" if s.lr_policy == "poly" else f", lr_policy {s.lr_policy}"
     loss = "a normalized" if config.loss.normalize else "a summed"
     original = "no BatchNorm, " if norm else ""
     original += f"{solver_type(solver)} {_fmt(_num(solver.base_lr))}" if solver is not None else \
         "fcnseg's default solver"
     return (f"no --weights: kept {m.arch} with {m.stages} stages and moved it to the from-scratch recipe ({norm}"
-            f"{s.type} base_lr {_fmt(s.base_lr)} momentum {_fmt(s.momentum)} on {loss} loss); keeping the original "
+            f"{s.type} base_lr {_fmt(s.base_lr)} momentum {_fmt(s.momentum)}{schedule} on {loss} loss); keeping the "
+            "original "
             f"({original}) needs pretrained weights: "
             f"{convert_hint(m.input_channels)}, then --write-config again with --weights W")
 
@@ -489,6 +530,7 @@ def write_config(train_val: str | Path, solver_path: Optional[str | Path], out: 
                      f"the dataset {data_root} holds {info.input_channels}-channel images")
         else:
             c.comments[("model", "input_channels")] = ["the dataset's"]
+        _batchnorm_batch(c, info.tile)
         if c.values[("data", "ignore_label")] != info.ignore_label:
             c.change("data", "ignore_label", c.values[("data", "ignore_label")], info.ignore_label,
                      f"the dataset {data_root} marks pixels of no class with it")
