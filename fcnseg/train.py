@@ -107,7 +107,7 @@ def _poly_max_iter_refusal(run_dir: Path, saved: Config, config: Config) -> str:
     snapshot = runs.newest_snapshot(run_dir, ".caffemodel")
     at = files.snapshot_iteration(snapshot) if snapshot is not None else None
     jump = ""
-    if at is not None and at < min(old, new):
+    if at is not None and at < new:
         jump = (f": at iteration {at} the rate would go from {learning_rate(saved, at):.3g} to "
                 f"{learning_rate(config, at):.3g}, then fall to 0 at {new}")
     weights = snapshot if snapshot is not None else run_dir / files.SNAPSHOT_DIR / "LAST.caffemodel"

@@ -145,6 +145,7 @@ def test_resume_may_change_max_iter_unless_the_schedule_depends_on_it(tmp_path, 
     # why, and what to do: no "only solver.max_iter ... may change" that contradicts the refusal
     assert "solver.max_iter: 10 -> 20" in err and "lr_policy poly, because the rate decays to 0 at max_iter" in err
     assert "may change" not in err and "--force" in err
+    assert "at iteration 10 the rate would go from 0 to 0.0005, then fall to 0 at 20" in err  # what --force does
     snapshot = re.search(r"--set init\.weights=(\S+?\.caffemodel)", err).group(1)
     assert Path(snapshot).is_file()
     # the first way on, as printed: a new run from the last snapshot's weights
