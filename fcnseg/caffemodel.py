@@ -25,6 +25,19 @@ from .errors import WeightsError
 from .files import write_atomic
 
 CONVERT_HINT = "fcnseg weights convert VGG_ILSVRC_16_layers.caffemodel -o vgg16_1ch.caffemodel"
+
+
+def convert_hint(channels: Optional[int]) -> str:
+    """Where VGG16 weights for a net of `channels` input channels come from, as advice: the 1-channel
+    conversion (`CONVERT_HINT`) for one channel; for 3, ImageNet VGG16 itself with fc6/fc7 as convolutions
+    (`weights convert` writes 1-channel trunks only); for another count, no file fits as it is."""
+    if channels == 1:
+        return f"convert ImageNet VGG16 to 1 input channel with `{CONVERT_HINT}`"
+    if channels == 3:
+        return ("ImageNet VGG16 with fc6/fc7 cast to convolutions, which keeps its 3 input channels (the FCN "
+                "reference's vgg16fc.caffemodel, by net surgery; `fcnseg weights convert` writes 1-channel trunks)")
+    return (f"VGG16 weights whose conv1_1 takes {channels or 'your'} input channels (ImageNet VGG16 takes 3; "
+            f"`{CONVERT_HINT}` makes a 1-channel trunk)")
 # V1 `layers` type enum names -> new-style type names, for the layer types that carry weights.
 V1_TYPES = {"CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "DECONVOLUTION": "Deconvolution"}
 

@@ -16,6 +16,11 @@ from the weights, so it computes what Caffe computes rather than an approximatio
   ReLU -> Relu/LeakyRelu; Dropout is the identity at inference, as in Caffe's TEST phase.
 
 Any other layer type raises RunError rather than being guessed at.
+
+The graph takes any H x W >= `input_multiple` (`pad_to_multiple`): a net that needs multiples of its
+stride (`pad: minimal`) mirrors the net input at its bottom and right edges up to the next multiple
+(Pad, mode reflect: numpy's `reflect`, as `predict.predict` pads) and slices its scores back to H x W,
+so a client feeds the image it has. Only standard ops (Shape, Slice, Add, Div, Mul, Sub, Concat, Pad) are added.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ class ExportResult:
     size_bytes: int
     seconds: float
     reader: Optional[dict] = None  # how the training volumes were read (metadata `reader`)
+    input_multiple: int = 1  # the smallest H, W; the graph pads other sizes to its multiples itself
 
     def lines(self) -> list[str]:
         """The summary the CLI prints."""
@@ -59,7 +65,7 @@ class ExportResult:
             "the windowed 0-255 image"
         return [f"wrote {self.path} ({self.size_bytes / 2**20:.1f} MB, {self.nodes} nodes, opset {OPSET}) from "
                 f"{self.weights} in {self.seconds:.1f} s",
-                f"input `{INPUT}` (1 x {self.channels} x H x W float32): {takes}; "
+                f"input `{INPUT}` (1 x {self.channels} x H x W float32, any H, W >= {self.input_multiple}): {takes}; "
                 f"outputs `{SCORES}` (class scores) and `{PROBABILITIES}` (their softmax), 1 x K x H x W"] + \
             ([f"trained on volumes: {describe_reader(self.reader)}"] if self.reader else [])
 
@@ -200,6 +206,22 @@ def _preprocessing(g: _Graph, facts: InferenceFacts, raw: str) -> str:
     return g.node("Mul", [x, g.const("scale", np.float32(facts.scale))], "scale.multiply")
 
 
+def pad_to_multiple(g: _Graph, x: str, multiple: int) -> tuple[str, str]:
+    """(x mirrored at its bottom and right edges up to the next multiple of `multiple` on H and W, the
+    1-D int64 tensor [H, W] of x): the padding `predict.predict` does (numpy's reflect, no edge repeat),
+    as graph nodes. Reflect padding needs the pad below the size, so H, W >= `multiple`."""
+    shape = g.node("Shape", [x], "input.shape")
+    size = g.node("Slice", [shape, g.const("input.hw_start", np.array([2], np.int64)),
+                            g.const("input.hw_end", np.array([4], np.int64))], "input.size")
+    m = g.const("input.multiple", np.array([multiple, multiple], np.int64))
+    # ceil(size / m) * m - size in integer Div/Mul (Mod is less widely implemented): 0 for a multiple
+    up = g.node("Add", [size, g.const("input.round_up", np.array([multiple - 1] * 2, np.int64))], "input.round")
+    whole = g.node("Mul", [g.node("Div", [up, m], "input.tiles"), m], "input.padded_size")
+    short = g.node("Sub", [whole, size], "input.pad")
+    pads = g.node("Concat", [g.const("input.pad_begin", np.zeros(6, np.int64)), short], "input.pads", axis=0)
+    return g.node("Pad", [x, pads], "input.padded", mode="reflect"), size
+
+
 def onnx_model(net_param, params: dict[str, list[np.ndarray]], facts: InferenceFacts,
                raw_input: bool = False):
     """The onnx ModelProto of Caffe NetParameter `net_param` (a deploy net: one Input `data`, output
@@ -216,16 +238,24 @@ def onnx_model(net_param, params: dict[str, list[np.ndarray]], facts: InferenceF
     dims = ["batch", c, "height", "width"]
     g.fresh(INPUT)
     inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, dims)]
+    size = None  # [H, W] of the input when the graph pads it
     for layer in net_param.layer:
         if layer.type == "Input":
-            g.tensor[layer.top[0]] = _preprocessing(g, facts, INPUT) if raw_input else INPUT
+            x = _preprocessing(g, facts, INPUT) if raw_input else INPUT
+            if facts.input_multiple > 1:
+                x, size = pad_to_multiple(g, x, facts.input_multiple)
+            g.tensor[layer.top[0]] = x
         else:
             _add_layer(g, layer, params)
     if "score" not in g.tensor:
         raise RunError("the deploy net has no `score` blob; rewrite it with `fcnseg make-proto`")
+    score = g.tensor["score"]
+    if size is not None:  # the padded margin off again: the scores have the input's size
+        score = g.node("Slice", [score, g.const("score.starts", np.zeros(2, np.int64)), size,
+                                 g.const("score.axes", np.array([2, 3], np.int64))], "score.cropped")
     k = facts.num_classes
     g.fresh(SCORES), g.fresh(PROBABILITIES)
-    g.nodes.append(helper.make_node("Identity", [g.tensor["score"]], [SCORES], name=SCORES))
+    g.nodes.append(helper.make_node("Identity", [score], [SCORES], name=SCORES))
     g.nodes.append(helper.make_node("Softmax", [SCORES], [PROBABILITIES], name=PROBABILITIES, axis=1))
     out_dims = ["batch", k, "height", "width"]
     outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, out_dims,
@@ -233,7 +263,8 @@ def onnx_model(net_param, params: dict[str, list[np.ndarray]], facts: InferenceF
                helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, out_dims,
                                              doc_string="softmax of `scores` over the class axis")]
     takes = "original pixel values" if raw_input else "the windowed 0-255 image (images.apply_window)"
-    inputs[0].doc_string = f"{takes}; H, W multiples of {facts.input_multiple}"
+    inputs[0].doc_string = f"{takes}; any H, W >= {facts.input_multiple}" + (
+        f" (mirrored up to a multiple of {facts.input_multiple} inside the graph)" if facts.input_multiple > 1 else "")
     graph = helper.make_graph(g.nodes, net_param.name or "fcn", inputs, outputs, g.inits,
                               doc_string=f"fcnseg {facts.arch}, {facts.stages} stages, pad {facts.pad}")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
@@ -270,4 +301,4 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     diskspace.require(out.parent, len(data), f"the ONNX model {out.name}", "free some space, or choose another -o")
     write_bytes_atomic(out, data)
     return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
-                        len(data), time.perf_counter() - start, facts.reader)
+                        len(data), time.perf_counter() - start, facts.reader, facts.input_multiple)

@@ -1,7 +1,8 @@
 """The ONNX model file `fcnseg export` writes and `fcnseg infer --onnx` reads: names and metadata.
 
-One input and two outputs, all 1 x C x H x W float32 with H and W free (multiples of the metadata's
-`input_multiple` for `pad: minimal` nets):
+One input and two outputs, all 1 x C x H x W float32 with H and W free: any size from the metadata's
+`input_multiple` up (a `pad: minimal` net mirrors its input up to that multiple and crops its scores back
+inside the graph, as `fcnseg infer` does; the outputs have the input's size):
 
 - INPUT `image`: the windowed 0-255 image (what `images.apply_window` gives), or with
   `--with-preprocessing` the original pixel values (the graph applies the window, mean and scale);
@@ -10,7 +11,10 @@ One input and two outputs, all 1 x C x H x W float32 with H and W free (multiple
 - PROBABILITIES `probabilities`: their softmax over the class axis.
 
 Metadata (`metadata_props`, each value JSON): every field of `inputs.InferenceFacts` (classes, window,
-mean, scale, ...), plus `input`, `source_run`, `weights` and `fcnseg_version` (the exporting version).
+mean, scale, ...), plus `input`, `source_run`, `weights`, `weights_sha256` and `fcnseg_version` (the
+exporting version). Only facts that mean something on the receiving machine: `dataset`, `source_run` and
+`weights` are folder and file names, never the exporting machine's paths; `weights_sha256` is the
+weights file's content hash (`files.file_sha256`, as fcnseg records it for model files).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Optional
 
 from . import __version__
 from .errors import RunError
+from .files import file_sha256
 from .inputs import InferenceFacts
 
 INPUT = "image"
@@ -31,10 +36,12 @@ INPUT_RAW = "raw pixel values"
 
 
 def metadata(facts: InferenceFacts, raw_input: bool, source_run: Path, weights: Path) -> dict[str, str]:
-    """The metadata_props of an exported model, as {key: JSON text}."""
-
+    """The metadata_props of an exported model, as {key: JSON text}: names and content hashes, no paths of
+    this machine (`dataset` the dataset folder's name, `source_run` the run folder's, `weights` the file's)."""
     values = {**facts.to_dict(), "fcnseg_version": __version__, "input": INPUT_RAW if raw_input else INPUT_WINDOWED,
-              "source_run": str(Path(source_run).resolve()), "weights": str(Path(weights).resolve())}
+              "dataset": (Path(facts.dataset).name or Path(facts.dataset).resolve().name) if facts.dataset else None,
+              "source_run": Path(source_run).resolve().name, "weights": Path(weights).name,
+              "weights_sha256": file_sha256(weights)}
     return {key: json.dumps(value) for key, value in values.items()}
 
 

@@ -7,8 +7,8 @@
 - `NORMALIZED`: the FCN-AlexNet reference. The loss is averaged over pixels, 1e-4 at momentum 0.9.
 - `SCRATCH`: no pretrained weights. Adam at ~1e-4 on a normalized loss, at most 3 pooling stages, msra
   fillers (measured on the HeLa demo's FCN).
-- `SCRATCH_NORM`: no pretrained weights, BatchNorm after every convolution: Adam at 1e-3, any depth (measured
-  on the HeLa demo's U-Net).
+- `SCRATCH_NORM`: no pretrained weights, BatchNorm after every convolution: Adam at 1e-3 decaying linearly to 0
+  (poly, `SCRATCH_NORM_POWER`), `SCRATCH_NORM_BATCH` tiles per step, any depth (measured on the HeLa demo's U-Net).
 
 Used by config (the solver defaults), doctor (the effective-step check and its advice), train (the
 messages when a run does not learn or diverges) and weights (the from-scratch warning); `sparse_classes` by
@@ -54,6 +54,10 @@ SCRATCH = Recipe("Adam", 1e-4, 0.9, normalize=True)
 # With BatchNorm after every convolution (model.norm: batch) a from-scratch net trains at 10x the step, at any depth
 # (measured on the HeLa demo's U-Net, configs/demo_hela.yaml).
 SCRATCH_NORM = Recipe("Adam", 1e-3, 0.9, normalize=True)
+# ... with the rate decaying linearly to 0 at max_iter (lr_policy poly, power 1) and 4 equal-size tiles per step, so
+# that BatchNorm's statistics (and the running averages validation uses) do not jump from one image to the next.
+SCRATCH_NORM_POWER = 1.0
+SCRATCH_NORM_BATCH = 4
 # Classes below this fraction of the labelled train pixels are sparse: the import keeps empty tiles and augments
 # for them, `data show` warns, and `loss.foreground_weight: auto` weights the loss towards them.
 MIN_CLASS_FRACTION = 0.02

@@ -84,17 +84,39 @@ def prepare_run(config: Config, run_dir: Path, resume: bool, force: bool) -> tup
         saved = load_config(saved_path)
         diff = config_differences(saved, config)
         # lr_policy poly decays towards max_iter: a new max_iter changes the schedule already followed.
-        free = RESUMABLE_CHANGES - ({"solver.max_iter"} if config.solver.lr_policy == "poly" else set())
+        poly = config.solver.lr_policy == "poly" and saved.solver.lr_policy == "poly"
+        free = RESUMABLE_CHANGES - ({"solver.max_iter"} if poly else set())
         changed = [line for line in diff if line.split(":", 1)[0] not in free]
         if changed and not force:
+            if [line.split(":", 1)[0] for line in changed] == ["solver.max_iter"]:
+                raise RunError(_poly_max_iter_refusal(run_dir, saved, config))
+            may = "the train.*_interval keys" + ("" if poly else " and solver.max_iter")
             raise RunError(f"{run_dir}: the config differs from the run's: {'; '.join(changed)}. "
-                           "Resume with the same config (only solver.max_iter and the train.*_interval "
-                           "keys may change), or add --force to continue with the new one")
+                           f"Resume with the same config (only {may} may change"
+                           f"{'; with lr_policy poly, solver.max_iter is the schedule itself' if poly else ''}), "
+                           "or add --force to continue with the new one")
         return resolved, bool(diff)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir}: run folder exists and is not empty; choose another --out, "
                        f"or continue it with --resume {run_dir}")
     return resolved, True
+
+
+def _poly_max_iter_refusal(run_dir: Path, saved: Config, config: Config) -> str:
+    """Why a resume with lr_policy poly cannot take a new solver.max_iter, and the two ways on."""
+    old, new = saved.solver.max_iter, config.solver.max_iter
+    snapshot = runs.newest_snapshot(run_dir, ".caffemodel")
+    at = files.snapshot_iteration(snapshot) if snapshot is not None else None
+    jump = ""
+    if at is not None and at < new:
+        jump = (f": at iteration {at} the rate would go from {learning_rate(saved, at):.3g} to "
+                f"{learning_rate(config, at):.3g}, then fall to 0 at {new}")
+    weights = snapshot if snapshot is not None else run_dir / files.SNAPSHOT_DIR / "LAST.caffemodel"
+    return (f"{run_dir}: solver.max_iter: {old} -> {new} cannot change on --resume with lr_policy poly, because "
+            f"the rate decays to 0 at max_iter and this run has followed a schedule ending at {old}. To train longer, "
+            f"start a new run from its last weights (fcnseg train CONFIG --out NEW_RUN --set init.weights={weights}"
+            f"), which runs a whole poly schedule of {new} iterations again; or add --force to continue this run "
+            f"on a schedule ending at {new}, which moves the rate{jump or ' onto the new curve'}")
 
 
 def _check_batching(config: Config, info: DatasetInfo) -> None:

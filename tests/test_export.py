@@ -132,12 +132,73 @@ def test_metadata_names_the_facts(tmp_path):
     assert meta["classes"] == ["class 0", "class 1", "class 2"] and meta["num_classes"] == K
     assert meta["window"] == WINDOW and meta["mean"] == 90.0 and meta["scale"] == 0.02
     assert meta["input"] == "windowed 0-255" and meta["input_multiple"] == 8
-    assert meta["source_run"] == str(run.resolve()) and meta["fcnseg_version"]
-    assert meta["weights"] == str((run / files.BEST_WEIGHTS).resolve())
+    # names and content, not this machine's paths
+    assert meta["source_run"] == run.name and meta["fcnseg_version"] and meta["dataset"] == "data"
+    assert meta["weights"] == files.BEST_WEIGHTS
+    assert meta["weights_sha256"] == files.file_sha256(run / files.BEST_WEIGHTS)
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert model.graph.input[0].name == "image" and dims == ["batch", 1, "height", "width"]
     assert [o.name for o in model.graph.output] == ["scores", "probabilities"]
     assert not list(tmp_path.glob(".m.onnx.tmp*"))
+
+
+def strings(value):
+    """Every string inside a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings(k)
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+
+
+@pytest.mark.parametrize("with_preprocessing", [False, True])
+def test_no_absolute_path_in_the_metadata(tmp_path, monkeypatch, with_preprocessing):
+    """Exported from another folder, through relative paths: no value names a path of this machine."""
+    run = make_run(tmp_path / "work", arch="fcn8s", stages=3)
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["--with-preprocessing"] if with_preprocessing else []
+    assert main(["export", "run", "-o", "../m.onnx", *args]) == 0
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    texts = list(strings(meta)) + [model.graph.doc_string, model.doc_string,
+                                   *(i.doc_string for i in model.graph.input)]
+    for text in texts:
+        assert str(tmp_path) not in text and "/tmp" not in text and not Path(text).is_absolute(), text
+    assert meta["dataset"] == "data" and meta["source_run"] == "run" and len(meta["weights_sha256"]) == 64
+    assert (run / files.INFERENCE_FILE).is_file()
+
+
+@pytest.mark.parametrize("with_preprocessing", [False, True])
+@pytest.mark.parametrize("arch,stages,pad", [("fcn32s", 3, "minimal"), ("fcn16s", 4, "minimal"), ("fcn8s", 5, "minimal"),
+                                             ("fcn8s", 3, 100), ("unet", 3, "minimal"), ("unet", 2, 44)])
+def test_any_size_is_padded_and_cropped_inside_the_graph(tmp_path, arch, stages, pad, with_preprocessing):
+    """Odd sizes and the smallest one, fed as they are: the graph mirrors up to the multiple and crops back as
+    `fcnseg infer` does (predict.predict on the Caffe net), and the outputs have the input's size."""
+    extra = {"norm": "batch", "base_channels": 4} if arch == "unet" else {}
+    run = make_run(tmp_path, arch=arch, stages=stages, pad=pad, bias_std=0.1, seed=stages, **extra)
+    if extra:
+        with_batchnorm_statistics(run)
+    model = tmp_path / "m.onnx"
+    export_onnx(run, model, with_preprocessing=with_preprocessing)
+    caffe_predictor = load_predictor(run)
+    multiple = caffe_predictor.multiple
+    assert multiple == (2 ** stages if pad == "minimal" else 1)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for h, w in [(37, 45), (2 ** stages + 1, 3 * 2 ** stages - 1), (max(multiple, 9), max(multiple, 9))]:
+        image = raw_image(h, w, seed=h)
+        _, x = caffe_predictor.network_input(image)
+        reference = predict(caffe_predictor, x)
+        feed = image.astype(np.float32) if with_preprocessing else x
+        scores, probs = session.run(["scores", "probabilities"], {"image": feed[None, None]})
+        assert scores.shape == probs.shape == (1, K, h, w)
+        assert np.isfinite(reference).all()
+        np.testing.assert_allclose(probs[0], reference, atol=2e-5)
+        assert (probs[0].argmax(0) == reference.argmax(0)).mean() >= LABEL_AGREEMENT
+        assert reference.std(axis=(1, 2)).max() > 1e-3  # scores that vary: a wrong pad or crop would show
 
 
 @pytest.mark.parametrize("window", [WINDOW, None])

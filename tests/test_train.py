@@ -13,7 +13,7 @@ import pytest
 from fcnseg.caffe_env import caffe_pb2
 import yaml
 
-from conftest import write_tiny_dataset
+from conftest import one_error_line, write_tiny_dataset
 from fcnseg.cli import main
 from fcnseg.config import load_config, validate_config
 from fcnseg.runs import newest_solverstate
@@ -141,8 +141,30 @@ def test_resume_may_change_max_iter_unless_the_schedule_depends_on_it(tmp_path, 
     assert main(["train", cfg, "--out", run]) == 0
     capsys.readouterr()
     assert main(["train", cfg, "--resume", run, "--set", "solver.max_iter=20"]) == 2
-    assert "solver.max_iter: 10 -> 20" in capsys.readouterr().err
+    err = one_error_line(capsys.readouterr().err)
+    # why, and what to do: no "only solver.max_iter ... may change" that contradicts the refusal
+    assert "solver.max_iter: 10 -> 20" in err and "lr_policy poly, because the rate decays to 0 at max_iter" in err
+    assert "may change" not in err and "--force" in err
+    assert "at iteration 10 the rate would go from 0 to 0.0005, then fall to 0 at 20" in err  # what --force does
+    snapshot = re.search(r"--set init\.weights=(\S+?\.caffemodel)", err).group(1)
+    assert Path(snapshot).is_file()
+    # the first way on, as printed: a new run from the last snapshot's weights
+    assert main(["train", cfg, "--out", tmp_path / "longer", "--set", "solver.max_iter=20",
+                 "--set", f"init.weights={snapshot}"]) == 0
     assert main(["train", cfg, "--resume", run, "--set", "train.val_interval=5"]) == 0
+    # the other: --force continues this run on the new schedule
+    assert main(["train", cfg, "--resume", run, "--set", "solver.max_iter=20", "--force"]) == 0
+    capsys.readouterr()
+
+
+def test_resume_refusal_names_only_keys_that_may_change(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "c.yaml", data, solver__max_iter=10, solver__lr_policy="poly", solver__power=1.0)
+    assert main(["train", cfg, "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["train", cfg, "--resume", run, "--set", "solver.max_iter=20", "--set", "solver.base_lr=0.5"]) == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "only the train.*_interval keys may change" in err and "only solver.max_iter" not in err
 
 
 def test_report_says_where_the_mean_comes_from(tmp_path, data, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import vgg16
-from ..caffemodel import CONVERT_HINT
+from ..caffemodel import CONVERT_HINT, convert_hint
 from ..geometry import conv_geometry
 from ..recipes import SCRATCH, SCRATCH_NORM
 from .facts import (
@@ -158,8 +158,8 @@ def check_from_scratch(n: NetFacts, solver_type: Optional[str], weights_given: b
         reasons.append(f"its {stages} go beyond the 3 pooling stages known to train from scratch")
     names = name_list([layer.name for layer in hidden], 4)
     chans = n.channels.get(n.input_blob)
-    fix = (f"Convert ImageNet VGG16 to {plural(chans, 'input channel') if chans else 'your input channels'} "
-           f"with `{CONVERT_HINT}` and pass it (--weights, or init.weights in the config). "
+    hint = convert_hint(chans)
+    fix = (f"{hint[0].upper()}{hint[1:]}, and pass it (--weights, or init.weights in the config). "
            "From scratch, stay where it is known to work: at most 3 pooling stages, msra fillers on every "
            f"layer, {SCRATCH.solver} at {SCRATCH.lr} on a normalized loss (configs/seed_reduced_1ch.yaml); or put "
            f"BatchNorm + Scale after every convolution and use {SCRATCH_NORM.solver} at {SCRATCH_NORM.lr} "
@@ -177,14 +177,14 @@ def check_from_scratch(n: NetFacts, solver_type: Optional[str], weights_given: b
             f"No pretrained weights: {len(hidden)} learning layers ({names}) train from scratch with "
             f"{solver_type}. The from-scratch setup measured to learn at this depth used Adam (HeLa demo: "
             "3 stages, msra fillers, Adam 2e-4, val mean IU 0.91).",
-            f"Use type: \"{SCRATCH.solver}\" with base_lr {SCRATCH.lr} on a normalized loss, or pretrained weights (" +
-            f"`{CONVERT_HINT}`).", names)]
+            f"Use type: \"{SCRATCH.solver}\" with base_lr {SCRATCH.lr} on a normalized loss, or pretrained weights "
+            f"({hint}).", names)]
     return [Finding(
         "info", "from-scratch",
         f"No pretrained weights: {len(hidden)} learning layers ({names}) train from scratch; at this depth, "
         f"with msra fillers and {solver_type or 'an adaptive solver such as Adam'}, that is known to work "
         "(HeLa FCN demo, configs/demo_hela_fcn8s.yaml: val mean IU 0.91).",
-        f"Nothing to do; for deeper nets use pretrained weights (`{CONVERT_HINT}`).", names)]
+        f"Nothing to do; for deeper nets use pretrained weights ({hint}).", names)]
 
 
 def check_weights(n: NetFacts, weights: Path, shapes: Optional[dict], problem: str, loader: str) -> list[Finding]:
@@ -234,8 +234,9 @@ def check_weights(n: NetFacts, weights: Path, shapes: Optional[dict], problem: s
                     "error", "weights-channels",
                     f"'{layer.name}' in {weights.name} takes {got[1]} input channels but the data has {want}: "
                     f"{aborts} the weights.",
-                    f"Convert the weights to {plural(want, 'channel')}: `{CONVERT_HINT}` (sums conv1_1 over "
-                    "RGB and corrects the bias for the mean).", layer.name))
+                    (f"Convert the weights to 1 channel: `{CONVERT_HINT}` (sums conv1_1 over RGB and corrects "
+                     "the bias for the mean)." if want == 1 else
+                     f"Use {convert_hint(want)}, or give the data {plural(got[1], 'channel')}."), layer.name))
             continue
         want = expected_shape(n, layer)
         if loader == "fcnseg" and vgg16.transplant_rule(layer.name) != vgg16.REQUIRED:

@@ -16,9 +16,13 @@ does not fit raises NotExpressible, which `write_config` turns into the one-line
    model.stages by make-proto), an effective step outside the recipe (the recipe's instead), head
    classes (one K); every finding gets a YAML comment beside its key (`# was: ..., now: ..., because:
    ...` where something changed, `# doctor CODE: kept ...` where the config keeps the choice);
+   without weights, moves the net to the from-scratch recipe (`_scratch_recipe`): keeps arch and stages,
+   adds BatchNorm (model.norm: batch) to a net deeper than recipes.SCRATCH_MAX_STAGES and takes the
+   recipe's solver, and says so in one line (`scratch_summary`) with what keeping the original needs;
+   with a dataset (`data_root`), classes, input channels and ignore label are the dataset's;
 4. validates the result with `fcnseg.config`, runs doctor on the nets it builds (`diagnose_config`), and
-   refuses (writing nothing) when an error remains that no config key can fix (e.g. 5 stages from
-   scratch without --weights);
+   refuses (writing nothing) when an error remains that no config key can fix (weights that do not fit
+   the net, say);
 5. writes the YAML atomically and returns the printed lines.
 """
 from __future__ import annotations
@@ -37,8 +41,9 @@ from ..errors import ConfigError
 from ..files import write_atomic
 from ..geometry import conv_geometry, phase_net
 from . import caffemodel_shapes, declared_channels, declared_size, diagnose_config, diagnose_files
+from ..caffemodel import convert_hint
 from .checks_solver import loss_mode, solver_type
-from .facts import Finding, NetFacts
+from .facts import ADAPTIVE_SOLVERS, Finding, NetFacts
 from .fcn_structure import FcnStructure, NotExpressible, read_structure, skip_source
 from .sources import DataSource, read_net, read_solver
 
@@ -287,19 +292,34 @@ def _correct(n: NetFacts, facts: FcnStructure, c: Choices, findings: list[Findin
     scratch = codes.get("from-scratch")
     step = codes.get("solver-step")
     step_wrong = step is not None and step.severity in ("error", "warning")
-    if solver is not None and step_wrong:
+    had_norm = c.values.get(("model", "norm")) == "batch"
+    recipe = _scratch_recipe(facts, c) if weights is None else None
+    added_norm = recipe is not None and not had_norm and c.values.get(("model", "norm")) == "batch"
+    if recipe is not None and (step_wrong or solver is None or added_norm
+                               or c.values[("solver", "type")] not in ADAPTIVE_SOLVERS):
+        r = recipe
+        was_type = c.values.get(("solver", "type"), "SGD")
+        lr, momentum = (_num(solver.base_lr), _num(solver.momentum)) if solver is not None else \
+            (recipes.SUMMED.base_lr, recipes.SUMMED.momentum)  # no solver file: fcnseg's defaults
+        old = f"{was_type} base_lr {_fmt(lr)} momentum {_fmt(momentum)}, normalize " \
+              f"{_text(c.values[('loss', 'normalize')])}" + ("" if solver is not None else " (no solver given)")
+        because = (f"doctor solver-step ({step.severity}): {_first_sentence(step.message)}; " if step_wrong else "") + \
+            f"without weights the from-scratch recipe ({r.solver} {r.lr}, normalized loss" + \
+            (", BatchNorm" if r is recipes.SCRATCH_NORM else "") + ") is the one measured to learn"
+        c.change("solver", "type", old, r.solver, because)
+        c.change("solver", "base_lr", _fmt(lr), r.base_lr, "the from-scratch recipe")
+        c.change("solver", "momentum", _fmt(momentum), r.momentum, "the from-scratch recipe")
+        if not c.values[("loss", "normalize")]:
+            c.change("loss", "normalize", "false", True, "the from-scratch recipe's loss is normalized")
+        if c.values[("solver", "type")] != "Adam":
+            c.values.pop(("solver", "momentum2"), None)
+        if added_norm:
+            _batchnorm_schedule_and_pad(c)
+    elif solver is not None and step_wrong:
         old = (f"{c.values[('solver', 'type')]} base_lr {_fmt(_num(solver.base_lr))} momentum "
                f"{_fmt(_num(solver.momentum))}, normalize {_text(c.values[('loss', 'normalize')])}")
         because = f"doctor solver-step ({step.severity}): {_first_sentence(step.message)}"
-        if weights is None:
-            r = recipes.SCRATCH
-            c.change("solver", "type", old, r.solver, because + "; without weights the from-scratch recipe "
-                     f"({r.solver} {r.lr}, normalized loss) is the one measured to learn")
-            c.change("solver", "base_lr", _fmt(_num(solver.base_lr)), r.base_lr, "the from-scratch recipe")
-            c.change("solver", "momentum", _fmt(_num(solver.momentum)), r.momentum, "the from-scratch recipe")
-            if not c.values[("loss", "normalize")]:
-                c.change("loss", "normalize", "false", True, "the from-scratch recipe's loss is normalized")
-        elif c.values[("loss", "normalize")]:
+        if c.values[("loss", "normalize")]:
             r = recipes.NORMALIZED
             c.change("solver", "type", old, r.solver, because + f"; the normalized-loss recipe is {r.solver} {r.lr} "
                      f"at {r.momentum:g}")
@@ -319,11 +339,13 @@ def _correct(n: NetFacts, facts: FcnStructure, c: Choices, findings: list[Findin
         c.note("solver", "base_lr", f"doctor solver-step ({step.severity}): kept; {_first_sentence(step.message)}")
     if scratch is not None and weights is None:
         adam = c.values.get(("solver", "type")) == "Adam"
+        norm = ", BatchNorm after every convolution" if c.values.get(("model", "norm")) == "batch" else ""
         c.note("init", "weights", f"doctor from-scratch ({scratch.severity}): was: no pretrained weights and "
                f"{'no variance-scaled fillers' if scratch.severity == 'error' else 'a non-adaptive solver'}, now: "
-               f"msra fillers on every trunk layer{', Adam on a normalized loss' if adam else ''} "
+               f"msra fillers on every trunk layer{norm}{', Adam on a normalized loss' if adam else ''} "
                f"({2 ** facts.stages}x stride), because: that is the from-scratch setup measured to learn; "
-               "with VGG16 weights (`fcnseg weights convert`) set init.weights instead")
+               f"with pretrained weights ({convert_hint(c.values[('model', 'input_channels')])}) set init.weights "
+               "instead")
     elif scratch is not None:
         c.note("init", "weights", "doctor from-scratch: the weights given are used")
     if "snapshot-dir" in codes:
@@ -337,6 +359,79 @@ def _correct(n: NetFacts, facts: FcnStructure, c: Choices, findings: list[Findin
             key = ("data", "root") if f.code.startswith(("data-", "label-", "class-", "ignore-", "val-")) \
                 else ("init", "weights")
             c.note(*key, f"doctor {f.code} ({f.severity}): not a config key; {_first_sentence(f.fix)}")
+
+
+def _scratch_recipe(facts: FcnStructure, c: Choices) -> recipes.Recipe:
+    """The from-scratch recipe for the net without weights: a net deeper than recipes.SCRATCH_MAX_STAGES gets
+    BatchNorm after every convolution (model.norm: batch, which trains at any depth) and SCRATCH_NORM; a net
+    that has BatchNorm already SCRATCH_NORM; a shallower one SCRATCH. Sets model.norm with its comment."""
+    if c.values.get(("model", "norm")) == "batch":
+        return recipes.SCRATCH_NORM
+    if facts.stages <= recipes.SCRATCH_MAX_STAGES:
+        return recipes.SCRATCH
+    c.change("model", "norm", "none (no normalisation layers)", "batch",
+             f"no pretrained weights, and {facts.stages} pooling stages (stride {2 ** facts.stages}) go beyond the "
+             f"{recipes.SCRATCH_MAX_STAGES} that train from scratch without normalisation; BatchNorm + Scale after "
+             "every convolution trains from scratch at any depth (the HeLa demo's recipe)")
+    return recipes.SCRATCH_NORM
+
+
+def _added_norm(c: Choices) -> bool:
+    """Whether `_scratch_recipe` added BatchNorm to a net that had none."""
+    return any(t.startswith("was:") for t in c.comments.get(("model", "norm"), []))
+
+
+def _batchnorm_schedule_and_pad(c: Choices) -> None:
+    """What comes with BatchNorm added for training from scratch: the rate decaying linearly to 0 at max_iter
+    (poly), and conv1_1 padded by 1 (pad: minimal) instead of a large pad whose zeros would make up most of what
+    the first BatchNorms average over on small tiles."""
+    policy = c.values.get(("solver", "lr_policy"), "fixed")
+    if policy != "poly" or c.values.get(("solver", "power")) != recipes.SCRATCH_NORM_POWER:
+        c.change("solver", "lr_policy", policy, "poly", "the from-scratch recipe with BatchNorm decays the rate to 0 "
+                 "at solver.max_iter (configs/demo_hela.yaml): the last iterations settle the noisy from-scratch "
+                 "curve and the running averages of BatchNorm that validation and inference use")
+        c.change("solver", "power", _text(c.values.get(("solver", "power"))), recipes.SCRATCH_NORM_POWER,
+                 "a linear decay")
+        for key in ("gamma", "stepsize", "stepvalue"):  # parameters of the policy it replaces
+            if c.values.pop(("solver", key), None) is not None:
+                c.comments.pop(("solver", key), None)
+    pad = c.values.get(("model", "pad"))
+    if pad != "minimal":
+        c.change("model", "pad", pad, "minimal", "from scratch nothing needs the reference's large conv1_1 pad, "
+                 "whose zeros would be most of what the first BatchNorms average over on small tiles; minimal pads "
+                 "conv1_1 by 1 and fc6 by 3 (inputs: multiples of the stride, which fcnseg infer pads to)")
+
+
+def _batchnorm_batch(c: Choices, tile: Optional[int]) -> None:
+    """With BatchNorm added and a dataset of equal-size tiles, SCRATCH_NORM_BATCH tiles per step instead of one."""
+    if _added_norm(c) and tile and c.values.get(("data", "batch_size")) == 1:
+        c.change("data", "batch_size", 1, recipes.SCRATCH_NORM_BATCH, "BatchNorm over one image per step has "
+                 "statistics that jump from tile to tile, and validation uses their running averages (doctor "
+                 f"batchnorm-batch-one); the dataset's {tile}-pixel tiles batch")
+
+
+def scratch_summary(config: Config, c: Choices, solver) -> Optional[str]:
+    """The one line on what --write-config changed to make a weightless net train from scratch, and what
+    keeping the original would need; None when nothing was changed for that."""
+    changed = [key for key in (("model", "norm"), ("solver", "type"), ("solver", "base_lr"), ("loss", "normalize"))
+               if any(t.startswith("was:") for t in c.comments.get(key, []))]
+    if not changed:
+        return None
+    m, s = config.model, config.solver
+    norm = "model.norm: batch, " if ("model", "norm") in changed else ""
+    with_norm = [(sec, key) for sec, key in (("model", "pad"), ("data", "batch_size")) if ("model", "norm") in changed
+                 and any(t.startswith("was:") for t in c.comments.get((sec, key), []))]
+    norm += "".join(f"{sec}.{key}: {_text(c.values[(sec, key)])}, " for sec, key in with_norm)
+    schedule = f", {s.lr_policy} power {_fmt(s.power)}" if s.lr_policy == "poly" else f", lr_policy {s.lr_policy}"
+    loss = "a normalized" if config.loss.normalize else "a summed"
+    original = "no BatchNorm, " if norm else ""
+    original += f"{solver_type(solver)} {_fmt(_num(solver.base_lr))}" if solver is not None else \
+        "fcnseg's default solver"
+    return (f"no --weights: kept {m.arch} with {m.stages} stages and moved it to the from-scratch recipe ({norm}"
+            f"{s.type} base_lr {_fmt(s.base_lr)} momentum {_fmt(s.momentum)}{schedule} on {loss} loss); keeping the "
+            "original "
+            f"({original}) needs pretrained weights: "
+            f"{convert_hint(m.input_channels)}, then --write-config again with --weights W")
 
 
 # ---- writing ----------------------------------------------------------------------------------------
@@ -371,9 +466,11 @@ class WrittenConfig:
     config: Config
     changes: list  # "section.key: comment" lines
     remaining: list  # doctor findings on the written config (no errors)
+    summary: Optional[str] = None  # the one line on a move to the from-scratch recipe (scratch_summary)
 
     def lines(self) -> list[str]:
         out = [f"{key}: {text}" for key, text in self.changes]
+        out += [self.summary] if self.summary else []
         out += [f"doctor on the written config: {f.severity} {f.code}: {_first_sentence(f.message)}"
                 for f in self.remaining if f.severity != "info"]
         out.append(f"wrote {self.path}")
@@ -394,8 +491,9 @@ def write_config(train_val: str | Path, solver_path: Optional[str | Path], out: 
     try:
         facts = read_structure(n)
     except NotExpressible as exc:
-        raise NotExpressible(f"{train_val}: {exc}; fcnseg builds VGG16-trunk FCN-32s/16s/8s nets only, so "
-                             "--write-config stops here") from None
+        raise NotExpressible(f"{train_val}: {exc}; --write-config reads VGG16-trunk FCN-32s/16s/8s nets only (a "
+                             "U-Net or another trunk: write the config by hand, e.g. from configs/demo_hela.yaml)"
+                             ) from None
     findings = diagnose_files(train_val, solver_path, weights)
     bases = [Path("."), train_val.parent] + ([Path(solver_path).parent] if solver_path else [])
     shapes = None
@@ -427,11 +525,15 @@ def write_config(train_val: str | Path, solver_path: Optional[str | Path], out: 
         if info.num_classes != k:
             c.change("model", "num_classes", f"{k} (the prototxt's head)", info.num_classes,
                      f"the dataset {data_root} holds {info.num_classes} classes")
-        if c.values[("model", "input_channels")] != 1:
-            c.change("model", "input_channels", c.values[("model", "input_channels")], 1,
-                     "fcnseg datasets hold one channel")
+        if c.values[("model", "input_channels")] != info.input_channels:
+            c.change("model", "input_channels", c.values[("model", "input_channels")], info.input_channels,
+                     f"the dataset {data_root} holds {info.input_channels}-channel images")
         else:
-            c.comments[("model", "input_channels")] = ["the dataset's (fcnseg datasets hold one channel)"]
+            c.comments[("model", "input_channels")] = ["the dataset's"]
+        _batchnorm_batch(c, info.tile)
+        if c.values[("data", "ignore_label")] != info.ignore_label:
+            c.change("data", "ignore_label", c.values[("data", "ignore_label")], info.ignore_label,
+                     f"the dataset {data_root} marks pixels of no class with it")
         mean_file = (read_dataset_yaml(data_root).get("source") or {}).get("mean_file")
         if mean_file and c.values.get(("data", "mean")) == "auto":
             c.note("data", "mean", f"the dataset records {Path(mean_file['path']).name}'s mean "
@@ -454,5 +556,6 @@ def write_config(train_val: str | Path, solver_path: Optional[str | Path], out: 
     write_atomic(out, lambda part: Path(part).write_text(text))
     changes = [(f"{s}.{k}", " | ".join(v)) for (s, k), v in c.comments.items()
                if any(t.startswith(("was:", "doctor")) or ", now:" in t for t in v)]
-    return WrittenConfig(out, config, changes, remaining)
+    return WrittenConfig(out, config, changes, remaining, scratch_summary(config, c, solver) if weights is None
+                         else None)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import vgg16
-from ..caffemodel import CONVERT_HINT, LayerRecord, load_blob, read_caffemodel_index, shape_text
+from ..caffemodel import LayerRecord, convert_hint, load_blob, read_caffemodel_index, shape_text
 from ..config import Config
 from ..errors import WeightsError
 from ..nets import deploy_net
@@ -234,7 +234,8 @@ def scratch_warning(config: Config) -> Optional[str]:
     return ("warning: init.weights is null: training from scratch (msra/He fillers, score layers at 0), "
             "and this setup differs from what is known to train from scratch: " + "; ".join(differences)
             + ". The FCN reference never trains from scratch: it fine-tunes ImageNet VGG16 and calls training its "
-            f"VGG-depth nets from scratch 'not feasible'. Convert VGG16 ({CONVERT_HINT}) and set init.weights, or "
+            "VGG-depth nets from scratch 'not feasible'. Use VGG16 weights "
+            f"({convert_hint(config.model.input_channels)}) and set init.weights, or "
             f"train from scratch with model.norm: batch, loss.normalize: true and {SCRATCH_NORM.solver} around "
             f"{SCRATCH_NORM.lr} (configs/demo_hela.yaml), or without BatchNorm with at most {SCRATCH_MAX_STAGES} "
             f"model.stages and {SCRATCH.solver} around {SCRATCH.lr}.")
