@@ -7,8 +7,9 @@ instead), direct kernels for the other shapes, and im2col + oneDNN's sgemm for w
 each shape that configs/*.yaml produce (channels, kernel, stride, pad, group as in the net; small
 spatial size), the forward pass and both backward passes must equal a float64 numpy reference within
 1e-4 relative, on all three paths; the weight and bias gradients must accumulate onto what was there,
-as Caffe's contract is. Winograd is also checked on maps of many tiles with ragged edges, and shown to
-be the algorithm oneDNN runs.
+as Caffe's contract is. Winograd is also checked on maps of many tiles with ragged edges, and each 3x3
+layer shown to run the kernel fcnseg.cpu_kernels says this CPU allows (oneDNN's Winograd exists for
+avx512_core only; `make test` runs this file again with ONEDNN_MAX_CPU_ISA=AVX2, as an AVX2-only CPU runs).
 """
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 caffe = pytest.importorskip("caffe")
+from fcnseg import cpu_kernels  # noqa: E402
 from fcnseg.config import load_config  # noqa: E402
 from fcnseg.nets import deploy_net  # noqa: E402
 
@@ -190,32 +192,56 @@ net.backward()
 """
 
 
-@pytest.mark.parametrize("winograd", [True, False])
-def test_oneDNN_runs_winograd_for_3x3_layers_and_keeps_fc6_on_gemm(tmp_path, winograd):
-    # oneDNN's verbose mode names each primitive it executes. The 16 -> 32 channel 3x3 layer's three
-    # passes must be its Winograd implementation (direct with FCNSEG_CAFFE_WINOGRAD=0); the 1-channel
-    # 3x3 layer stays direct (Winograd pads channels to 16); the 7x7 layer with 8.5 M weights over 196
-    # positions (fc6-like) must not be a oneDNN convolution at all (im2col + sgemm).
+def _kernel_lines(tmp_path, prototxt: str, switch: str | None) -> tuple[str, list[str], str]:
+    """Run `prototxt` forward and backward in a child with oneDNN's (and fcnseg's) verbose log on; return the
+    kernel this module predicts for its 3x3 layers, the log's execution lines and oneDNN's ISA line."""
     proto = tmp_path / "net.prototxt"
-    proto.write_text("""
+    proto.write_text(prototxt)
+    (tmp_path / "run.py").write_text(WHICH_ALGORITHM)
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "FCNSEG_CAFFE_VERBOSE": "1", "GLOG_minloglevel": "2"}
+    env.pop("FCNSEG_CAFFE_DNNL", None)
+    env.pop("FCNSEG_CAFFE_WINOGRAD", None)
+    if switch is not None:
+        env["FCNSEG_CAFFE_WINOGRAD"] = switch
+    out = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(proto)], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    # The same environment here: oneDNN reads ONEDNN_MAX_CPU_ISA in this process as in the child.
+    expected = cpu_kernels.conv3x3_kernel(cpu_kernels.onednn_isa_code(), cpu_kernels.caffe_build(), env)
+    isa = next(line for line in out.splitlines() if line.startswith("onednn_verbose,info,cpu,isa:"))
+    return expected, [line for line in out.splitlines() if ",exec," in line], isa
+
+
+@pytest.mark.parametrize("switch", [None, "0", "fcnseg"])
+def test_each_3x3_layer_runs_the_kernel_this_cpu_allows_and_fc6_stays_on_gemm(tmp_path, switch):
+    # oneDNN's verbose mode names each primitive it executes (fcnseg's Winograd names its passes the same way).
+    # What the 16 -> 32 channel 3x3 layer must run is what fcnseg.cpu_kernels decides for this CPU: oneDNN's
+    # Winograd where oneDNN has one (avx512_core), fcnseg's where the build has patch 0008 and oneDNN has
+    # none (or FCNSEG_CAFFE_WINOGRAD=fcnseg), else oneDNN's direct kernels (and always with
+    # FCNSEG_CAFFE_WINOGRAD=0). The 1-channel 3x3 layer stays direct (Winograd pads channels to 16); the 7x7
+    # layer with 8.5 M weights over 196 positions (fc6-like) must not be a oneDNN convolution at all.
+    expected, lines, isa = _kernel_lines(tmp_path, """
 force_backward: true
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 20 dim: 20 } } }
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
 layer { name: "c3" type: "Convolution" bottom: "c1" top: "c3" convolution_param { num_output: 32 kernel_size: 3 pad: 1 } }
 layer { name: "fc6" type: "Convolution" bottom: "c3" top: "fc6" convolution_param { num_output: 5400 kernel_size: 7 } }
-""")
-    (tmp_path / "run.py").write_text(WHICH_ALGORITHM)
-    env = {**os.environ, "ONEDNN_VERBOSE": "1", "GLOG_minloglevel": "2"}
-    env.pop("FCNSEG_CAFFE_DNNL", None)
-    env["FCNSEG_CAFFE_WINOGRAD"] = "1" if winograd else "0"
-    out = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(proto)], env=env, capture_output=True,
-                         text=True, check=True).stdout
-    convs = [line for line in out.splitlines() if line.startswith("onednn_verbose,exec") and ",convolution," in line]
+""", switch)
+    has_winograd = cpu_kernels.onednn_has_winograd(cpu_kernels.onednn_isa_code())
+    assert ("AVX-512" in isa) == has_winograd, isa  # oneDNN's own ISA line agrees with what the module read
+    convs = [line for line in lines if line.startswith("onednn_verbose,exec") and ",convolution," in line]
+    ours = [line for line in lines if line.startswith("fcnseg_verbose,exec,winograd")]
     c1 = [line for line in convs if "ic1oc16" in line]
     c3 = [line for line in convs if "ic16oc32" in line]
-    assert len(c1) == 3 and len(c3) == 3 and len(convs) == 6, out  # fc6 has none
-    assert not any("wino" in line for line in c1), c1
-    assert all(("wino" in line) == winograd for line in c3), c3
+    assert len(c1) == 3 and not any("wino" in line for line in c1), c1
+    assert not any("oc5400" in line for line in convs + ours), lines  # fc6: im2col + sgemm
+    if expected == cpu_kernels.WINOGRAD_FCNSEG:
+        assert c3 == [] and len(ours) == 3 and all("ic16oc32" in line for line in ours), lines
+        assert {line.split(",")[3] for line in ours} == {"forward_training", "backward_data", "backward_weights"}
+    else:
+        assert len(c3) == 3 and ours == [], lines
+        assert all(("wino" in line) == (expected == cpu_kernels.WINOGRAD_ONEDNN) for line in c3), c3
+    if switch == "0":
+        assert expected == cpu_kernels.DIRECT_ONEDNN
 
 
 def check_against_numpy(tmp_path, shape, h, w):
