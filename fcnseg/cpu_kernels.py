@@ -148,17 +148,43 @@ def caffe_build() -> CaffeBuild:
     return CaffeBuild(folder, folder.name if recipe.is_file() else None, None)
 
 
-def conv3x3_kernel(isa_code: Optional[int], build: CaffeBuild, environ=os.environ) -> str:
-    """What Caffe runs for a 3x3 stride-1 convolution with channel counts that are multiples of 16 (the VGG
-    and U-Net trunks) -- the same rule patches 0006 and 0008 apply in C++."""
+# fcnseg's Winograd runs by itself (where oneDNN has none) on layers of at least this size, where it measured
+# faster than oneDNN's AVX2 direct kernels (docs/performance.md); the same numbers are in patch 0008.
+FCNSEG_MIN_IN, FCNSEG_MIN_OUT, FCNSEG_MIN_TILES = 64, 128, 128
+
+
+def tiles(n: int, oh: int, ow: int) -> int:
+    """4x4 output tiles of a batch of n (oh, ow) outputs: the columns of Winograd's GEMMs."""
+    return n * -(-oh // 4) * -(-ow // 4)
+
+
+def layer_kernel(ic: int, oc: int, n_tiles: int, isa_code: Optional[int], build: CaffeBuild,
+                 environ=os.environ) -> str:
+    """What Caffe runs for one 3x3 stride-1 convolution with `ic` inputs, `oc` outputs over `n_tiles` tiles (see
+    `tiles`): the rule patches 0006 and 0008 apply in C++ (DnnlConv's constructor)."""
     if environ.get("FCNSEG_CAFFE_DNNL") == "0" or isa_code is None:
         return IM2COL
     switch = environ.get("FCNSEG_CAFFE_WINOGRAD")
-    if switch == "0":
+    if switch == "0" or ic % 16 or oc % 16:  # Winograd pads channels to 16: a 1-channel layer stays direct
         return DIRECT_ONEDNN
-    if build.has_fcnseg_winograd and (switch == "fcnseg" or not onednn_has_winograd(isa_code)):
+    if build.has_fcnseg_winograd and switch == "fcnseg":
         return WINOGRAD_FCNSEG
-    return WINOGRAD_ONEDNN if onednn_has_winograd(isa_code) else DIRECT_ONEDNN
+    if onednn_has_winograd(isa_code):
+        return WINOGRAD_ONEDNN
+    if build.has_fcnseg_winograd and ic >= FCNSEG_MIN_IN and oc >= FCNSEG_MIN_OUT and n_tiles >= FCNSEG_MIN_TILES:
+        return WINOGRAD_FCNSEG
+    return DIRECT_ONEDNN
+
+
+def conv3x3_kernel(isa_code: Optional[int], build: CaffeBuild, environ=os.environ) -> str:
+    """The 3x3 stride-1 convolutions in words: what a VGG-sized layer runs, and what smaller ones run where
+    that differs (fcnseg's Winograd takes only the large layers)."""
+    large = layer_kernel(512, 512, 10**6, isa_code, build, environ)
+    small = layer_kernel(16, 16, 1, isa_code, build, environ)
+    if large == small:
+        return large
+    return (f"{large} for >= {FCNSEG_MIN_IN} in / {FCNSEG_MIN_OUT} out channels over >= {FCNSEG_MIN_TILES} "
+            f"tiles, {small} below")
 
 
 @dataclass(frozen=True)

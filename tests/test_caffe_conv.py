@@ -6,7 +6,7 @@ instead), direct kernels for the other shapes, and im2col + oneDNN's sgemm for w
 (FCN's fc6); 1x1 layers stay on Caffe's im2col+GEMM, and FCNSEG_CAFFE_DNNL=0 turns it all off. For
 each shape that configs/*.yaml produce (channels, kernel, stride, pad, group as in the net; small
 spatial size), the forward pass and both backward passes must equal a float64 numpy reference within
-1e-4 relative, on all three paths; the weight and bias gradients must accumulate onto what was there,
+1e-4 relative, on every path (fcnseg's Winograd forced too); the weight and bias gradients must accumulate onto what was there,
 as Caffe's contract is. Winograd is also checked on maps of many tiles with ragged edges, and each 3x3
 layer shown to run the kernel fcnseg.cpu_kernels says this CPU allows (oneDNN's Winograd exists for
 avx512_core only; `make test` runs this file again with ONEDNN_MAX_CPU_ISA=AVX2, as an AVX2-only CPU runs).
@@ -147,7 +147,9 @@ def test_the_configs_have_the_shapes_this_file_checks():
     assert {1, 3, 7} <= kernels  # 1x1 (GEMM), 3x3 trunk (Winograd), 7x7 fc6 (im2col + sgemm here)
 
 
-PATHS = {"winograd": {}, "direct": {"FCNSEG_CAFFE_WINOGRAD": "0"}, "off": {"FCNSEG_CAFFE_DNNL": "0"}}
+# winograd: what this CPU runs by default; fcnseg: fcnseg's Winograd (patch 0008) on every layer Winograd may take.
+PATHS = {"winograd": {}, "fcnseg": {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, "direct": {"FCNSEG_CAFFE_WINOGRAD": "0"},
+         "off": {"FCNSEG_CAFFE_DNNL": "0"}}
 
 
 def _set_path(monkeypatch, path):
@@ -162,8 +164,9 @@ def _winograd_shape(shape) -> bool:
     return kind == "Convolution" and k == 3 and stride == 1
 
 
-# FCNSEG_CAFFE_WINOGRAD=0 changes only the 3x3 stride-1 convolutions; the other shapes run two paths.
-SHAPE_PATHS = [(shape, path) for shape in SHAPES for path in PATHS if path != "direct" or _winograd_shape(shape)]
+# FCNSEG_CAFFE_WINOGRAD changes only the 3x3 stride-1 convolutions; the other shapes run two paths.
+SHAPE_PATHS = [(shape, path) for shape in SHAPES for path in PATHS
+               if path not in ("direct", "fcnseg") or _winograd_shape(shape)]
 
 
 @pytest.mark.parametrize("shape,dnnl", SHAPE_PATHS, ids=lambda v: "-".join(map(str, v)) if isinstance(v, tuple) else v)
@@ -192,56 +195,58 @@ net.backward()
 """
 
 
-def _kernel_lines(tmp_path, prototxt: str, switch: str | None) -> tuple[str, list[str], str]:
-    """Run `prototxt` forward and backward in a child with oneDNN's (and fcnseg's) verbose log on; return the
-    kernel this module predicts for its 3x3 layers, the log's execution lines and oneDNN's ISA line."""
-    proto = tmp_path / "net.prototxt"
-    proto.write_text(prototxt)
+KERNEL_NET = """
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 48 dim: 48 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 64 kernel_size: 3 pad: 1 } }
+layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3" convolution_param { num_output: 128 kernel_size: 3 pad: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "c3" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "c4" type: "Convolution" bottom: "pool" top: "c4" convolution_param { num_output: 128 kernel_size: 3 pad: 1 } }
+layer { name: "fc6" type: "Convolution" bottom: "c4" top: "fc6" convolution_param { num_output: 1400 kernel_size: 7 } }
+"""
+# (name in oneDNN's and fcnseg's verbose lines, input channels, output channels, output side) of its 3x3 layers
+KERNEL_NET_3X3 = [("ic1oc16", 1, 16, 48), ("ic16oc64", 16, 64, 48), ("ic64oc128", 64, 128, 48),
+                  ("ic128oc128", 128, 128, 24)]
+
+
+@pytest.mark.parametrize("switch", [None, "0", "fcnseg"])
+def test_each_3x3_layer_runs_the_kernel_this_cpu_allows_and_fc6_stays_on_gemm(tmp_path, switch):
+    # oneDNN's verbose mode names each primitive it executes, and FCNSEG_CAFFE_VERBOSE=1 each pass of fcnseg's
+    # Winograd (patch 0008). Each 3x3 layer's three passes must run what fcnseg.cpu_kernels.layer_kernel says
+    # for this CPU, its build and the switch: oneDNN's Winograd where oneDNN has one (avx512_core), fcnseg's on
+    # the large layers where it has none (64 -> 128 channels over 144 tiles here; 128 -> 128 over 36 stays
+    # direct) or everywhere with FCNSEG_CAFFE_WINOGRAD=fcnseg, oneDNN's direct kernels with =0. The 1-channel
+    # layer stays direct (Winograd pads channels to 16); the 7x7 layer with 8.8 M weights over 324 positions
+    # (fc6-like) must not be a oneDNN convolution at all (im2col + sgemm).
+    (tmp_path / "net.prototxt").write_text(KERNEL_NET)
     (tmp_path / "run.py").write_text(WHICH_ALGORITHM)
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "FCNSEG_CAFFE_VERBOSE": "1", "GLOG_minloglevel": "2"}
     env.pop("FCNSEG_CAFFE_DNNL", None)
     env.pop("FCNSEG_CAFFE_WINOGRAD", None)
     if switch is not None:
         env["FCNSEG_CAFFE_WINOGRAD"] = switch
-    out = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(proto)], env=env, capture_output=True,
-                         text=True, check=True).stdout
-    # The same environment here: oneDNN reads ONEDNN_MAX_CPU_ISA in this process as in the child.
-    expected = cpu_kernels.conv3x3_kernel(cpu_kernels.onednn_isa_code(), cpu_kernels.caffe_build(), env)
-    isa = next(line for line in out.splitlines() if line.startswith("onednn_verbose,info,cpu,isa:"))
-    return expected, [line for line in out.splitlines() if ",exec," in line], isa
-
-
-@pytest.mark.parametrize("switch", [None, "0", "fcnseg"])
-def test_each_3x3_layer_runs_the_kernel_this_cpu_allows_and_fc6_stays_on_gemm(tmp_path, switch):
-    # oneDNN's verbose mode names each primitive it executes (fcnseg's Winograd names its passes the same way).
-    # What the 16 -> 32 channel 3x3 layer must run is what fcnseg.cpu_kernels decides for this CPU: oneDNN's
-    # Winograd where oneDNN has one (avx512_core), fcnseg's where the build has patch 0008 and oneDNN has
-    # none (or FCNSEG_CAFFE_WINOGRAD=fcnseg), else oneDNN's direct kernels (and always with
-    # FCNSEG_CAFFE_WINOGRAD=0). The 1-channel 3x3 layer stays direct (Winograd pads channels to 16); the 7x7
-    # layer with 8.5 M weights over 196 positions (fc6-like) must not be a oneDNN convolution at all.
-    expected, lines, isa = _kernel_lines(tmp_path, """
-force_backward: true
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 20 dim: 20 } } }
-layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
-layer { name: "c3" type: "Convolution" bottom: "c1" top: "c3" convolution_param { num_output: 32 kernel_size: 3 pad: 1 } }
-layer { name: "fc6" type: "Convolution" bottom: "c3" top: "fc6" convolution_param { num_output: 5400 kernel_size: 7 } }
-""", switch)
-    has_winograd = cpu_kernels.onednn_has_winograd(cpu_kernels.onednn_isa_code())
-    assert ("AVX-512" in isa) == has_winograd, isa  # oneDNN's own ISA line agrees with what the module read
-    convs = [line for line in lines if line.startswith("onednn_verbose,exec") and ",convolution," in line]
-    ours = [line for line in lines if line.startswith("fcnseg_verbose,exec,winograd")]
-    c1 = [line for line in convs if "ic1oc16" in line]
-    c3 = [line for line in convs if "ic16oc32" in line]
-    assert len(c1) == 3 and not any("wino" in line for line in c1), c1
-    assert not any("oc5400" in line for line in convs + ours), lines  # fc6: im2col + sgemm
-    if expected == cpu_kernels.WINOGRAD_FCNSEG:
-        assert c3 == [] and len(ours) == 3 and all("ic16oc32" in line for line in ours), lines
-        assert {line.split(",")[3] for line in ours} == {"forward_training", "backward_data", "backward_weights"}
-    else:
-        assert len(c3) == 3 and ours == [], lines
-        assert all(("wino" in line) == (expected == cpu_kernels.WINOGRAD_ONEDNN) for line in c3), c3
-    if switch == "0":
-        assert expected == cpu_kernels.DIRECT_ONEDNN
+    out = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "net.prototxt")], env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    # This process has the child's environment, so oneDNN reads the same ONEDNN_MAX_CPU_ISA here.
+    isa_code, build = cpu_kernels.onednn_isa_code(), cpu_kernels.caffe_build()
+    isa = next(line for line in out if line.startswith("onednn_verbose,info,cpu,isa:"))
+    assert ("AVX-512" in isa) == cpu_kernels.onednn_has_winograd(isa_code), isa  # oneDNN's own line agrees
+    onednn = [line for line in out if line.startswith("onednn_verbose,exec,cpu,convolution,")]
+    ours = [line for line in out if line.startswith("fcnseg_verbose,exec,cpu,winograd")]
+    assert not any("oc1400" in line for line in onednn + ours), out  # fc6: im2col + sgemm
+    for name, ic, oc, side in KERNEL_NET_3X3:
+        expected = cpu_kernels.layer_kernel(ic, oc, cpu_kernels.tiles(1, side, side), isa_code, build, env)
+        theirs = [line for line in onednn if f"_{name}_" in line]
+        mine = [line for line in ours if f"_{name}_" in line]
+        if expected == cpu_kernels.WINOGRAD_FCNSEG:
+            assert theirs == [] and len(mine) == 3, (name, out)
+            assert {line.split(",")[4] for line in mine} == {"forward_training", "backward_data", "backward_weights"}
+        else:
+            assert mine == [] and len(theirs) == 3, (name, expected, out)
+            assert all(("wino" in line) == (expected == cpu_kernels.WINOGRAD_ONEDNN) for line in theirs), theirs
+        if switch == "0" or ic == 1:
+            assert expected == cpu_kernels.DIRECT_ONEDNN
 
 
 def check_against_numpy(tmp_path, shape, h, w):

@@ -37,20 +37,37 @@ def test_onednn_has_winograd_from_avx512_core_up():
     assert cpu_kernels.onednn_has_winograd(AVX512_BF16)
 
 
-@pytest.mark.parametrize("isa,build,env,expected", [
-    (AVX512_BF16, WITH_0008, {}, WINOGRAD_ONEDNN),
-    (AVX512_BF16, WITHOUT_0008, {}, WINOGRAD_ONEDNN),
-    (AVX512_BF16, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, WINOGRAD_FCNSEG),
-    (AVX512_BF16, WITHOUT_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, WINOGRAD_ONEDNN),
-    (AVX2, WITH_0008, {}, WINOGRAD_FCNSEG),
-    (AVX2, WITHOUT_0008, {}, DIRECT_ONEDNN),  # the build issue 34 was filed against, on an AVX2 host
-    (AVX2, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "0"}, DIRECT_ONEDNN),
-    (AVX512_BF16, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "0"}, DIRECT_ONEDNN),
-    (AVX2, WITH_0008, {"FCNSEG_CAFFE_DNNL": "0"}, IM2COL),
-    (None, WITH_0008, {}, IM2COL),
+BIG, SMALL = (512, 512, 10**4), (16, 16, 10**4)  # (in, out, tiles): VGG's conv4, a U-Net's first level
+
+
+@pytest.mark.parametrize("layer,isa,build,env,expected", [
+    (BIG, AVX512_BF16, WITH_0008, {}, WINOGRAD_ONEDNN),
+    (BIG, AVX512_BF16, WITHOUT_0008, {}, WINOGRAD_ONEDNN),
+    (BIG, AVX512_BF16, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, WINOGRAD_FCNSEG),
+    (SMALL, AVX512_BF16, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, WINOGRAD_FCNSEG),
+    (BIG, AVX512_BF16, WITHOUT_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, WINOGRAD_ONEDNN),
+    (BIG, AVX2, WITH_0008, {}, WINOGRAD_FCNSEG),
+    ((64, 128, 128), AVX2, WITH_0008, {}, WINOGRAD_FCNSEG),  # the smallest layer it takes by itself
+    ((64, 64, 10**4), AVX2, WITH_0008, {}, DIRECT_ONEDNN),
+    ((512, 512, 127), AVX2, WITH_0008, {}, DIRECT_ONEDNN),
+    (SMALL, AVX2, WITH_0008, {}, DIRECT_ONEDNN),
+    (BIG, AVX2, WITHOUT_0008, {}, DIRECT_ONEDNN),  # the build issue 34 was filed against, on an AVX2 host
+    (BIG, AVX2, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "0"}, DIRECT_ONEDNN),
+    (BIG, AVX512_BF16, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "0"}, DIRECT_ONEDNN),
+    ((1, 64, 10**4), AVX512_BF16, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, DIRECT_ONEDNN),
+    (BIG, AVX2, WITH_0008, {"FCNSEG_CAFFE_DNNL": "0"}, IM2COL),
+    (BIG, None, WITH_0008, {}, IM2COL),
 ])
-def test_the_3x3_kernel_rule(isa, build, env, expected):
-    assert conv3x3_kernel(isa, build, env) == expected
+def test_the_3x3_kernel_rule(layer, isa, build, env, expected):
+    assert cpu_kernels.layer_kernel(*layer, isa, build, env) == expected
+
+
+def test_the_kernel_line_names_both_kernels_where_they_differ():
+    assert conv3x3_kernel(AVX512_BF16, WITH_0008, {}) == WINOGRAD_ONEDNN
+    assert conv3x3_kernel(AVX2, WITHOUT_0008, {}) == DIRECT_ONEDNN
+    assert conv3x3_kernel(AVX2, WITH_0008, {}) == \
+        f"{WINOGRAD_FCNSEG} for >= 64 in / 128 out channels over >= 128 tiles, {DIRECT_ONEDNN} below"
+    assert cpu_kernels.tiles(4, 256, 255) == 4 * 64 * 64
 
 
 def test_patches_hash_is_the_one_in_the_cache_key():
@@ -83,8 +100,7 @@ def test_the_line_under_onednn_capped_at_avx2():
                                check=True).stdout.splitlines()
     assert isa == hex(AVX2)
     assert line.startswith(f"CPU: {cpu_family(cpu_flags())} (oneDNN avx2, ONEDNN_MAX_CPU_ISA=AVX2), ")
-    expected = WINOGRAD_FCNSEG if cpu_kernels.caffe_build().has_fcnseg_winograd else DIRECT_ONEDNN
-    assert line.endswith(f"threads; 3x3 convolutions: {expected}")
+    assert line.endswith(f"threads; 3x3 convolutions: {conv3x3_kernel(AVX2, cpu_kernels.caffe_build(), env)}")
     threads = subprocess.run([sys.executable, "-c", LINE], env={**env, "OMP_NUM_THREADS": "3"},
                              capture_output=True, text=True, check=True).stdout
     assert ", 3 threads; " in threads
