@@ -150,7 +150,7 @@ def caffe_build() -> CaffeBuild:
 
 # fcnseg's Winograd runs by itself (where oneDNN has none) on layers of at least this size, where it measured
 # faster than oneDNN's AVX2 direct kernels (docs/performance.md); the same numbers are in patch 0008.
-FCNSEG_MIN_IN, FCNSEG_MIN_OUT, FCNSEG_MIN_TILES = 64, 128, 128
+FCNSEG_MIN_IN, FCNSEG_MIN_OUT, FCNSEG_MIN_TILES = 128, 128, 128
 
 
 def tiles(n: int, oh: int, ow: int) -> int:
@@ -183,7 +183,7 @@ def conv3x3_kernel(isa_code: Optional[int], build: CaffeBuild, environ=os.enviro
     small = layer_kernel(16, 16, 1, isa_code, build, environ)
     if large == small:
         return large
-    return (f"{large} for >= {FCNSEG_MIN_IN} in / {FCNSEG_MIN_OUT} out channels over >= {FCNSEG_MIN_TILES} "
+    return (f"{large} for >= {FCNSEG_MIN_IN} in and {FCNSEG_MIN_OUT} out channels over >= {FCNSEG_MIN_TILES} "
             f"tiles, {small} below")
 
 

@@ -47,8 +47,9 @@ BIG, SMALL = (512, 512, 10**4), (16, 16, 10**4)  # (in, out, tiles): VGG's conv4
     (SMALL, AVX512_BF16, WITH_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, WINOGRAD_FCNSEG),
     (BIG, AVX512_BF16, WITHOUT_0008, {"FCNSEG_CAFFE_WINOGRAD": "fcnseg"}, WINOGRAD_ONEDNN),
     (BIG, AVX2, WITH_0008, {}, WINOGRAD_FCNSEG),
-    ((64, 128, 128), AVX2, WITH_0008, {}, WINOGRAD_FCNSEG),  # the smallest layer it takes by itself
-    ((64, 64, 10**4), AVX2, WITH_0008, {}, DIRECT_ONEDNN),
+    ((128, 128, 128), AVX2, WITH_0008, {}, WINOGRAD_FCNSEG),  # the smallest layer it takes by itself
+    ((64, 128, 10**4), AVX2, WITH_0008, {}, DIRECT_ONEDNN),
+    ((128, 64, 10**4), AVX2, WITH_0008, {}, DIRECT_ONEDNN),
     ((512, 512, 127), AVX2, WITH_0008, {}, DIRECT_ONEDNN),
     (SMALL, AVX2, WITH_0008, {}, DIRECT_ONEDNN),
     (BIG, AVX2, WITHOUT_0008, {}, DIRECT_ONEDNN),  # the build issue 34 was filed against, on an AVX2 host
@@ -66,7 +67,7 @@ def test_the_kernel_line_names_both_kernels_where_they_differ():
     assert conv3x3_kernel(AVX512_BF16, WITH_0008, {}) == WINOGRAD_ONEDNN
     assert conv3x3_kernel(AVX2, WITHOUT_0008, {}) == DIRECT_ONEDNN
     assert conv3x3_kernel(AVX2, WITH_0008, {}) == \
-        f"{WINOGRAD_FCNSEG} for >= 64 in / 128 out channels over >= 128 tiles, {DIRECT_ONEDNN} below"
+        f"{WINOGRAD_FCNSEG} for >= 128 in and 128 out channels over >= 128 tiles, {DIRECT_ONEDNN} below"
     assert cpu_kernels.tiles(4, 256, 255) == 4 * 64 * 64
 
 
