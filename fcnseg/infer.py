@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .cpu_kernels import kernel_report
 from .errors import DataError, FcnsegError
 from .files import write_atomic
 from .images import IMAGE_SUFFIXES, overlay, read_stack, save_label_png
@@ -234,6 +235,8 @@ def infer(run_dir: Optional[str | Path], inputs: list[str | Path], out_dir: str 
     options = options or InferOptions()
     predictor = open_predictor(run_dir, options)
     object_roles(predictor, options)
+    if options.onnx is None and options.gpu is None:  # Caffe on the CPU: say which kernels run
+        report(kernel_report().line())
     out = prepare_output(out_dir, options, predictor.stride)
     result = InferResult(out, predictor.weights)
     files = list_inputs(inputs)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from . import diskspace, files, runs, verify
 from .caffe_env import CaffeLogRedirect, caffe_pb2, require_gpu, set_device
 from .config import Config, config_differences, input_mean, load_config
+from .cpu_kernels import kernel_report
 from .dataset import DatasetInfo
 from .doctor import diagnose_definition, format_findings
 from .errors import ConfigError, DataError, RunError
@@ -390,6 +391,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, gpu: Option
         if config.solver.random_seed is not None:
             caffe.set_random_seed(config.solver.random_seed)
         solver = caffe.get_solver(str(_solver_file(run_dir, definition)))
+    if gpu is None:  # on the CPU, say which kernels run (docs/performance.md)
+        out(kernel_report().line())
     trainer = Trainer(config, info, run_dir, out)
     trainer.ensure_space(diskspace.snapshot_bytes(solver.net, config.solver.type), "a snapshot of this net",
                          files.snapshot_iteration(state) if state is not None else 0)

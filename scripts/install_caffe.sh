@@ -177,6 +177,8 @@ cp -rL "$SRC/python/caffe" "$STAGE/python/caffe"
 rm -rf "$STAGE/python/caffe/test" "$STAGE/python/caffe/_caffe.cpp"
 find "$STAGE" -name __pycache__ -prune -exec rm -rf {} +
 printf '%s\n' "$RECIPE" > "$STAGE/RECIPE"
+# The applied patches by name (not part of the key, whose recipe has their hash): `fcnseg info` lists them.
+( cd "$PATCH_DIR" && ls -1 *.patch && if [ "$VARIANT" = cuda ]; then ls -1 cuda/*.patch; fi ) > "$STAGE/PATCHES"
 
 log "checking the build"
 "$PY" "$HERE/check_caffe.py" "$STAGE/python" >&2 || die "the fresh build fails its check (above)"

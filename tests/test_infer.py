@@ -11,6 +11,7 @@ from conftest import K, WINDOW, make_objects_run, make_run, raw_image, write_lmd
 from fcnseg import predict as predict_mod
 from fcnseg import files
 from fcnseg.cli import main
+from fcnseg.cpu_kernels import kernel_report
 from fcnseg.images import PALETTE, apply_window
 from fcnseg.geometry import tile_origins
 from fcnseg.predict import Tiling, load_predictor, predict, tiling_for
@@ -200,6 +201,7 @@ def test_batch_with_bad_inputs_exits_1_and_writes_the_rest(run, images, tmp_path
     assert code == 1
     assert (out / "odd.png").is_file() and sorted(p.name for p in out.iterdir()) == ["odd.png"]
     summary = captured.out[captured.out.index("3 input(s) failed"):]
+    assert captured.err.count("3x3 convolutions: ") == 1 and kernel_report().line() in captured.err
     for name in ("colour.png", "broken.tif", "missing.png"):
         assert name in summary and name in captured.err
 

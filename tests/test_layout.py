@@ -15,7 +15,7 @@ MAX_LINES = 600
 LAYERS = [
     {"errors", "files", "geometry", "metrics", "object_metrics", "vgg16", "recipes", "conventions"},  # facts
     {"config", "caffe_env", "images", "diskspace"},
-    {"caffemodel", "dataset", "nets", "volumes"},
+    {"caffemodel", "dataset", "nets", "volumes", "cpu_kernels"},  # cpu_kernels: which CPU kernels Caffe runs
     {"inputs", "solver", "weight_formats", "verify"},
     {"resolve", "onnxmodel"},
     {"runs"},

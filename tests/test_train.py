@@ -16,6 +16,7 @@ import yaml
 from conftest import one_error_line, write_tiny_dataset
 from fcnseg.cli import main
 from fcnseg.config import load_config, validate_config
+from fcnseg.cpu_kernels import kernel_report
 from fcnseg.runs import newest_solverstate
 from fcnseg.train import learning_rate, one_class_verdict, zero_weight_layers
 
@@ -77,6 +78,7 @@ def test_training_learns_and_writes_the_run_folder(tmp_path, data, capsys):
     assert np.sum(val[-1]["confusion"]) == 4 * 32 * 32
     out = capsys.readouterr().out
     assert "best val mean IU" in out
+    assert out.count("3x3 convolutions: ") == 1 and kernel_report().line() in out  # said once, before training
 
 
 def test_eval_prints_table_and_writes_eval_json(tmp_path, data, capsys):
