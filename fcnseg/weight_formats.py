@@ -260,10 +260,16 @@ def _read_keras_hdf5(path: Path) -> SourceModel:
     except WeightsError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # h5py's errors of a damaged file
         f.close()
         raise WeightsError(f"{path}: a damaged Keras HDF5 file ({exc.__class__.__name__}: "
                            f"{str(exc).splitlines()[0][:120]})") from None
+
+
+def _read_keras_arrays(kernel, bias) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    k = np.asarray(kernel, dtype=np.float32)
+    k = k.transpose(3, 2, 0, 1) if k.ndim == 4 else k.T  # HWIO -> OIHW, (in, out) -> (out, in)
+    return np.ascontiguousarray(k), None if bias is None else np.asarray(bias, dtype=np.float32)
 
 
 def _keras_layers(path: Path, f) -> SourceModel:
@@ -292,6 +298,8 @@ def _keras_layers(path: Path, f) -> SourceModel:
             raise WeightsError(f"{path}: layer {name} is batch normalisation: not a plain VGG16; use plain "
                                "VGG16 weights")
         arrays = [node[w] for w in weight_names]
+        if any(not isinstance(getattr(a, "shape", None), tuple) for a in arrays):  # a group named as a weight
+            raise WeightsError(f"{path}: layer {name} names weights that are not arrays; the file is damaged")
         if not arrays or len(arrays[0].shape) not in (2, 4):
             continue
         kernel, bias = arrays[0], arrays[1] if len(arrays) > 1 else None
@@ -300,9 +308,11 @@ def _keras_layers(path: Path, f) -> SourceModel:
                                f"{shape_text(bias.shape)} bias; the file is damaged")
 
         def read(kernel=kernel, bias=bias):
-            k = np.asarray(kernel, dtype=np.float32)
-            k = k.transpose(3, 2, 0, 1) if k.ndim == 4 else k.T  # HWIO -> OIHW, (in, out) -> (out, in)
-            return np.ascontiguousarray(k), None if bias is None else np.asarray(bias, dtype=np.float32)
+            try:
+                return _read_keras_arrays(kernel, bias)
+            except (OSError, RuntimeError, ValueError, TypeError) as exc:  # h5py reading a damaged chunk
+                raise WeightsError(f"{path}: cannot read the weights of {kernel.name} ({exc.__class__.__name__}: "
+                                   f"{str(exc)[:120]}); the file is damaged") from None
         shape = tuple(kernel.shape)
         caffe_shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else (shape[1], shape[0])
         layers.append(SourceLayer(name, "conv" if len(shape) == 4 else "dense", caffe_shape, read,

@@ -14,7 +14,7 @@ MAX_LINES = 600
 # without a circle). Building blocks first, then the stages, then the command line.
 LAYERS = [
     {"errors", "files", "geometry", "metrics", "vgg16", "recipes", "conventions"},  # facts; import nothing of ours
-    {"config", "caffe_env", "images", "diskspace"},
+    {"config", "caffe_env", "images", "diskspace", "integrity"},
     {"caffemodel", "dataset", "nets", "volumes"},
     {"inputs", "solver", "weight_formats", "verify"},
     {"resolve", "onnxmodel"},

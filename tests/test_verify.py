@@ -257,3 +257,29 @@ def test_quick_check_reads_counts_and_ends(tmp_path, capsys):
     rc, _, err = run(capsys, "data", "check", ds, "--quick")
     assert rc == 2 and "val_labels_lmdb: damaged in its record count: 4 records, dataset.yaml checksums says 5" \
         in one_error_line(err)
+
+
+# ---- issue 39: an LMDB damaged where the cursor starts, on every path that opens a dataset ----------------
+
+def _flip_every_7th_page(mdb: Path) -> None:
+    """64 bytes flipped at the start of every 7th page after the meta pages (the issue's mutation)."""
+    raw = bytearray(mdb.read_bytes())
+    for page in range(2, len(raw) // 4096, 7):
+        raw[page * 4096:page * 4096 + 64] = bytes(b ^ 0xFF for b in raw[page * 4096:page * 4096 + 64])
+    mdb.write_bytes(bytes(raw))
+
+
+def test_a_damaged_branch_page_is_one_line_on_train_eval_and_import(tmp_path, two_snapshot_run, capsys):
+    ds = checksummed_dataset(tmp_path / "ds", n_train=40, n_val=4, size=64)
+    _flip_every_7th_page(ds / "train_images_lmdb" / "data.mdb")
+    # before the fix: lmdb.CorruptedError (MDB_CORRUPTED: Located page was wrong type) escaped train's check
+    with pytest.raises(DataError, match=r"--images .*train_images_lmdb: damaged .*MDB_CORRUPTED"):
+        verify.check_readable(ds / "train_images_lmdb", "--images")
+    for args in (("data", "check", ds),
+                 ("train", write_cfg(tmp_path / "c.yaml", ds, solver__max_iter=2), "--out", tmp_path / "run"),
+                 ("eval", copy_run(two_snapshot_run[0], tmp_path / "copy"), "--data", ds, "--split", "train"),
+                 ("data", "import", "--images", ds / "train_images_lmdb", "--labels", ds / "train_labels_lmdb",
+                  "-o", tmp_path / "imported")):
+        rc, _, err = run(capsys, *args)
+        assert rc == 2 and "train_images_lmdb" in one_error_line(err) and "damaged" in err, (args, err)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "imported").exists()
