@@ -241,6 +241,8 @@ def load_blob(f, blob: BlobRecord) -> np.ndarray:
         if f.readinto(memoryview(part).cast("B")) != nbytes:
             raise WeightsError(f"{getattr(f, 'name', 'caffemodel')}: truncated file; download it again")
         parts.append(part)
+    if not parts:  # a blob of no values (a zero in its shape) stores no data field
+        return np.zeros(blob.shape, np.float32)
     values = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return values.astype(np.float32, copy=False).reshape(blob.shape)
 

@@ -328,6 +328,11 @@ def _keras_layers(path: Path, f) -> SourceModel:
 # ONNX
 
 
+def _text(value) -> str:
+    """A name from an ONNX file as text: protobuf hands proto2 strings that are not UTF-8 over as bytes."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class _OnnxGraph:
     """Producers, consumers and constants of an ONNX graph, to follow a weight back to its initialiser."""
 
@@ -371,6 +376,9 @@ class _OnnxGraph:
         if node.op_type == "Transpose":
             shape, read, how = self.constant(node.input[0], user)
             perm = list(self.attr(node, "perm") or reversed(range(len(shape))))
+            if sorted(perm) != list(range(len(shape))):
+                raise WeightsError(f"{self.path}: Transpose {_text(node.name)} with perm {perm} does not fit its "
+                                   f"{len(shape)}-D input; the file is damaged")
             return (tuple(shape[p] for p in perm), lambda: np.ascontiguousarray(read().transpose(perm)),
                     f"behind Transpose {perm}" + (f", {how}" if how else ""))
         raise WeightsError(f"{self.path}: the weights of {user} are computed by a {node.op_type} node "
@@ -448,7 +456,8 @@ def _onnx_conv(g: _OnnxGraph, node) -> SourceLayer:
     def read():
         bias = read_b().reshape(-1) if read_b else np.zeros(shape[0], np.float32)
         return read_w(), bias
-    return SourceLayer(node.name or node.output[0], "conv", shape, read, f"Conv, OIHW {how}".rstrip(", ").strip())
+    return SourceLayer(_text(node.name or node.output[0]), "conv", shape, read,
+                       f"Conv, OIHW {how}".rstrip(", ").strip())
 
 
 def _onnx_dense(g: _OnnxGraph, node) -> Optional[SourceLayer]:
@@ -477,7 +486,7 @@ def _onnx_dense(g: _OnnxGraph, node) -> Optional[SourceLayer]:
         w = w if trans_b else w.T
         bias = read_b().reshape(-1) if read_b else np.zeros(out_in[0], np.float32)
         return np.ascontiguousarray(w), bias
-    return SourceLayer(node.name or node.output[0], "dense", tuple(out_in), read, origin.strip())
+    return SourceLayer(_text(node.name or node.output[0]), "dense", tuple(out_in), read, origin.strip())
 
 
 def _onnx_flatten(g: _OnnxGraph, dense) -> str:

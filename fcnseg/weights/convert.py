@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 from google.protobuf import text_format
 
-from .. import diskspace, integrity, vgg16
+from .. import diskspace, integrity, vgg16  # integrity: inspect checks, write_caffemodel records
 from ..caffe_env import caffe_pb2
 from ..caffemodel import (
     V1_TYPES,
@@ -335,8 +335,6 @@ def convert_weights(src: str | Path, dst: str | Path, source_convention: Optiona
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    if src.is_file():
-        integrity.check(src)
     fmt = detect_format(src)
     diskspace.require(dst.parent, diskspace.convert_bytes(src), f"the converted model {dst.name}",
                       "free some space there, or choose another -o")
