@@ -283,3 +283,23 @@ def test_a_damaged_branch_page_is_one_line_on_train_eval_and_import(tmp_path, tw
         rc, _, err = run(capsys, *args)
         assert rc == 2 and "train_images_lmdb" in one_error_line(err) and "damaged" in err, (args, err)
     assert not (tmp_path / "run").exists() and not (tmp_path / "imported").exists()
+
+
+def test_train_records_every_model_file_and_resume_refuses_a_flipped_snapshot_bit(tmp_path, two_snapshot_run, capsys):
+    from fcnseg import integrity
+    from fcnseg.caffemodel import read_caffemodel_index
+    template, cfg = two_snapshot_run
+    names = [line.split("  ")[1] for line in (template / integrity.MANIFEST_FILE).read_text().splitlines()]
+    assert set(names) >= {"best.caffemodel", "final.caffemodel", "snapshots/train_iter_2.caffemodel",
+                          "snapshots/train_iter_2.solverstate", "snapshots/train_iter_4.caffemodel",
+                          "snapshots/train_iter_4.solverstate"}
+    assert all(integrity.check(template / name) for name in names)
+    run_dir = copy_run(template, tmp_path / "run")
+    model = run_dir / "snapshots" / "train_iter_4.caffemodel"
+    blob = next(rec for rec in read_caffemodel_index(model).values() if rec.blobs).blobs[0]
+    raw = bytearray(model.read_bytes())
+    raw[blob.segments[0][0] + 1] ^= 0x10  # one bit of one weight: the file still parses with every shape
+    model.write_bytes(bytes(raw))
+    rc, _, err = run(capsys, "train", cfg, "--resume", run_dir, "--set", "solver.max_iter=6")
+    line = one_error_line(err)
+    assert rc == 2 and "train_iter_4.caffemodel: its SHA-256 differs" in line and "--from-iter 2" in line
