@@ -13,8 +13,9 @@ from real files (fuzz_targets.make_seeds), with a time limit per input (--timeou
 - `mutate` (the seeded mutator of fuzz_targets.mutate; no extra package): goes on after a finding and
   keeps every finding's input and traceback in OUT/TARGET/.
 
-The summary (inputs run and findings per target, engine, seconds) goes to OUT/summary.json, one line
-per target to stdout; exit 1 when anything was found. A finding is any exception but FcnsegError, a hang
+The summary (inputs run and findings per target, engine, seconds: the latest run of each target) goes to
+OUT/summary.json and every run is appended to OUT/history.jsonl; one line per target to stdout; exit 1 when
+anything was found. A finding is any exception but FcnsegError, a hang
 past the time limit, or the child's death (signal, out of memory).
 """
 from __future__ import annotations
@@ -115,9 +116,11 @@ def child_atheris(name: str, seeds: Path, out: Path, runs: int, seed: int, timeo
     with atheris.instrument_imports(include=INSTRUMENT):  # imported here so that they are instrumented
         import fuzz_targets as ft  # noqa: PLC0415
         from fcnseg import images  # noqa: PLC0415
-    images.MAX_DECODED_BYTES = min(images.MAX_DECODED_BYTES, (memory_mb << 20) // 4)
-    work = out / name / "work"
-    ft.prepare(name, seeds, work)
+        images.MAX_DECODED_BYTES = min(images.MAX_DECODED_BYTES, (memory_mb << 20) // 4)
+        work = out / name / "work"
+        ft.prepare(name, seeds, work)
+        for data in ft.seed_inputs(name, seeds):  # the readers import their modules lazily: instrument them too
+            ft.run_one(name, data, work)
     corpus = out / name / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     for data in ft.seed_inputs(name, seeds):
@@ -194,6 +197,8 @@ def main() -> int:
         summary[name] = result
         args.out.mkdir(parents=True, exist_ok=True)
         summary_file.write_text(json.dumps(summary, indent=1))
+        with open(args.out / "history.jsonl", "a") as history:  # every run of every target, for the totals
+            history.write(json.dumps(dict(result, target=name, runs_asked=args.runs)) + "\n")
         print(f"{name}: {result['runs']} inputs, {len(result['findings'])} finding(s), {result['seconds']} s"
               + "".join(f"\n  {k}: {v.get('message', '')[:200]}" for k, v in result["findings"].items()), flush=True)
     total = sum(r["runs"] or 0 for r in summary.values())
