@@ -260,16 +260,9 @@ def _read_keras_hdf5(path: Path) -> SourceModel:
     except WeightsError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # h5py's errors of a damaged file
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:  # h5py's, a damaged file
         f.close()
-        raise WeightsError(f"{path}: a damaged Keras HDF5 file ({exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0][:120]})") from None
-
-
-def _read_keras_arrays(kernel, bias) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    k = np.asarray(kernel, dtype=np.float32)
-    k = k.transpose(3, 2, 0, 1) if k.ndim == 4 else k.T  # HWIO -> OIHW, (in, out) -> (out, in)
-    return np.ascontiguousarray(k), None if bias is None else np.asarray(bias, dtype=np.float32)
+        raise WeightsError(f"{path}: a damaged Keras HDF5 file ({exc.__class__.__name__}: {str(exc)[:120]})") from None
 
 
 def _keras_layers(path: Path, f) -> SourceModel:
@@ -298,8 +291,6 @@ def _keras_layers(path: Path, f) -> SourceModel:
             raise WeightsError(f"{path}: layer {name} is batch normalisation: not a plain VGG16; use plain "
                                "VGG16 weights")
         arrays = [node[w] for w in weight_names]
-        if any(not isinstance(getattr(a, "shape", None), tuple) for a in arrays):  # a group named as a weight
-            raise WeightsError(f"{path}: layer {name} names weights that are not arrays; the file is damaged")
         if not arrays or len(arrays[0].shape) not in (2, 4):
             continue
         kernel, bias = arrays[0], arrays[1] if len(arrays) > 1 else None
@@ -308,11 +299,9 @@ def _keras_layers(path: Path, f) -> SourceModel:
                                f"{shape_text(bias.shape)} bias; the file is damaged")
 
         def read(kernel=kernel, bias=bias):
-            try:
-                return _read_keras_arrays(kernel, bias)
-            except (OSError, RuntimeError, ValueError, TypeError) as exc:  # h5py reading a damaged chunk
-                raise WeightsError(f"{path}: cannot read the weights of {kernel.name} ({exc.__class__.__name__}: "
-                                   f"{str(exc)[:120]}); the file is damaged") from None
+            k = np.asarray(kernel, dtype=np.float32)
+            k = k.transpose(3, 2, 0, 1) if k.ndim == 4 else k.T  # HWIO -> OIHW, (in, out) -> (out, in)
+            return np.ascontiguousarray(k), None if bias is None else np.asarray(bias, dtype=np.float32)
         shape = tuple(kernel.shape)
         caffe_shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else (shape[1], shape[0])
         layers.append(SourceLayer(name, "conv" if len(shape) == 4 else "dense", caffe_shape, read,
@@ -326,11 +315,6 @@ def _keras_layers(path: Path, f) -> SourceModel:
 
 # ---------------------------------------------------------------------------------------------------
 # ONNX
-
-
-def _text(value) -> str:
-    """A name from an ONNX file as text: protobuf hands proto2 strings that are not UTF-8 over as bytes."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class _OnnxGraph:
@@ -377,8 +361,7 @@ class _OnnxGraph:
             shape, read, how = self.constant(node.input[0], user)
             perm = list(self.attr(node, "perm") or reversed(range(len(shape))))
             if sorted(perm) != list(range(len(shape))):
-                raise WeightsError(f"{self.path}: Transpose {_text(node.name)} with perm {perm} does not fit its "
-                                   f"{len(shape)}-D input; the file is damaged")
+                raise WeightsError(f"{self.path}: Transpose {node.name!r}: perm {perm} for a {len(shape)}-D input")
             return (tuple(shape[p] for p in perm), lambda: np.ascontiguousarray(read().transpose(perm)),
                     f"behind Transpose {perm}" + (f", {how}" if how else ""))
         raise WeightsError(f"{self.path}: the weights of {user} are computed by a {node.op_type} node "
@@ -456,8 +439,8 @@ def _onnx_conv(g: _OnnxGraph, node) -> SourceLayer:
     def read():
         bias = read_b().reshape(-1) if read_b else np.zeros(shape[0], np.float32)
         return read_w(), bias
-    return SourceLayer(_text(node.name or node.output[0]), "conv", shape, read,
-                       f"Conv, OIHW {how}".rstrip(", ").strip())
+    name = str(node.name or node.output[0])  # str(): protobuf hands a proto2 string that is not UTF-8 as bytes
+    return SourceLayer(name, "conv", shape, read, f"Conv, OIHW {how}".rstrip(", ").strip())
 
 
 def _onnx_dense(g: _OnnxGraph, node) -> Optional[SourceLayer]:
@@ -486,7 +469,7 @@ def _onnx_dense(g: _OnnxGraph, node) -> Optional[SourceLayer]:
         w = w if trans_b else w.T
         bias = read_b().reshape(-1) if read_b else np.zeros(out_in[0], np.float32)
         return np.ascontiguousarray(w), bias
-    return SourceLayer(_text(node.name or node.output[0]), "dense", tuple(out_in), read, origin.strip())
+    return SourceLayer(str(node.name or node.output[0]), "dense", tuple(out_in), read, origin.strip())
 
 
 def _onnx_flatten(g: _OnnxGraph, dense) -> str:
