@@ -249,7 +249,6 @@ def _attr_strings(node, name: str) -> Optional[list[str]]:
 
 def _read_keras_hdf5(path: Path) -> SourceModel:
     import h5py  # noqa: PLC0415 - only Keras .h5 files need h5py
-
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -260,9 +259,10 @@ def _read_keras_hdf5(path: Path) -> SourceModel:
     except WeightsError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:  # h5py's, a damaged file
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:  # h5py's, damaged file
         f.close()
-        raise WeightsError(f"{path}: a damaged Keras HDF5 file ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+        why = " ".join(str(exc).split())[:120]  # h5py's messages run over several lines
+        raise WeightsError(f"{path}: a damaged Keras HDF5 file ({exc.__class__.__name__}: {why})") from None
 
 
 def _keras_layers(path: Path, f) -> SourceModel:
