@@ -266,6 +266,9 @@ def to_single_channel(frames: np.ndarray, channels: int, path: Path, kind: str, 
 
 
 def check_values(frames: np.ndarray, path: Path, kind: str) -> np.ndarray:
+    if 0 in frames.shape:
+        raise DataError(f"{path}: holds no pixels (frames x height x width {'x'.join(map(str, frames.shape))}); "
+                        "the file is damaged or empty")
     if frames.dtype == bool:
         frames = frames.astype(np.uint8) * (255 if kind == "image" else 1)
     if frames.dtype.kind not in "uif":

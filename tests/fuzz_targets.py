@@ -46,11 +46,19 @@ def _write(work: Path, name: str, data: bytes) -> Path:
     return path
 
 
+def _usable(array, ndim: int) -> None:
+    """What a reader returns must be usable downstream: `ndim` axes, none empty (an empty image crashed the PNG
+    writer of `infer`: a contract the reader keeps, not only 'no exception')."""
+    if array.ndim != ndim or 0 in array.shape:
+        raise AssertionError(f"reader returned an array of shape {array.shape}")
+
+
 def _read_slices(volume, most: int = 3) -> None:
     n = volume.shape[0]
+    if n < 1 or 0 in volume.shape:
+        raise AssertionError(f"volume of shape {volume.shape}")
     for index in sorted({0, n // 2, n - 1})[:most]:
-        if 0 <= index < n:
-            volume.slice(index)
+        _usable(volume.slice(index), 2)
 
 
 # ---- images -----------------------------------------------------------------------------------------------
@@ -59,9 +67,9 @@ def _image_target(suffix: str):
     def run(data: bytes, work: Path) -> None:
         from fcnseg.images import read_time_stack
         path = _write(work, "input" + suffix, data)
-        read_time_stack(path, "image", to_gray=True)
+        _usable(read_time_stack(path, "image", to_gray=True)[0], 3)
         if suffix != ".jpg":
-            read_time_stack(path, "mask")
+            _usable(read_time_stack(path, "mask")[0], 3)
     return run
 
 
