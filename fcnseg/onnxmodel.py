@@ -95,7 +95,11 @@ def open_session(path: str | Path, gpu: Optional[int] = None):
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
         raise RunError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
-    facts, raw_input = read_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    try:
+        props = session.get_modelmeta().custom_metadata_map
+    except UnicodeDecodeError:  # onnxruntime decodes the metadata as UTF-8
+        raise RunError(f"{path}: its metadata is not text; export the model again with `fcnseg export`") from None
+    facts, raw_input = read_metadata(props, str(path))
     names = {o.name for o in session.get_outputs()}
     if SCORES not in names or [i.name for i in session.get_inputs()] != [INPUT]:
         raise RunError(f"{path}: expected input `{INPUT}` and output `{SCORES}`; export it again with "
