@@ -142,6 +142,12 @@ def run_target(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--engine", args.engine, "--seeds", str(args.seeds),
            "--out", str(args.out), "--runs", str(args.runs), "--seed", str(args.seed),
            "--timeout", str(args.timeout), "--memory-mb", str(args.memory_mb)]
+
+    def artifacts() -> set[str]:  # libFuzzer's inputs of a finding (crash-*, timeout-*, oom-*, leak-*)
+        kinds = ("crash", "timeout", "oom", "leak")
+        return {p.name for p in (args.out / name).iterdir() if p.name.split("-")[0] in kinds}
+
+    earlier = artifacts()  # from an earlier run into the same folder, fixed or not: not this run's
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = round(time.monotonic() - started, 1)
@@ -154,9 +160,7 @@ def run_target(name: str, args) -> dict:
         return {"runs": None, "findings": {f"child died (exit {proc.returncode})": {"message": log[-2000:]}},
                 "seconds": seconds}
     done = re.findall(r"Done (\d+) runs", log) or re.findall(r"#(\d+)\s", log)
-    artifacts = sorted(p.name for p in (args.out / name).iterdir() if p.name.split("-")[0] in
-                       ("crash", "timeout", "oom", "leak", "slow-unit"))
-    found = {a: {"message": _python_error(log)} for a in artifacts if not a.startswith("slow-unit")}
+    found = {a: {"message": _python_error(log)} for a in sorted(artifacts() - earlier)}
     if proc.returncode != 0 and not found:
         found[f"exit {proc.returncode}"] = {"message": log[-2000:]}
     return {"runs": int(done[-1]) if done else None, "findings": found, "seconds": seconds}
