@@ -7,7 +7,7 @@ CAFFE     ?= cpu
 STAMP     := $(VENV)/.setup-done-$(CAFFE)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo demo-bacteria otsu clean-venv gpu-bundle
+.PHONY: setup test test-fast demo demo-bacteria otsu clean-venv gpu-bundle fuzz fuzz-cli
 
 DEMO_RAW  := data/hela_raw
 DEMO_DATA := data/hela
@@ -38,6 +38,19 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(AVX2_ENV) $(PY) -m pytest -q $(KERNEL_TESTS)
+
+# The fuzz campaign over every reader (docs/reliability.md, "Fuzzing"): coverage-guided with atheris, FUZZ_RUNS
+# inputs per reader, niced; findings and OUT/summary.json under .fuzz/campaign. `make fuzz FUZZ_ENGINE=mutate` runs
+# the seeded mutator instead (no atheris). The short run in CI is tests/test_fuzz.py.
+FUZZ_RUNS   ?= 6000
+FUZZ_ENGINE ?= atheris
+fuzz: $(STAMP)
+	test "$(FUZZ_ENGINE)" != atheris || $(PY) -m pip install -q -e ".[fuzz]"
+	nice -n 10 $(PY) scripts/fuzz.py --engine $(FUZZ_ENGINE) --runs $(FUZZ_RUNS) --out .fuzz/campaign
+
+# The CLI-level smoke run on the demo's files (after `make demo`): mutated files handed to the commands.
+fuzz-cli: $(STAMP)
+	nice -n 10 $(PY) scripts/fuzz_cli.py --run $(DEMO_RUN) --data $(DEMO_DATA) --work .fuzz/cli
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP)

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from . import integrity
 from .caffe_env import caffe_pb2
 from .errors import WeightsError
 from .files import write_atomic
@@ -253,6 +254,8 @@ def load_blob(f, blob: BlobRecord) -> np.ndarray:
         if f.readinto(memoryview(part).cast("B")) != nbytes:
             raise WeightsError(f"{getattr(f, 'name', 'caffemodel')}: truncated file; download it again")
         parts.append(part)
+    if not parts:  # a blob of no values (a zero in its shape) stores no data field
+        return np.zeros(blob.shape, np.float32)
     values = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return values.astype(np.float32, copy=False).reshape(blob.shape)
 
@@ -309,6 +312,7 @@ def write_caffemodel(path: str | Path, name: str, layers: Iterable[tuple[object,
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, write)
+        integrity.record(path)
     except OSError as exc:
         raise WeightsError(f"{path}: cannot write the converted model ({exc.strerror}); "
                            "choose another -o") from None
@@ -321,7 +325,8 @@ def load_trained(net, path: str | Path, optional: set[str] = frozenset()) -> Non
     Every parameter layer of `net` must be in the file with the net's blob shapes, except the layers
     named in `optional` (fixed ones, e.g. bilinear upsampling), which keep their fillers when absent.
     Checked before anything is copied: Caffe itself aborts the process on a shape mismatch and keeps
-    fillers silently for a missing layer. Raises WeightsError naming the layers.
+    fillers silently for a missing layer. Raises WeightsError naming the layers, or the layer whose values
+    are not finite (found while copying: the net is then half-loaded, and must be dropped).
     """
 
     index = read_caffemodel_index(path)
@@ -344,4 +349,8 @@ def load_trained(net, path: str | Path, optional: set[str] = frozenset()) -> Non
             rec = index.get(name)
             if rec is not None and rec.blobs:
                 for i, blob in enumerate(blobs):
-                    blob.data[...] = load_blob(f, rec.blobs[i]).reshape(blob.data.shape)
+                    values = load_blob(f, rec.blobs[i])
+                    if not np.isfinite(values).all():  # a net that raises here is never used by the caller
+                        raise WeightsError(f"{path}: layer {name} blob {i} holds NaN or infinite values; the file "
+                                           "is damaged, or was saved after training diverged: use another snapshot")
+                    blob.data[...] = values.reshape(blob.data.shape)

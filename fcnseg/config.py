@@ -180,6 +180,8 @@ def validation_message(err: dict, where: str) -> str:
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
+        loc = tuple(err["loc"])  # the unknown key as written, '[' and all
+        key = ".".join(str(p) for p in loc)
         known = _known_keys(Config, loc)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
         hint = f"did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?" if close else \

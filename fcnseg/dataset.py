@@ -11,10 +11,12 @@ import this module; the Datum functions need pycaffe.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
@@ -158,17 +160,28 @@ def datum_bytes(array: np.ndarray) -> bytes:
     return datum.SerializeToString()
 
 
-def datum_array(raw: bytes) -> np.ndarray:
+def datum_array(raw: bytes, where: str = "an LMDB record") -> np.ndarray:
     """A serialized Caffe Datum as a (C, H, W) array: raw uint8 bytes, float_data (float32), or an
-    encoded image (PNG/JPEG, decoded with PIL)."""
+    encoded image (PNG/JPEG, decoded with PIL). DataError naming `where` when the bytes are not a Datum
+    or its sizes disagree with its values."""
     datum = caffe_pb2().Datum()
-    datum.ParseFromString(raw)
+    try:
+        datum.ParseFromString(raw)
+    except DecodeError:
+        raise DataError(f"{where}: not a Caffe Datum (damaged record)") from None
     if datum.encoded:
-        arr = np.asarray(Image.open(io.BytesIO(datum.data)))
+        try:
+            with Image.open(io.BytesIO(datum.data)) as img:
+                arr = np.asarray(img)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a damaged record
+            raise DataError(f"{where}: encoded Datum that Pillow cannot decode ({exc.__class__.__name__})") from None
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if datum.data:
-        return np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
-    return np.asarray(datum.float_data, np.float32).reshape(datum.channels, datum.height, datum.width)
+    shape = (datum.channels, datum.height, datum.width)
+    values = np.frombuffer(datum.data, np.uint8) if datum.data else np.asarray(datum.float_data, np.float32)
+    if min(shape) < 1 or values.size != math.prod(shape):
+        raise DataError(f"{where}: Datum says {'x'.join(map(str, shape))} (CxHxW) but holds {values.size} values "
+                        "(damaged record)")
+    return values.reshape(shape)
 
 
 def save_val_objects(path: Path, frames: list[tuple[str, np.ndarray, np.ndarray]]) -> None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from . import files, runs
+from . import files, integrity, runs, verify
 from .caffe_env import CaffeLogRedirect, require_gpu, set_device
 from .caffemodel import load_trained
 from .errors import RunError
@@ -41,6 +41,8 @@ def evaluate(run_dir: str | Path, data: Optional[str] = None, weights: Optional[
     weights_path = Path(weights) if weights else runs.run_weights(run_dir)
     if not weights_path.is_file():
         raise RunError(f"{weights_path}: weights file not found")
+    integrity.check(weights_path)
+    verify.check_dataset(config.data.root, info=resolved.dataset)  # Caffe's Data layer aborts on a damaged LMDB
     require_gpu(gpu)
 
     net_param = train_val_net(config, val_split=split)

@@ -24,6 +24,7 @@ so a client feeds the image it has. Only standard ops (Shape, Slice, Add, Div, M
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Optional
 import numpy as np
 from google.protobuf import text_format
 
-from . import diskspace, runs
+from . import diskspace, integrity, runs
 from .caffe_env import caffe_pb2
 from .errors import DataError, RunError
 from .files import DEPLOY_FILE, write_bytes_atomic
@@ -300,5 +301,6 @@ def export_onnx(run_dir: str | Path, out: str | Path, weights: Optional[str | Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     diskspace.require(out.parent, len(data), f"the ONNX model {out.name}", "free some space, or choose another -o")
     write_bytes_atomic(out, data)
+    integrity.record(out, hashlib.sha256(data).hexdigest())
     return ExportResult(out, weights_path, with_preprocessing, facts.input_channels, len(model.graph.node),
                         len(data), time.perf_counter() - start, facts.reader, facts.input_multiple)

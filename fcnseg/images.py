@@ -27,6 +27,13 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 DEFAULT_PERCENTILES = (1.0, 99.8)
 
+# The one size rule for whatever fcnseg decodes from a file (an image, a stack, a volume slice, a Datum): a
+# plane holds at most MAX_PLANE_PIXELS pixels (Pillow's own decompression-bomb limit, 2 x
+# Image.MAX_IMAGE_PIXELS) and one array read at once at most MAX_DECODED_BYTES. Checked against what the
+# header claims, before anything is allocated or decompressed (`check_decoded_size`).
+MAX_PLANE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+MAX_DECODED_BYTES = 8 << 30
+
 # ITU-R BT.601 luma, what PIL's convert("L") uses; applied to any dtype by --to-gray.
 LUMA = np.array([0.299, 0.587, 0.114])
 _TIFF_SPATIAL = set("YX")
@@ -34,6 +41,23 @@ _TIFF_CHANNEL = set("SC")  # S: samples per pixel (RGB), C: separate channels (I
 
 
 # ---- reading -------------------------------------------------------------------------------------------
+
+def check_decoded_size(where: str | Path, shape: Iterable[int], itemsize: int, plane: Optional[tuple] = None) -> None:
+    """DataError naming `where` when an array of `shape` and `itemsize` bytes per value, as a header claims it,
+    breaks the size rule (MAX_DECODED_BYTES in all, MAX_PLANE_PIXELS per `plane` (H, W), default the last two
+    axes) or has a negative axis; nothing is allocated."""
+    shape = tuple(int(d) for d in shape)
+    plane = tuple(int(d) for d in plane) if plane is not None else shape[-2:]
+    text = "x".join(map(str, shape))
+    if any(d < 0 for d in shape):
+        raise DataError(f"{where}: its header claims an array of {text}; the file is damaged")
+    nbytes = int(np.prod(shape, dtype=object) or 0) * int(itemsize)
+    pixels = int(np.prod(plane, dtype=object) or 0)
+    if nbytes > MAX_DECODED_BYTES or pixels > MAX_PLANE_PIXELS:
+        raise DataError(f"{where}: its header claims an array of {text} ({nbytes / 2**30:.1f} GiB), more than "
+                        f"fcnseg decodes at once ({MAX_DECODED_BYTES / 2**30:.0f} GiB, {MAX_PLANE_PIXELS} pixels "
+                        "per plane); the file is damaged, or cut it into smaller images or a chunked Zarr/HDF5 volume")
+
 
 def read_image(path: str | Path, to_gray: bool = False) -> np.ndarray:
     """One single-channel image as a 2-D array (H, W) in its native dtype (bool becomes uint8 0/255).
@@ -117,8 +141,13 @@ def _tiff_frames(path: Path) -> tuple[np.ndarray, int, int]:
     """(frames (N, H, W[, C]), channels or 0, z-slices per time point) of a TIFF's first series."""
 
     with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise DataError(f"{path}: the TIFF holds no image")
         series = tif.series[0]
-        array, axes = series.asarray(), series.axes
+        axes = series.axes
+        check_decoded_size(path, series.shape, series.dtype.itemsize if series.dtype is not None else 1,
+                           tuple(d for d, a in zip(series.shape, axes) if a in _TIFF_SPATIAL))
+        array = series.asarray()
     if array.ndim != len(axes):
         raise DataError(f"{path}: TIFF axes {axes!r} do not match its shape {array.shape}")
     if not _TIFF_SPATIAL <= set(axes):
@@ -154,6 +183,14 @@ def _tiff_frames(path: Path) -> tuple[np.ndarray, int, int]:
 def _npy_frames(path: Path) -> tuple[np.ndarray, int, int]:
     """(frames (N, H, W[, C]), channels or 0, z-slices per time point) of a .npy file."""
     try:
+        with open(path, "rb") as f:  # the header's shape, before np.load allocates it
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if header is not None:
+                shape, _, dtype = header(f)
+                check_decoded_size(path, shape, dtype.itemsize,
+                                   shape[:2] if len(shape) == 3 and shape[-1] in (3, 4) else None)
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: not a plain numeric .npy array ({exc}); save it with np.save") from None
@@ -229,6 +266,9 @@ def to_single_channel(frames: np.ndarray, channels: int, path: Path, kind: str, 
 
 
 def check_values(frames: np.ndarray, path: Path, kind: str) -> np.ndarray:
+    if 0 in frames.shape:
+        raise DataError(f"{path}: holds no pixels (frames x height x width {'x'.join(map(str, frames.shape))}); "
+                        "the file is damaged or empty")
     if frames.dtype == bool:
         frames = frames.astype(np.uint8) * (255 if kind == "image" else 1)
     if frames.dtype.kind not in "uif":

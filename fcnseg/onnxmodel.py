@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from . import __version__
+from . import __version__, integrity
 from .errors import RunError
 from .files import file_sha256
 from .inputs import InferenceFacts
@@ -59,6 +59,19 @@ def read_metadata(props: dict[str, str], where: str) -> tuple[InferenceFacts, bo
     return InferenceFacts.from_dict(values, where), values["input"] == INPUT_RAW
 
 
+def check_onnx_file(path: Path) -> None:
+    """Parse `path` with onnx and run onnx's checker on it before onnxruntime sees the bytes (a damaged
+    protobuf or graph must not reach its C++ loader). RunError naming the file and what is wrong."""
+    import onnx  # noqa: PLC0415 - heavy: only infer --onnx reads a model
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError, DecodeError and others for bad files
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise RunError(f"{path}: not a valid ONNX model ({first}); export it again with "
+                       "`fcnseg export RUN -o MODEL.onnx`") from None
+
+
 def open_session(path: str | Path, gpu: Optional[int] = None):
     """(onnxruntime InferenceSession, facts, raw_input) for an exported model.
 
@@ -72,6 +85,8 @@ def open_session(path: str | Path, gpu: Optional[int] = None):
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path}: ONNX model not found; write one with `fcnseg export RUN -o {path}`")
+    integrity.check(path)
+    check_onnx_file(path)
     providers: list = ["CPUExecutionProvider"]
     if gpu is not None:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -87,7 +102,11 @@ def open_session(path: str | Path, gpu: Optional[int] = None):
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
         raise RunError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
-    facts, raw_input = read_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    try:
+        props = session.get_modelmeta().custom_metadata_map
+    except UnicodeDecodeError:  # onnxruntime decodes the metadata as UTF-8
+        raise RunError(f"{path}: its metadata is not text; export the model again with `fcnseg export`") from None
+    facts, raw_input = read_metadata(props, str(path))
     names = {o.name for o in session.get_outputs()}
     if SCORES not in names or [i.name for i in session.get_inputs()] != [INPUT]:
         raise RunError(f"{path}: expected input `{INPUT}` and output `{SCORES}`; export it again with "

@@ -19,6 +19,7 @@ from typing import Optional
 import yaml
 from google.protobuf import text_format
 
+from . import integrity
 from .caffe_env import caffe_pb2, set_device
 from .caffemodel import load_trained
 from .config import Config, input_mean, load_config
@@ -194,6 +195,7 @@ def load_deploy_net(run_dir: Path, weights: Optional[str | Path] = None, gpu: Op
     weights_path = Path(weights) if weights is not None else run_weights(run_dir)
     if not weights_path.is_file():
         raise RunError(f"{weights_path}: weights file not found; pass an existing --weights or leave it out")
+    integrity.check(weights_path)
     try:
         text_format.Parse(deploy.read_text(), caffe_pb2().NetParameter())
     except text_format.ParseError as exc:

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from . import diskspace, files, runs, verify
+from . import diskspace, files, integrity, runs, verify
 from .caffe_env import CaffeLogRedirect, caffe_pb2, require_gpu, set_device
 from .config import Config, config_differences, input_mean, load_config
 from .cpu_kernels import kernel_report
@@ -248,11 +248,13 @@ class Trainer:
         model.replace(final_dir / model.name)
         state.replace(final_dir / state.name)
         files.fsync_dir(final_dir)
+        integrity.record(final_dir / model.name), integrity.record(final_dir / state.name)
         return final_dir / state.name
 
     def save_weights(self, net, name: str, it: int) -> None:
         self.ensure_space(diskspace.weights_bytes(net), name, it)
         files.write_atomic(self.run_dir / name, lambda tmp: net.save(str(tmp)))
+        integrity.record(self.run_dir / name)
 
     # -- health
     def check_loss(self, it: int, loss: float) -> None:

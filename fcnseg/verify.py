@@ -44,7 +44,7 @@ import lmdb
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from . import files
+from . import files, integrity
 from .caffe_env import caffe_pb2
 from .caffemodel import read_caffemodel_index
 from .dataset import DatasetInfo, read_dataset
@@ -132,61 +132,69 @@ def _record_problem(datum_class, value: bytes, expect: dict) -> tuple[Optional[s
 
 
 def scan_lmdb(path: str, expect: dict, report: Callable[[dict], None] = lambda _: None) -> dict:
-    """Read the LMDB at `path` as Caffe will and compare it with `expect` (see `_expectations`).
+    """Read the LMDB at `path` as Caffe will and compare it with `expect` (see `_expectations`; with
+    `pages_only` true only the pages are read, the records are not judged).
 
     Returns {records, shapes, where, why}: where (e.g. "at key 00000005") None when every record is sound. `report` gets
-    {"at": key} every PROGRESS_EVERY records (the parent's clue when this process dies on a bad page).
+    {"at": key} every PROGRESS_EVERY records (the parent's clue when this process dies on a bad page). A
+    page the LMDB library finds damaged (lmdb.Error anywhere: the count, a cursor, a record) is a finding.
     """
-
-    datum_class = _datum_class()
-    crcs = np.frombuffer(base64.b64decode(expect["crc32"]), ">u4") if expect.get("crc32") else None
-    sha, shapes, count, last = hashlib.sha256(), [], 0, None
-    result = {"records": 0, "shapes": shapes, "where": None, "why": None}
-
-    def bad(where, why):
-        result.update(records=count, where=where, why=why)
-        return result
-
+    result = {"records": 0, "shapes": [], "where": None, "why": None, "last": None}
     try:
         env = lmdb.open(path, readonly=True, lock=False, subdir=True)
     except lmdb.Error as exc:
-        return bad("at its start", f"not a readable LMDB ({exc})")
+        return dict(result, where="at its start", why=f"not a readable LMDB ({exc})")
     try:
-        with env.begin() as txn:
-            entries = txn.stat()["entries"]
-            cursor = txn.cursor()
-            if expect.get("full", True):
-                records = iter(cursor)
-            else:  # the first and the last record only
-                records = [cursor.item()] if cursor.first() else []
-                if cursor.last() and entries > 1:
-                    records.append(cursor.item())
-            try:
-                for key, value in records:
-                    key, value = bytes(key), bytes(value)
-                    name = key.decode("ascii", "replace")
-                    crc = _record_hash(sha, key, value)
-                    if crcs is not None and expect.get("full", True):
-                        if count >= len(crcs):
-                            return bad(f"at key {name}", f"an extra record: dataset.yaml records {len(crcs)}")
-                        if crc != int(crcs[count]):
-                            problem, _ = _record_problem(datum_class, value, expect)
-                            return bad(f"at key {name}", "its checksum differs from the one recorded at import"
-                                       + (f", and {problem}" if problem else " (the Datum still parses)"))
-                    problem, shape = _record_problem(datum_class, value, expect)
-                    if problem:
-                        return bad(f"at key {name}", problem)
-                    shapes.append(shape)
-                    count, last = count + 1, name
-                    if count % PROGRESS_EVERY == 0:
-                        report({"at": name})
-            except lmdb.Error as exc:
-                return bad(f"after key {last}" if last else "at its first record",
-                           f"the LMDB cannot be read there ({exc})")
+        return _scan_records(env, expect, report, result)
+    except lmdb.Error as exc:
+        last = result["last"]
+        return dict(result, where=f"after key {last}" if last else "at its first record",
+                    why=f"the LMDB cannot be read there ({exc})")
     finally:
         env.close()
-    recorded = expect.get("records")
-    if expect.get("full", True):
+
+
+def _scan_records(env, expect: dict, report: Callable[[dict], None], result: dict) -> dict:
+    """`scan_lmdb`'s pass over an open environment; `result` holds the progress (records, last key)."""
+    full, pages_only = expect.get("full", True), expect.get("pages_only", False)
+    datum_class = None if pages_only else _datum_class()
+    crcs = np.frombuffer(base64.b64decode(expect["crc32"]), ">u4") if expect.get("crc32") else None
+    sha, shapes = hashlib.sha256(), result["shapes"]
+
+    def bad(where, why):
+        return dict(result, where=where, why=why)
+
+    with env.begin() as txn:
+        entries = txn.stat()["entries"]
+        cursor = txn.cursor()
+        if full:
+            records = iter(cursor)
+        else:  # the first and the last record only
+            records = [cursor.item()] if cursor.first() else []
+            if cursor.last() and entries > 1:
+                records.append(cursor.item())
+        for key, value in records:
+            key, value = bytes(key), bytes(value)
+            name = key.decode("ascii", "replace")
+            crc = _record_hash(sha, key, value)
+            if crcs is not None and full:
+                if result["records"] >= len(crcs):
+                    return bad(f"at key {name}", f"an extra record: dataset.yaml records {len(crcs)}")
+                if crc != int(crcs[result["records"]]):
+                    problem, _ = _record_problem(datum_class, value, expect)
+                    return bad(f"at key {name}", "its checksum differs from the one recorded at import"
+                               + (f", and {problem}" if problem else " (the Datum still parses)"))
+            if not pages_only:
+                problem, shape = _record_problem(datum_class, value, expect)
+                if problem:
+                    return bad(f"at key {name}", problem)
+                shapes.append(shape)
+            result["records"] += 1
+            result["last"] = name
+            if result["records"] % PROGRESS_EVERY == 0:
+                report({"at": name})
+    count, last, recorded = result["records"], result["last"], expect.get("records")
+    if full:
         if recorded is not None and count != recorded:
             return bad(f"after key {last}" if last else "at its first record",
                        f"{count} records, {expect['records_source']} says {recorded} (truncated?)")
@@ -195,8 +203,19 @@ def scan_lmdb(path: str, expect: dict, report: Callable[[dict], None] = lambda _
                        "the SHA-256 of its records differs from the one recorded at import")
     elif recorded is not None and entries != recorded:
         return bad("in its record count", f"{entries} records, {expect['records_source']} says {recorded}")
-    result["records"] = count if expect.get("full", True) else entries
+    result["records"] = count if full else entries
     return result
+
+
+def check_readable(path: str | Path, option: str) -> int:
+    """Read every page of the LMDB at `path` (someone else's, before `data import` reads it in this
+    process) in a child process; its record count. DataError naming `option` and the LMDB when a page is
+    damaged or the reader dies on one."""
+    result = _scan_in_child({str(path): {"full": True, "pages_only": True}})[str(path)]
+    if result["where"] is not None:
+        raise DataError(f"{option} {path}: damaged {result['where']}: {result['why']}; copy the LMDB again "
+                        "from where it came from")
+    return result["records"]
 
 
 def _child_main() -> int:
@@ -342,9 +361,21 @@ def _blob_problem(blob) -> Optional[str]:
 
 def snapshot_problem(state: Path) -> Optional[str]:
     """Why the snapshot `state` (.solverstate) and its .caffemodel cannot be restored, or None when both
-    parse and every blob holds the values its shape says (checked without Caffe)."""
+    parse, every blob holds the values its shape says (checked without Caffe) and both have the SHA-256
+    recorded when they were written (`integrity`; a snapshot without a record passes on its form)."""
 
 
+    why = _snapshot_structure_problem(state)
+    if why is not None:
+        return why
+    for path in (state, state.with_suffix(".caffemodel")):  # intact in form: are they the bytes fcnseg wrote?
+        why = integrity.problem(path)
+        if why:
+            return f"{path.name}: {why}"
+    return None
+
+
+def _snapshot_structure_problem(state: Path) -> Optional[str]:
     pb = caffe_pb2().SolverState()
     try:
         pb.ParseFromString(state.read_bytes())

@@ -249,7 +249,6 @@ def _attr_strings(node, name: str) -> Optional[list[str]]:
 
 def _read_keras_hdf5(path: Path) -> SourceModel:
     import h5py  # noqa: PLC0415 - only Keras .h5 files need h5py
-
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -260,10 +259,10 @@ def _read_keras_hdf5(path: Path) -> SourceModel:
     except WeightsError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:  # h5py's, damaged file
         f.close()
-        raise WeightsError(f"{path}: a damaged Keras HDF5 file ({exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0][:120]})") from None
+        why = " ".join(str(exc).split())[:120]  # h5py's messages run over several lines
+        raise WeightsError(f"{path}: a damaged Keras HDF5 file ({exc.__class__.__name__}: {why})") from None
 
 
 def _keras_layers(path: Path, f) -> SourceModel:
@@ -361,6 +360,8 @@ class _OnnxGraph:
         if node.op_type == "Transpose":
             shape, read, how = self.constant(node.input[0], user)
             perm = list(self.attr(node, "perm") or reversed(range(len(shape))))
+            if sorted(perm) != list(range(len(shape))):
+                raise WeightsError(f"{self.path}: Transpose {node.name!r}: perm {perm} for a {len(shape)}-D input")
             return (tuple(shape[p] for p in perm), lambda: np.ascontiguousarray(read().transpose(perm)),
                     f"behind Transpose {perm}" + (f", {how}" if how else ""))
         raise WeightsError(f"{self.path}: the weights of {user} are computed by a {node.op_type} node "
@@ -438,7 +439,8 @@ def _onnx_conv(g: _OnnxGraph, node) -> SourceLayer:
     def read():
         bias = read_b().reshape(-1) if read_b else np.zeros(shape[0], np.float32)
         return read_w(), bias
-    return SourceLayer(node.name or node.output[0], "conv", shape, read, f"Conv, OIHW {how}".rstrip(", ").strip())
+    name = str(node.name or node.output[0])  # str(): protobuf hands a proto2 string that is not UTF-8 as bytes
+    return SourceLayer(name, "conv", shape, read, f"Conv, OIHW {how}".rstrip(", ").strip())
 
 
 def _onnx_dense(g: _OnnxGraph, node) -> Optional[SourceLayer]:
@@ -467,7 +469,7 @@ def _onnx_dense(g: _OnnxGraph, node) -> Optional[SourceLayer]:
         w = w if trans_b else w.T
         bias = read_b().reshape(-1) if read_b else np.zeros(out_in[0], np.float32)
         return np.ascontiguousarray(w), bias
-    return SourceLayer(node.name or node.output[0], "dense", tuple(out_in), read, origin.strip())
+    return SourceLayer(str(node.name or node.output[0]), "dense", tuple(out_in), read, origin.strip())
 
 
 def _onnx_flatten(g: _OnnxGraph, dense) -> str:

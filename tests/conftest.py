@@ -83,7 +83,7 @@ def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, bia
     import caffe
     import yaml
 
-    from fcnseg import files, runs
+    from fcnseg import files, integrity, runs
     from fcnseg.config import validate_config
     from fcnseg.resolve import resolve
     data = root / "data"
@@ -106,6 +106,7 @@ def make_run(root: Path, weights: bool = True, seed: int = 0, window=WINDOW, bia
                 b.data[...] = rng.normal(0, (2.0 / fan_in) ** 0.5, b.data.shape) if fan_in else \
                     (rng.normal(0, bias_std, b.data.shape) if bias_std else 0.0)
         net.save(str(run / files.BEST_WEIGHTS))
+        integrity.record(run / files.BEST_WEIGHTS)  # as train records what it writes (fcnseg.integrity)
     return run
 
 

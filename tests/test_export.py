@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from PIL import Image
 
 from conftest import K, WINDOW, make_objects_run, make_run, raw_image
-from fcnseg import files, runs
+from fcnseg import files, integrity, runs
 from fcnseg.cli import main
 from fcnseg.caffe_env import caffe_pb2
 from fcnseg.errors import RunError
@@ -313,6 +313,7 @@ def with_batchnorm_statistics(run: Path, seed: int = 0) -> None:
             blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
             blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
     net.save(str(run / files.BEST_WEIGHTS))
+    integrity.record(run / files.BEST_WEIGHTS)  # as training records the weights it writes
 
 
 @pytest.mark.parametrize("arch,pad", [("unet", "minimal"), ("unet", 92), ("fcn8s", "minimal")])

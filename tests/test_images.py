@@ -287,3 +287,29 @@ def test_4d_npy_is_time_z_unless_its_last_axis_is_colour(tmp_path):
     np.save(tmp_path / "rgb.npy", np.zeros((3, 9, 11, 3), np.uint8))
     with pytest.raises(DataError, match="rgb.npy: image is RGB"):
         read_time_stack(tmp_path / "rgb.npy")
+
+
+# ---- issue 39: a header that claims a huge array is refused before allocation ------------------------------
+
+def test_a_tiff_or_npy_header_claiming_a_huge_array_is_refused_before_reading(tmp_path):
+    import struct
+
+    from fcnseg.images import read_image
+    tif = tmp_path / "huge.tif"
+    tifffile.imwrite(tif, np.zeros((8, 8), np.uint8))
+    raw = bytearray(tif.read_bytes())
+    offset = struct.unpack_from("<I", raw, 4)[0]
+    for i in range(struct.unpack_from("<H", raw, offset)[0]):
+        entry = offset + 2 + 12 * i
+        tag, kind = struct.unpack_from("<HH", raw, entry)
+        if tag in (256, 257):  # ImageWidth, ImageLength: 60000 x 60000 (3.6 G pixels) in a 200-byte file
+            struct.pack_into("<I" if kind == 4 else "<H", raw, entry + 8, 60000)
+    tif.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"huge.tif: its header claims an array of 60000x60000 .* more than fcnseg "
+                                        r"decodes at once"):
+        read_image(tif)
+    npy = tmp_path / "huge.npy"
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000, 100), }"
+    npy.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header.ljust(117).encode() + b"\n")
+    with pytest.raises(DataError, match=r"huge.npy: its header claims an array of 100000x100000x100"):
+        read_image(npy)

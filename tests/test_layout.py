@@ -14,7 +14,7 @@ MAX_LINES = 600
 # without a circle). Building blocks first, then the stages, then the command line.
 LAYERS = [
     {"errors", "files", "geometry", "metrics", "object_metrics", "vgg16", "recipes", "conventions"},  # facts
-    {"config", "caffe_env", "images", "diskspace"},
+    {"config", "caffe_env", "images", "diskspace", "integrity"},
     {"caffemodel", "dataset", "nets", "volumes", "cpu_kernels"},  # cpu_kernels: which CPU kernels Caffe runs
     {"inputs", "solver", "weight_formats", "verify"},
     {"resolve", "onnxmodel"},

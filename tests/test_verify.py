@@ -257,3 +257,49 @@ def test_quick_check_reads_counts_and_ends(tmp_path, capsys):
     rc, _, err = run(capsys, "data", "check", ds, "--quick")
     assert rc == 2 and "val_labels_lmdb: damaged in its record count: 4 records, dataset.yaml checksums says 5" \
         in one_error_line(err)
+
+
+# ---- issue 39: an LMDB damaged where the cursor starts, on every path that opens a dataset ----------------
+
+def _flip_every_7th_page(mdb: Path) -> None:
+    """64 bytes flipped at the start of every 7th page after the meta pages (the issue's mutation)."""
+    raw = bytearray(mdb.read_bytes())
+    for page in range(2, len(raw) // 4096, 7):
+        raw[page * 4096:page * 4096 + 64] = bytes(b ^ 0xFF for b in raw[page * 4096:page * 4096 + 64])
+    mdb.write_bytes(bytes(raw))
+
+
+def test_a_damaged_branch_page_is_one_line_on_train_eval_and_import(tmp_path, two_snapshot_run, capsys):
+    ds = checksummed_dataset(tmp_path / "ds", n_train=40, n_val=4, size=64)
+    _flip_every_7th_page(ds / "train_images_lmdb" / "data.mdb")
+    # before the fix: lmdb.CorruptedError (MDB_CORRUPTED: Located page was wrong type) escaped train's check
+    with pytest.raises(DataError, match=r"--images .*train_images_lmdb: damaged .*MDB_CORRUPTED"):
+        verify.check_readable(ds / "train_images_lmdb", "--images")
+    for args in (("data", "check", ds),
+                 ("train", write_cfg(tmp_path / "c.yaml", ds, solver__max_iter=2), "--out", tmp_path / "run"),
+                 ("eval", copy_run(two_snapshot_run[0], tmp_path / "copy"), "--data", ds, "--split", "train"),
+                 ("data", "import", "--images", ds / "train_images_lmdb", "--labels", ds / "train_labels_lmdb",
+                  "-o", tmp_path / "imported")):
+        rc, _, err = run(capsys, *args)
+        assert rc == 2 and "train_images_lmdb" in one_error_line(err) and "damaged" in err, (args, err)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "imported").exists()
+
+
+def test_train_records_every_model_file_and_resume_refuses_a_flipped_snapshot_bit(tmp_path, two_snapshot_run, capsys):
+    from fcnseg import integrity
+    from fcnseg.caffemodel import read_caffemodel_index
+    template, cfg = two_snapshot_run
+    names = [line.split("  ")[1] for line in (template / integrity.MANIFEST_FILE).read_text().splitlines()]
+    assert set(names) >= {"best.caffemodel", "final.caffemodel", "snapshots/train_iter_2.caffemodel",
+                          "snapshots/train_iter_2.solverstate", "snapshots/train_iter_4.caffemodel",
+                          "snapshots/train_iter_4.solverstate"}
+    assert all(integrity.check(template / name) for name in names)
+    run_dir = copy_run(template, tmp_path / "run")
+    model = run_dir / "snapshots" / "train_iter_4.caffemodel"
+    blob = next(rec for rec in read_caffemodel_index(model).values() if rec.blobs).blobs[0]
+    raw = bytearray(model.read_bytes())
+    raw[blob.segments[0][0] + 1] ^= 0x10  # one bit of one weight: the file still parses with every shape
+    model.write_bytes(bytes(raw))
+    rc, _, err = run(capsys, "train", cfg, "--resume", run_dir, "--set", "solver.max_iter=6")
+    line = one_error_line(err)
+    assert rc == 2 and "train_iter_4.caffemodel: its SHA-256 differs" in line and "--from-iter 2" in line

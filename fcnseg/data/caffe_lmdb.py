@@ -30,6 +30,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from PIL import Image, UnidentifiedImageError
 
+from .. import verify
 from ..caffe_env import caffe_pb2
 from ..errors import DataError
 from ..images import LUMA, check_values, to_single_channel
@@ -61,6 +62,7 @@ class LmdbSource:
     def __init__(self, path: str | Path, option: str):
 
         self.path, self.option = Path(path), option
+        verify.check_readable(self.path, option)  # a damaged page can crash the LMDB library: read it in a child
         try:
             self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, subdir=True,
                                   max_readers=8)
@@ -69,15 +71,21 @@ class LmdbSource:
 
     def keys(self) -> list[bytes]:
         """Every key, in key order (the order Caffe's Data layer reads them); values are not read."""
-        with self._env.begin() as txn:
-            keys = list(txn.cursor().iternext(keys=True, values=False))
+        try:
+            with self._env.begin() as txn:
+                keys = list(txn.cursor().iternext(keys=True, values=False))
+        except lmdb.Error as exc:
+            raise DataError(f"{self.option} {self.path}: damaged ({exc}); copy the LMDB again") from None
         if not keys:
             raise DataError(f"{self.option} {self.path}: the LMDB holds no records")
         return keys
 
     def get(self, key: bytes) -> bytes:
-        with self._env.begin() as txn:
-            raw = txn.get(key)
+        try:
+            with self._env.begin() as txn:
+                raw = txn.get(key)
+        except lmdb.Error as exc:
+            raise DataError(f"{self.where(key)}: damaged ({exc}); copy the LMDB again") from None
         if raw is None:
             raise DataError(f"{self.path}: key '{key_text(key)}' vanished while importing; is another program "
                             "writing this LMDB?")
@@ -108,10 +116,13 @@ def decode_datum(raw: bytes, where: str) -> tuple[np.ndarray, bool]:
         try:
             with Image.open(io.BytesIO(datum.data)) as img:
                 arr = np.asarray(img)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{where}: encoded Datum that Pillow cannot decode ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure (also a decompression bomb) is a bad record
+            raise DataError(f"{where}: encoded Datum that Pillow cannot decode ({exc.__class__.__name__}: "
+                            f"{str(exc)[:160]})") from None
         return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), True
     c, h, w = datum.channels, datum.height, datum.width
+    if min(c, h, w) < 1:
+        raise DataError(f"{where}: Datum says {c}x{h}x{w} (CxHxW); a damaged record")
     if datum.data:
         if len(datum.data) != c * h * w:
             raise DataError(f"{where}: Datum says {c}x{h}x{w} (CxHxW) but holds {len(datum.data)} bytes")

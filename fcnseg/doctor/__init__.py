@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .. import integrity
 from ..errors import ConfigError, DataError, WeightsError
 from ..geometry import SOURCES
 from ..inputs import expected_input, input_mean_mismatch
@@ -78,6 +79,7 @@ def _diagnose(n: NetFacts, solver, *, weights, input_channels, image_size, val_s
 
     shapes, problem = None, ""
     if weights is not None:
+        integrity.check(weights)  # a damaged copy of fcnseg's own weights is refused, not diagnosed
         try:
             shapes = caffemodel_shapes(weights)
         except WeightsError as exc:

@@ -104,16 +104,32 @@ def _read_glog(path: Path, lines: Sequence[str]) -> TrainingLog:
 def _read_metrics(path: Path, lines: Sequence[str]) -> TrainingLog:
     log = TrainingLog(path, "fcnseg")
     for e in read_events(lines):
-        if e.get("event") == "train":
-            log.losses.append((e["iter"], float(e.get("raw_loss", e["loss"]))))
-        elif e.get("event") == "nan":
-            log.losses.append((e["iter"], _number(str(e.get("loss", "nan")))))
-        elif e.get("event") == "val":
-            for name in ("loss", "pixel_acc"):
-                if name in e:
-                    key = ("Test", "accuracy" if name == "pixel_acc" else name)
-                    log.outputs.setdefault(key, []).append((e["iter"], float(e[name])))
+        try:
+            _read_event(log, e)
+        except (KeyError, TypeError, ValueError) as exc:  # a field missing or of another type
+            raise ConfigError(f"{path}: a {str(e.get('event'))[:20]!r} event without a usable {exc}: not a line "
+                              "fcnseg writes (damaged, or edited); give the run's own metrics.jsonl or caffe.log"
+                              ) from None
     return log
+
+
+def _read_event(log: TrainingLog, e: dict) -> None:
+    """Add one metrics.jsonl event to `log`; KeyError/TypeError/ValueError naming a field that is not usable."""
+    kind = e.get("event")
+    if kind not in ("train", "nan", "val"):
+        return
+    it = e.get("iter")
+    if not isinstance(it, int) or isinstance(it, bool):
+        raise KeyError("iter")
+    if kind == "train":
+        log.losses.append((it, float(e.get("raw_loss", e["loss"]))))
+    elif kind == "nan":
+        log.losses.append((it, _number(str(e.get("loss", "nan")))))
+    else:
+        for name in ("loss", "pixel_acc"):
+            if name in e:
+                key = ("Test", "accuracy" if name == "pixel_acc" else name)
+                log.outputs.setdefault(key, []).append((it, float(e[name])))
 
 
 def _flat(values: Sequence[float], target: float) -> bool:

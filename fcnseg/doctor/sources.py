@@ -13,7 +13,7 @@ from ..caffe_env import caffe_pb2
 from ..caffemodel import read_caffemodel_index
 from ..config import read_text
 from ..dataset import datum_array
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------------
 # Reading files
@@ -108,6 +108,9 @@ class DataSource:
             with env.begin() as txn:
                 for raw in txn.cursor().iternext(keys=False, values=True):
                     yield datum_array(raw)
+        except lmdb.Error as exc:
+            raise DataError(f"{self.found}: damaged LMDB ({exc}); check it with `fcnseg data check` or copy it "
+                            "again") from None
         finally:
             env.close()
 

@@ -128,6 +128,20 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "nothing"
 
 
+def _hdf5_dataset(handle, path: Path, dataset: Optional[str], option: str):
+    import h5py  # noqa: PLC0415 - only HDF5 input needs it
+
+    names = _hdf5_datasets(handle)
+    if dataset is None:
+        if len(names) != 1:
+            raise DataError(f"{path}: holds {len(names)} datasets ({_listing(names)}); name one with {option} KEY")
+        dataset = names[0]
+    if dataset not in handle or not isinstance(handle[dataset], h5py.Dataset):
+        raise DataError(f"{option} {dataset}: {path} has no dataset '{dataset}'; it holds {_listing(names)}")
+    array = handle[dataset]
+    return array, dataset, tuple(int(n) for n in array.shape), np.dtype(array.dtype)
+
+
 def open_array(path: str | Path, dataset: Optional[str] = None, axis: Optional[int] = None,
                option: str = "--dataset") -> ArrayVolume:
     """The HDF5 file or Zarr store `path` (array `dataset` inside it) sliced along `axis` (default 0).
@@ -141,17 +155,15 @@ def open_array(path: str | Path, dataset: Optional[str] = None, axis: Optional[i
             handle = h5py.File(path, "r")
         except OSError as exc:
             raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
-        names = _hdf5_datasets(handle)
-        if dataset is None:
-            if len(names) != 1:
-                handle.close()
-                raise DataError(f"{path}: holds {len(names)} datasets ({_listing(names)}); name one with "
-                                f"{option} KEY")
-            dataset = names[0]
-        if dataset not in handle or not isinstance(handle[dataset], h5py.Dataset):
+        try:
+            array, dataset, _, _ = _hdf5_dataset(handle, path, dataset, option)  # shape, dtype: read once here
+        except DataError:
             handle.close()
-            raise DataError(f"{option} {dataset}: {path} has no dataset '{dataset}'; it holds {_listing(names)}")
-        array, fmt = handle[dataset], "hdf5"
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py's errors of a damaged file
+            handle.close()
+            raise DataError(f"{path}: a damaged HDF5 file ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+        fmt = "hdf5"
     elif is_zarr(path):
         array, dataset = _open_zarr(path, dataset, option)
         fmt = "zarr"

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import DataError
+from ..images import check_decoded_size
 
 # Centre / width in HU of the common CT display windows (radiology convention).
 WINDOW_PRESETS = {
@@ -234,7 +235,17 @@ def _check_image(ds, path: Path) -> None:
 def open_dicom(path: str | Path) -> DicomSeries:
     """The DICOM file or series folder `path` (see the module docstring). DataError naming the file for
     anything that is not one gray series: no pixel data, colour, two series, mixed orientations or
-    sizes, two slices at one position."""
+    sizes, two slices at one position; and for a damaged header (a value that is not what its element
+    holds, a length past the file)."""
+    try:
+        return _open_dicom(path)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily: a damaged one fails in any way
+        raise DataError(f"{path}: a damaged DICOM header ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+
+
+def _open_dicom(path: str | Path) -> DicomSeries:
     pydicom = _pydicom()
     path = Path(path)
     files = [path] if path.is_file() else \
@@ -262,6 +273,7 @@ def open_dicom(path: str | Path) -> DicomSeries:
         raise DataError(f"{path}: holds {len(series)} DICOM series ({a[0][0].name}... with {len(a)} file(s), series "
                         f"{uid_a or '?'}; {b[0][0].name}... with {len(b)}, series {uid_b or '?'}); put one series "
                         "per folder")
+    _check_image_header(first, first_path, int(first.Rows), int(first.Columns))  # its size, before frames are listed
     if len(headers) == 1 and int(first.get("NumberOfFrames", 1) or 1) > 1:
         slices, orientation, sorted_by = _frames(first_path, first)
     else:
@@ -296,6 +308,9 @@ def _check_image_header(ds, path: Path, rows: int, columns: int) -> None:
     photometric = _photometric(ds)
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DataError(f"{path}: {photometric} DICOM (colour); fcnseg segments single-channel images")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bytes_per_value = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8)
+    check_decoded_size(path, (frames, int(ds.Rows), int(ds.Columns)), bytes_per_value)
     if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
         raise DataError(f"{path}: {ds.Rows}x{ds.Columns} pixels, but the series' first slice is {rows}x{columns}; "
                         "a folder holds the slices of one series")

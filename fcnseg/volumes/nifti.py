@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import files
 from ..errors import DataError
+from ..images import check_decoded_size
 from ..geometry import sliced_shape
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -118,7 +119,9 @@ def open_nifti(path: str | Path, axis: Optional[int] = None, volume: Optional[in
         image = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file, reported in one line
         raise DataError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None
-    shape = image.shape
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) < 2:
+        raise DataError(f"{path}: a NIfTI header with {len(shape)} dimension(s) {shape}; the file is damaged")
     if len(shape) == 2:
         raise DataError(f"{path}: a 2-D NIfTI ({shape[0]}x{shape[1]}); fcnseg reads NIfTI volumes: save it as PNG "
                         "or TIFF, or as a 3-D volume with one slice")
@@ -138,6 +141,10 @@ def open_nifti(path: str | Path, axis: Optional[int] = None, volume: Optional[in
     axis = 2 if axis is None else axis
     if axis not in (0, 1, 2):
         raise DataError(f"{option} {axis}: a NIfTI volume has spatial axes 0, 1, 2 (i, j, k); 2 slices along k")
+    if 0 in shape[:3]:
+        raise DataError(f"{path}: a NIfTI volume of {'x'.join(map(str, shape[:3]))} voxels holds none; the file is "
+                        "damaged")
+    check_decoded_size(path, [n for i, n in enumerate(shape[:3]) if i != axis], image.get_data_dtype().itemsize)
     return NiftiVolume(path, image, axis, volume)
 
 

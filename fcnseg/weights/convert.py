@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 from google.protobuf import text_format
 
-from .. import diskspace, vgg16
+from .. import diskspace, integrity, vgg16  # integrity: inspect checks, write_caffemodel records
 from ..caffe_env import caffe_pb2
 from ..caffemodel import (
     V1_TYPES,
@@ -366,7 +366,10 @@ def convert_weights(src: str | Path, dst: str | Path, source_convention: Optiona
 def inspect_weights(path: str | Path) -> list[str]:
     """`fcnseg weights inspect`: what the file holds (format, layers in Caffe's layout, input convention)
     and which FCN layers it can initialise, as lines. Writes nothing. Raises WeightsError for files that
-    cannot be read; a readable file that is not VGG16 is reported, not raised."""
+    cannot be read or differ from their recorded SHA-256 (`integrity`); a readable file that is not VGG16
+    is reported, not raised."""
+    notes: list[str] = []
+    intact = integrity.check(path, note=notes.append)
     model = read_weights(path)
     try:
         try:
@@ -376,7 +379,8 @@ def inspect_weights(path: str | Path) -> list[str]:
         names = {id(layer): name for name, layer in zip(vgg16.CONVS, match.convs)} if match else {}
         if match and match.fc6 is not None:
             names.update({id(match.fc6): "fc6", id(match.fc7): "fc7"})
-        lines = [f"{model.path}: {model.format}, {len(model.layers)} layers with weights"]
+        lines = [f"{model.path}: {model.format}, {len(model.layers)} layers with weights"
+                 + ("; SHA-256 equal to the one recorded when fcnseg wrote it" if intact else "")] + notes
         if model.convention:
             lines.append(f"input convention: {model.convention} "
                          f"({CONVENTIONS[model.convention].describe()}): {model.convention_reason}")
