@@ -31,9 +31,6 @@ from typing import Optional
 import numpy as np
 import tifffile
 from PIL import Image
-from scipy import ndimage
-from skimage.measure import label as connected_regions
-from skimage.segmentation import find_boundaries, watershed
 
 from .errors import RunError
 from .files import write_atomic, write_text_atomic
@@ -72,6 +69,8 @@ class ObjectRoles:
 
 def label_objects(probs: np.ndarray, roles: ObjectRoles) -> np.ndarray:
     """Object ids (uint32, 0 background, 1..N) from K x H x W class probabilities (see the module docstring)."""
+    from skimage.measure import label as connected_regions  # noqa: PLC0415 - heavy: only --instances needs scipy/scikit-image's labelling (keeps infer's import small)
+    from skimage.segmentation import watershed  # noqa: PLC0415 - heavy: only --instances needs scipy/scikit-image's labelling (keeps infer's import small)
     interior = probs[roles.interior]
     foreground = probs.argmax(axis=0) != 0
     seeds = connected_regions(foreground & (interior > 0.5), connectivity=1)
@@ -112,6 +111,7 @@ def object_table(ids: np.ndarray, image: np.ndarray, probs: np.ndarray) -> list[
     mean = lambda values: np.bincount(flat, weights=values.ravel().astype(np.float64), minlength=n + 1)[1:] / area  # noqa: E731
     row_c, col_c = mean(rows), mean(cols)
     intensity, probability = mean(np.asarray(image)), mean(1.0 - probs[0])
+    from scipy import ndimage  # noqa: PLC0415 - heavy: only --instances needs scipy/scikit-image's labelling (keeps infer's import small)
     boxes = ndimage.find_objects(ids)
     return [(i + 1, int(area[i]), round(float(row_c[i]), 2), round(float(col_c[i]), 2), boxes[i][0].start,
              boxes[i][1].start, boxes[i][0].stop - 1, boxes[i][1].stop - 1, round(float(intensity[i]), 4),
@@ -125,6 +125,7 @@ def id_dtype(count: int) -> type:
 
 def outline_overlay(gray: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """RGB picture: the windowed image in gray with each object's outline in one of OUTLINE_COLOURS."""
+    from skimage.segmentation import find_boundaries  # noqa: PLC0415 - heavy: only --instances needs scipy/scikit-image's labelling (keeps infer's import small)
     picture = np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=2)
     edge = find_boundaries(ids, mode="inner")
     picture[edge] = OUTLINE_COLOURS[(ids[edge].astype(np.int64) - 1) % len(OUTLINE_COLOURS)]

@@ -71,6 +71,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import tifffile, PIL.Image, lmdb, tqdm, yaml, click
+import tensorboardX, threadpoolctl  # train writes TensorBoard events (imported lazily); fcnseg info names the BLAS
 with tempfile.TemporaryDirectory() as tmp:
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.plot([0, 1], [1, 0], "o-", label="a"); ax.set_xlabel("x"); ax.grid(alpha=0.3); ax.legend()

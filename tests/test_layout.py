@@ -31,7 +31,7 @@ LAYERS = [
 ]
 # What a function may import lazily: heavy or optional dependencies only (pycaffe itself is loaded by caffe_env).
 LAZY_ALLOWED = {"caffe", "torch", "onnx", "onnxruntime", "dask", "distributed", "matplotlib", "h5py", "pydicom",
-                "nibabel", "zarr", "tensorboardX"}
+                "nibabel", "zarr", "tensorboardX", "scipy", "skimage"}
 
 
 def modules() -> dict[str, Path]:
